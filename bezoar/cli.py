@@ -1,0 +1,119 @@
+"""The `bezoar` command: each sub-command is a thin map onto one library call.
+
+Stage packages add their own sub-commands through `register(app)` in their `commands.py`. A
+`BezoarError` becomes one line on stderr and exit code 2; anything else keeps its traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from bezoar.errors import BezoarError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="From commercially usable seed data to an aligned, evaluated small language model.")
+console = Console(stderr=True)
+
+ModelOption = typer.Option("local", "--model", "-m", help="Model spec: local, local:PATH, openai:MODEL@URL, anthropic:MODEL")
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs.")) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
+    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "transformers", "accelerate", "lm_eval"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check.")) -> None:
+    """Check a recipe: every unknown key, wrong type or bad value, one line each."""
+    from bezoar.config import load_recipe
+
+    load_recipe(recipe)
+    console.print(f"[green]ok[/green] {recipe}")
+
+
+@app.command()
+def chat(prompt: str = typer.Argument(..., help="What to ask."),
+         model: str = ModelOption,
+         system: Optional[str] = typer.Option(None, "--system", help="A system message."),
+         max_new_tokens: int = typer.Option(256, help="Longest reply, in tokens."),
+         temperature: float = typer.Option(0.0, help="0 is greedy (deterministic)."),
+         as_json: bool = typer.Option(False, "--json", help="Print the reply as JSON with token counts.")) -> None:
+    """Ask any backend one question from the shell."""
+    from bezoar.config import ModelConfig
+    from bezoar.llm.protocol import Sampling
+    from bezoar.llm.specs import open_model
+
+    llm = open_model(ModelConfig(spec=model), role="chat")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    reply = llm.chat([messages], Sampling(temperature=temperature, max_new_tokens=max_new_tokens))[0]
+    if as_json:
+        print(json.dumps({**reply.to_json(), "model": llm.identity, "cached": reply.cached}, ensure_ascii=False))
+    else:
+        print(reply.text)
+
+
+@app.command()
+def serve(model: str = ModelOption,
+          host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+          port: int = typer.Option(8000, help="Port to listen on."),
+          batch_size: int = typer.Option(32, help="Most requests answered in one forward batch."),
+          max_wait_ms: float = typer.Option(20.0, help="How long to gather concurrent requests into a batch.")) -> None:
+    """An OpenAI-compatible chat-completions server over the local backend (requests are batched)."""
+    from bezoar.llm.serve import serve as run_server
+
+    run_server(model, host=host, port=port, batch_size=batch_size, max_wait_ms=max_wait_ms)
+
+
+def _register_stage_commands() -> None:
+    import importlib
+
+    for package in ("generate", "filter", "train", "evaluate", "pipeline_commands"):
+        try:
+            module = importlib.import_module(f"bezoar.{package}.commands" if package != "pipeline_commands"
+                                             else "bezoar.pipeline_commands")
+        except ModuleNotFoundError as error:
+            if error.name and error.name.startswith("bezoar"):
+                continue  # that stage has no commands yet
+            raise
+        module.register(app)
+
+
+_register_stage_commands()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except BezoarError as error:
+        for line in str(error).splitlines() or [type(error).__name__]:
+            console.print(f"[red]{line}[/red]", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        console.print("aborted")
+        sys.exit(130)
+    except Exception as error:  # click's usage errors carry their own exit codes
+        import click
+
+        if isinstance(error, click.exceptions.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise

@@ -1,0 +1,1 @@
+"""Evaluation: MT-Bench, LM Evaluation Harness, preference accuracy, comparison."""

@@ -1,0 +1,1 @@
+"""Quality filtering: heuristics, de-duplication, contamination, and an LLM judge."""

@@ -1,0 +1,1 @@
+"""Synthetic instruction data: LaMini-LM, Evol-Instruct and Orca generation."""

@@ -1,0 +1,186 @@
+"""A persistent, multi-process call cache, and the per-role usage counters built on it.
+
+Every backend call goes through `CachedModel`: a re-run makes no repeated call, a killed run loses
+only the calls in flight (each reply is committed as soon as it arrives), and several processes can
+share one cache file (SQLite in WAL mode serialises writers; readers never block).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bezoar.errors import BudgetExceeded
+from bezoar.llm.protocol import Backend, Conversation, Reply, Sampling
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, reply TEXT NOT NULL, created REAL NOT NULL)"
+
+
+def canonical_hash(value: object) -> str:
+    """sha256 over canonical JSON: the one hashing rule of the project."""
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def default_cache_path() -> Path:
+    """`$BEZOAR_CACHE_DIR/calls.sqlite`, else the XDG cache directory."""
+    root = os.environ.get("BEZOAR_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bezoar"
+    return Path(root) / "calls.sqlite"
+
+
+def call_key(identity: str, sampling: Sampling, messages: Conversation, sample_index: int) -> str:
+    """Allow-listed fields only: adding a field to the key is a deliberate choice."""
+    return canonical_hash({"model": identity, "sampling": sampling.cache_fields(),
+                           "messages": messages, "sample": sample_index})
+
+
+class CallCache:
+    """SQLite key → reply store. One connection per thread; every write commits at once."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connect().execute(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._local.conn = conn
+        return conn
+
+    def get_many(self, keys: list[str]) -> dict[str, Reply]:
+        found: dict[str, Reply] = {}
+        conn = self._connect()
+        for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, text in conn.execute(f"SELECT key, reply FROM calls WHERE key IN ({marks})", chunk):
+                found[key] = Reply(**json.loads(text), cached=True)
+        return found
+
+    def put(self, key: str, reply: Reply) -> None:
+        self._connect().execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
+                                (key, json.dumps(reply.to_json(), ensure_ascii=False), time.time()))
+
+    def __len__(self) -> int:
+        return self._connect().execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+
+@dataclass
+class Usage:
+    """What one role cost: backend calls, cache hits, tokens and wall time spent in calls."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+
+    def to_json(self) -> dict:
+        return {"calls": self.calls, "cache_hits": self.cache_hits, "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens, "wall_s": round(self.wall_s, 3)}
+
+    def minus(self, earlier: "Usage") -> "Usage":
+        return Usage(*(getattr(self, k) - getattr(earlier, k) for k in
+                       ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "wall_s")))
+
+    def copy(self) -> "Usage":
+        return Usage(**{k: getattr(self, k) for k in ("calls", "cache_hits", "prompt_tokens", "completion_tokens", "wall_s")})
+
+
+@dataclass
+class Budget:
+    """Per-role limits; `None` means unlimited. Prices are USD per million tokens."""
+
+    max_calls: int | None = None
+    max_cost: float | None = None
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def cost(self, usage: Usage) -> float:
+        return (usage.prompt_tokens * self.input_per_mtok + usage.completion_tokens * self.output_per_mtok) / 1e6
+
+
+ProgressHook = Callable[[int], None]
+
+
+@dataclass
+class CachedModel:
+    """A backend bound to a role, a cache, usage counters and a budget. What every stage calls."""
+
+    backend: Backend
+    cache: CallCache
+    role: str = "model"
+    usage: Usage = field(default_factory=Usage)
+    budget: Budget = field(default_factory=Budget)
+
+    @property
+    def identity(self) -> str:
+        return self.backend.identity
+
+    def chat(self, conversations: list[Conversation], sampling: Sampling = Sampling(),
+             progress: ProgressHook | None = None) -> list[Reply]:
+        """One reply per conversation (sampling.n is ignored)."""
+        return [replies[0] for replies in self.chat_n(conversations, sampling.with_(n=1), progress)]
+
+    def chat_n(self, conversations: list[Conversation], sampling: Sampling,
+               progress: ProgressHook | None = None) -> list[list[Reply]]:
+        """`sampling.n` replies per conversation; cached ones are returned without a call."""
+        n = max(1, sampling.n)
+        keys = [[call_key(self.identity, sampling, conv, i) for i in range(n)] for conv in conversations]
+        found = self.cache.get_many([k for ks in keys for k in ks])
+        results: list[list[Reply] | None] = [None] * len(conversations)
+        missing: list[int] = []
+        for index, ks in enumerate(keys):
+            if all(k in found for k in ks):
+                results[index] = [found[k] for k in ks]
+            else:
+                missing.append(index)
+        self.usage.cache_hits += sum(len(ks) for i, ks in enumerate(keys) if results[i] is not None)
+        if progress and len(conversations) > len(missing):
+            progress(len(conversations) - len(missing))
+        if missing:
+            self._check_budget(len(missing) * n)
+            self._call(conversations, keys, missing, sampling, results, progress)
+        return results  # type: ignore[return-value]
+
+    def _call(self, conversations, keys, missing, sampling, results, progress) -> None:
+        started = time.perf_counter()
+        lock = threading.Lock()
+
+        def on_reply(position: int, replies: list[Reply]) -> None:
+            index = missing[position]
+            with lock:
+                for key, reply in zip(keys[index], replies):
+                    if reply.finish_reason != "error":  # failures are retried on the next run, never cached
+                        self.cache.put(key, reply)
+                    self.usage.calls += 1
+                    self.usage.prompt_tokens += reply.prompt_tokens
+                    self.usage.completion_tokens += reply.completion_tokens
+                results[index] = replies
+                if progress:
+                    progress(1)
+
+        try:
+            self.backend.generate([conversations[i] for i in missing], sampling, on_reply=on_reply)
+        finally:
+            self.usage.wall_s += time.perf_counter() - started
+
+    def _check_budget(self, new_calls: int) -> None:
+        limit = self.budget.max_calls
+        if limit is not None and self.usage.calls + new_calls > limit:
+            raise BudgetExceeded(f"budget: role '{self.role}' would make {self.usage.calls + new_calls} calls, "
+                                 f"over max_calls={limit}; raise it in the recipe's budgets and run again to resume")
+        if self.budget.max_cost is not None and self.budget.cost(self.usage) >= self.budget.max_cost:
+            raise BudgetExceeded(f"budget: role '{self.role}' has spent ${self.budget.cost(self.usage):.2f}, "
+                                 f"at max_cost=${self.budget.max_cost:.2f}; raise it and run again to resume")

@@ -1,0 +1,102 @@
+"""Which device, dtype and thread count to run on, chosen by measurement rather than by folklore.
+
+On CPUs without native bf16 (AVX2-only machines) bf16 matmuls are emulated and ~7-10x slower than
+fp32, while on AVX-512-BF16/AMX CPUs bf16 is ~2.5x faster. So on CPU we time one model-shaped
+matmul in both dtypes once per machine (~0.3 s) and remember the verdict in the user cache.
+
+Generation is the exception: in bf16 a row's greedy text depends on what else is in its batch
+(measured: 7/24 dolly prompts matched one-by-one decoding in bf16, 24/24 in fp32), which would make
+a resumed run differ from an uninterrupted one. So `exact=True` (the default for generation) keeps
+fp32 on CPU and says so; a model spec's `dtype: bfloat16` trades that for speed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from bezoar.llm.cache import default_cache_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str
+    dtype: object  # a torch.dtype; typed loosely so importing this module does not import torch
+    threads: int
+    reason: str
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def describe(self) -> str:
+        return f"{self.device}, {self.dtype_name}, {self.threads} threads ({self.reason})"
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (respects taskset/cgroup affinity)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@lru_cache(maxsize=8)
+def plan_device(dtype: str = "auto", exact: bool = False) -> DevicePlan:
+    """`dtype` "auto" picks by measurement; `exact` keeps fp32 on CPU for batch-invariant output."""
+    import torch
+
+    dtype = os.environ.get("BEZOAR_DTYPE", dtype)
+    if dtype != "auto":
+        return DevicePlan("cuda" if torch.cuda.is_available() else "cpu", getattr(torch, dtype), cpu_threads(),
+                          "set by the user")
+    if torch.cuda.is_available():
+        best = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return DevicePlan("cuda", best, cpu_threads(), "CUDA")
+    ratio = _measured_bf16_slowdown()
+    capability = torch.backends.cpu.get_cpu_capability()
+    measured = f"bf16 takes {ratio:.2f}x the time of fp32 on this {capability} CPU"
+    if ratio >= 0.9:
+        return DevicePlan("cpu", torch.float32, cpu_threads(), measured)
+    if exact:
+        return DevicePlan("cpu", torch.float32, cpu_threads(),
+                          measured + ", but only fp32 keeps batched output identical to one-by-one; "
+                          "set dtype: bfloat16 to trade that for speed")
+    return DevicePlan("cpu", torch.bfloat16, cpu_threads(), measured)
+
+
+def _measured_bf16_slowdown() -> float:
+    """bf16 time / fp32 time for a batched linear layer shaped like a small LM's MLP."""
+    import torch
+
+    record = default_cache_path().parent / "device.json"
+    key = f"{torch.__version__}:{torch.backends.cpu.get_cpu_capability()}:{cpu_threads()}"
+    try:
+        saved = json.loads(record.read_text())
+        if saved.get("key") == key:
+            return float(saved["bf16_over_fp32"])
+    except (OSError, ValueError, KeyError):
+        pass
+    ratio = _time_linear(torch.bfloat16) / _time_linear(torch.float32)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "bf16_over_fp32": ratio}))
+    os.replace(tmp, record)
+    return ratio
+
+
+def _time_linear(dtype) -> float:
+    import torch
+
+    x = torch.randn(64, 576, dtype=dtype)
+    w = torch.randn(1536, 576, dtype=dtype)
+    torch.nn.functional.linear(x, w)  # warm-up
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(10):
+            torch.nn.functional.linear(x, w)
+        best = min(best, time.perf_counter() - start)
+    return best

@@ -1,0 +1,70 @@
+"""The one protocol every backend speaks: a batch of conversations in, replies out."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Protocol
+
+# OpenAI-style chat messages: [{"role": "system"|"user"|"assistant", "content": "..."}].
+Message = dict[str, str]
+Conversation = list[Message]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Decoding settings. `temperature == 0` means greedy (deterministic)."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+    n: int = 1
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def cache_fields(self) -> dict:
+        """The fields that change a reply (an explicit allow-list: `n` is not one, the sample index is)."""
+        return {"temperature": self.temperature, "top_p": self.top_p,
+                "max_new_tokens": self.max_new_tokens, "stop": list(self.stop), "seed": self.seed}
+
+    def with_(self, **changes) -> "Sampling":
+        values = asdict(self)
+        values.update(changes)
+        values["stop"] = tuple(values["stop"])
+        return Sampling(**values)
+
+
+@dataclass
+class Reply:
+    """One completion. `finish_reason` is "stop" or "length" (or "error" for a recorded failure)."""
+
+    text: str
+    finish_reason: str = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = field(default=False, compare=False)
+
+    def to_json(self) -> dict:
+        return {"text": self.text, "finish_reason": self.finish_reason,
+                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+
+
+class Backend(Protocol):
+    """A model that answers conversations. Implementations: local, openai, anthropic."""
+
+    identity: str
+    """What the cache keys on: backend kind and model (never a key or URL with credentials)."""
+
+    def generate(self, conversations: list[Conversation], sampling: Sampling,
+                 on_reply: "OnReply | None" = None) -> list[list[Reply]]:
+        """`sampling.n` replies per conversation, in input order.
+
+        `on_reply(index, replies)` is called as soon as each conversation is answered, so the
+        cache can commit it before the rest of the batch finishes (a kill loses only calls in flight).
+        """
+        ...
+
+
+OnReply = Callable[[int, list[Reply]], None]

@@ -1,0 +1,1 @@
+"""Training: sequential LoRA/QLoRA SFT, SFT on HH-RLHF, DPO, export."""

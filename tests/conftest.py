@@ -1,0 +1,44 @@
+"""Shared fixtures: the real embedded model (loaded once per session), real data, fresh caches."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("BEZOAR_DATA", REPO.parent / "shared" / "data")).resolve()
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """../shared/data (or $BEZOAR_DATA): real seeds, HH-RLHF, MT-Bench and harness data."""
+    assert DATA.is_dir(), f"real data not found at {DATA}; set BEZOAR_DATA"
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """The embedded SmolLM2 through the local backend, loaded once for the whole session."""
+    from bezoar.llm.local import LocalBackend
+
+    return LocalBackend()
+
+
+@pytest.fixture
+def cache(tmp_path):
+    from bezoar.llm.cache import CallCache
+
+    return CallCache(tmp_path / "calls.sqlite")
+
+
+@pytest.fixture
+def local_model(embedded, cache):
+    """A cached, role-bound embedded model with a fresh cache (no hits from earlier tests)."""
+    from bezoar.llm.cache import CachedModel
+
+    return CachedModel(embedded, cache, role="test")
