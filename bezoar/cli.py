@@ -75,12 +75,12 @@ def chat(prompt: str = typer.Argument(..., help="What to ask."),
 def serve(model: str = ModelOption,
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(8000, help="Port to listen on."),
-          batch_size: int = typer.Option(32, help="Most requests answered in one forward batch."),
-          max_wait_ms: float = typer.Option(20.0, help="How long to gather concurrent requests into a batch.")) -> None:
+          batch_size: int = typer.Option(32, help="Most requests decoded together (continuous batching)."),
+          dtype: str = typer.Option("auto", help="auto (measured; fp32 on CPU), float32, bfloat16.")) -> None:
     """An OpenAI-compatible chat-completions server over the local backend (requests are batched)."""
     from bezoar.llm.serve import serve as run_server
 
-    run_server(model, host=host, port=port, batch_size=batch_size, max_wait_ms=max_wait_ms)
+    run_server(model, host=host, port=port, batch_size=batch_size, dtype=dtype)
 
 
 def _register_stage_commands() -> None:
@@ -105,7 +105,7 @@ def main() -> None:
         app(standalone_mode=False)
     except BezoarError as error:
         for line in str(error).splitlines() or [type(error).__name__]:
-            console.print(f"[red]{line}[/red]", highlight=False, soft_wrap=True, markup=True)
+            console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         console.print("aborted")

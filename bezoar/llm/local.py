@@ -1,4 +1,4 @@
-"""The `local` backend: a transformers model on this machine, batched, left-padded, chat-templated.
+"""The `local` backend: a transformers model on this machine, continuously batched, chat-templated.
 
 Where the weights come from (embedded GGUF, a directory, a GGUF file, an adapter, a hub id) is
 `bezoar.llm.weights`; which dtype and how many threads is `bezoar.llm.device`. This module only
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bezoar.llm.cache import canonical_hash
+from bezoar.llm.continuous import Decoder, Job, ListSource
 from bezoar.llm.device import DevicePlan, plan_device
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 from bezoar.llm.weights import content_identity, resolve_model_dir
@@ -92,101 +93,32 @@ class LocalBackend:
 
     def generate(self, conversations: list[Conversation], sampling: Sampling,
                  on_reply: OnReply | None = None) -> list[list[Reply]]:
-        prompts = [self.render(c) for c in conversations]
         n = max(1, sampling.n)
-        jobs = [(i, s) for i in range(len(prompts)) for s in range(n)]
-        seeds = {job: row_seed(sampling.seed, conversations[job[0]], job[1]) for job in jobs}
-        # Longest first, so similar lengths share a batch (less padding) and memory peaks early.
-        lengths = [len(self.tokenizer(p, add_special_tokens=False).input_ids) for p in prompts]
-        jobs.sort(key=lambda job: -lengths[job[0]])
-        results: list[list[Reply | None]] = [[None] * n for _ in prompts]
-        remaining = [n] * len(prompts)
-        for start in range(0, len(jobs), self.batch_size):
-            batch = jobs[start:start + self.batch_size]
-            replies = self._generate_batch([prompts[i] for i, _ in batch], sampling, [seeds[j] for j in batch])
-            for (index, sample), reply in zip(batch, replies):
-                results[index][sample] = reply
-                remaining[index] -= 1
-                if remaining[index] == 0 and on_reply:
-                    on_reply(index, results[index])  # type: ignore[arg-type]
+        jobs = [Job((i, s), self.encode(conversation), sampling, row_seed(sampling.seed, conversation, s))
+                for i, conversation in enumerate(conversations) for s in range(n)]
+        # Longest prompts first: they share a prefill batch with similar lengths (less padding).
+        jobs.sort(key=lambda job: -len(job.prompt_ids))
+        results: list[list[Reply | None]] = [[None] * n for _ in conversations]
+        remaining = [n] * len(conversations)
+
+        def done(job: Job, reply: Reply) -> None:
+            index, sample = job.key
+            results[index][sample] = reply
+            remaining[index] -= 1
+            if remaining[index] == 0 and on_reply:
+                on_reply(index, results[index])  # type: ignore[arg-type]
+
+        with self.loaded.lock:
+            self.decoder().run(ListSource(jobs), done)
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Reply]:
-        import torch
-        from transformers import LogitsProcessorList
+    def encode(self, conversation: Conversation) -> list[int]:
+        return self.tokenizer(self.render(conversation), add_special_tokens=False).input_ids
 
-        tok, model = self.tokenizer, self.loaded.model
-        encoded = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.loaded.plan.device)
-        # Always argmax: sampling is done by our Gumbel processor, so it is per-row reproducible.
-        options = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=tok.pad_token_id,
-                       eos_token_id=tok.eos_token_id, do_sample=False, temperature=None, top_p=None, top_k=None)
-        if not sampling.greedy:
-            sampler = RowSeededSampler(sampling.temperature, sampling.top_p, seeds, encoded.input_ids.shape[1])
-            options["logits_processor"] = LogitsProcessorList([sampler])
-        if sampling.stop:
-            options.update(stop_strings=list(sampling.stop), tokenizer=tok)
-        with self.loaded.lock, torch.inference_mode():
-            output = model.generate(**encoded, **options)
-        new_tokens = output[:, encoded.input_ids.shape[1]:]
-        prompt_counts = encoded.attention_mask.sum(dim=1).tolist()
-        return [self._decode(row, count, sampling) for row, count in zip(new_tokens, prompt_counts)]
-
-    def _decode(self, row, prompt_tokens: int, sampling: Sampling) -> Reply:
-        ids = row.tolist()
-        eos = self.tokenizer.eos_token_id
-        finished = eos in ids
-        # Rows that finish early are padded after their EOS: cut there.
-        ids = ids[:ids.index(eos) + 1] if finished else ids
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        text, stopped = _cut_at_stop(text, sampling.stop)
-        reason = "stop" if finished or stopped else ("length" if len(ids) >= sampling.max_new_tokens else "stop")
-        return Reply(text=text.strip(), finish_reason=reason, prompt_tokens=int(prompt_tokens),
-                     completion_tokens=len(ids))
+    def decoder(self) -> Decoder:
+        return Decoder(self.loaded.model, self.tokenizer, self.loaded.plan.device, self.batch_size)
 
 
 def row_seed(seed: int, conversation: Conversation, sample_index: int) -> int:
     """A seed that depends on the row alone, never on its batch neighbours."""
     return int(canonical_hash([seed, conversation, sample_index])[:15], 16)
-
-
-class RowSeededSampler:
-    """Temperature + top-p sampling via the Gumbel-max trick with one RNG stream per row.
-
-    transformers' own sampling draws from one global RNG for the whole batch, so a row's text would
-    depend on its neighbours and on batch size, and a resumed run would differ from an uninterrupted
-    one. Adding Gumbel noise seeded by (row seed, step) and taking the argmax samples from exactly the
-    same distribution, independently per row.
-    """
-
-    def __init__(self, temperature: float, top_p: float, seeds: list[int], prompt_length: int):
-        self.temperature, self.top_p, self.seeds, self.prompt_length = temperature, top_p, seeds, prompt_length
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        scores = scores.float() / self.temperature
-        if self.top_p < 1.0:
-            scores = _top_p_filter(scores, self.top_p)
-        step = input_ids.shape[1] - self.prompt_length
-        noise = torch.empty_like(scores)
-        for row, seed in enumerate(self.seeds):
-            generator = torch.Generator().manual_seed((seed + step * 1_000_003) % (1 << 63))
-            noise[row] = torch.rand(scores.shape[1], generator=generator)
-        gumbel = -torch.log(-torch.log(noise.clamp_min(1e-20)))
-        return scores + gumbel
-
-
-def _top_p_filter(scores, top_p: float):
-    import torch
-
-    sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-    cumulative = torch.softmax(sorted_scores, dim=-1).cumsum(dim=-1)
-    drop = cumulative - torch.softmax(sorted_scores, dim=-1) > top_p  # keep the token that crosses top_p
-    sorted_scores = sorted_scores.masked_fill(drop, float("-inf"))
-    return torch.full_like(scores, float("-inf")).scatter(-1, order, sorted_scores)
-
-
-def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
-    """Cut at the first stop string (the OpenAI convention: the stop string is not returned)."""
-    cut = min((text.find(s) for s in stops if s and s in text), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)

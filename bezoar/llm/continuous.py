@@ -1,0 +1,211 @@
+"""Continuous (iteration-level) batching for the local backend.
+
+transformers' `generate` runs a static batch until its longest row is done, so rows that finish
+early leave their slots idle, and a server cannot add a request to a running batch. Here a finished
+row leaves the batch at once and a waiting one takes its slot: its prompt is prefilled and its KV
+cache is left-padded into the running cache. (transformers' own continuous batching,
+`generate_batch`, measured 96 tok/s here against 183 for static batches on CPU, hence this.)
+
+Rows are independent: padding is masked out, positions are per row, and sampling draws from a
+per-row seeded stream, so a row's text does not depend on what shares its batch (in fp32).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from bezoar.llm.protocol import Reply, Sampling
+
+
+@dataclass
+class Job:
+    """One (conversation, sample) to decode. `key` is the caller's handle."""
+
+    key: Any
+    prompt_ids: list[int]
+    sampling: Sampling
+    seed: int
+    generated: list[int] = field(default_factory=list)
+    stopped: bool = False
+
+
+class JobSource(Protocol):
+    def take(self, most: int, wait: bool) -> list[Job] | None:
+        """Up to `most` new jobs; may block when `wait`; None once no job will ever come again."""
+        ...
+
+
+class ListSource:
+    """A fixed list of jobs (the backend's `generate`)."""
+
+    def __init__(self, jobs: list[Job]):
+        self.jobs = list(jobs)
+
+    def take(self, most: int, wait: bool) -> list[Job] | None:
+        if not self.jobs:
+            return None
+        taken, self.jobs = self.jobs[:most], self.jobs[most:]
+        return taken
+
+
+class Decoder:
+    """Owns the running batch: admits jobs, steps all rows once per token, retires finished rows."""
+
+    def __init__(self, model, tokenizer, device: str, max_batch: int):
+        self.model, self.tokenizer, self.device, self.max_batch = model, tokenizer, device, max_batch
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        # Prefilling one or two rows at a time is slow; wait for a quarter of the slots to free up.
+        self.admit_at = max(1, max_batch // 4)
+        self.active = 0
+
+    def run(self, source: JobSource, on_done: Callable[[Job, Reply], None]) -> None:
+        import torch
+
+        rows: list[Job] = []
+        state: dict = {"cache": None, "mask": None, "logits": None}
+        closed = False
+        with torch.inference_mode():
+            while True:
+                free = self.max_batch - len(rows)
+                if not closed and (free >= self.admit_at or not rows):
+                    new = source.take(free, wait=not rows)
+                    closed = new is None
+                    if new:
+                        self._admit(rows, new, state)
+                self.active = len(rows)
+                if not rows:
+                    if closed:
+                        return
+                    continue
+                tokens = self._choose(rows, state["logits"])
+                finished = [i for i, (job, token) in enumerate(zip(rows, tokens)) if self._append(job, token)]
+                for i in finished:
+                    on_done(rows[i], self._reply(rows[i]))
+                keep = [i for i in range(len(rows)) if i not in set(finished)]
+                rows = [rows[i] for i in keep]
+                if rows:
+                    self._step(state, keep, [tokens[i] for i in keep])
+                else:
+                    state.update(cache=None, mask=None, logits=None)  # the next admission starts afresh
+
+    def _admit(self, rows: list[Job], new: list[Job], state: dict) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        longest = max(len(j.prompt_ids) for j in new)
+        ids = torch.full((len(new), longest), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(new), longest), dtype=torch.long)
+        for r, job in enumerate(new):  # left padding
+            ids[r, longest - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
+            mask[r, longest - len(job.prompt_ids):] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1, :].float()
+        if state["cache"] is None:
+            state.update(cache=cache, mask=mask.to(self.device), logits=logits)
+        else:
+            state["cache"], state["mask"] = _merge(state["cache"], state["mask"], cache, mask.to(self.device))
+            state["logits"] = torch.cat([state["logits"], logits])
+        rows.extend(new)
+
+    def _step(self, state: dict, keep: list[int], tokens: list[int]) -> None:
+        import torch
+
+        cache, mask = state["cache"], state["mask"]
+        if len(keep) < mask.shape[0]:
+            index = torch.tensor(keep, device=mask.device)
+            cache = _select(cache, index)
+            mask = mask.index_select(0, index)
+            cache, mask = _trim(cache, mask)
+        positions = mask.sum(-1, keepdim=True)
+        mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)], dim=1)
+        ids = torch.tensor(tokens, device=mask.device).unsqueeze(1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        state.update(cache=cache, mask=mask, logits=out.logits[:, -1, :].float())
+
+    def _choose(self, rows: list[Job], logits) -> list[int]:
+        chosen = logits.argmax(dim=-1)
+        for r, job in enumerate(rows):
+            if not job.sampling.greedy:
+                chosen[r] = _sample(logits[r], job.sampling, job.seed, len(job.generated))
+        return chosen.tolist()
+
+    def _append(self, job: Job, token: int) -> bool:
+        """Add a token; True when the job is finished (EOS, a stop string, or the length cap)."""
+        job.generated.append(token)
+        if token == self.eos:
+            return True
+        if job.sampling.stop:
+            tail = self.tokenizer.decode(job.generated[-24:], skip_special_tokens=True)
+            if any(s and s in tail for s in job.sampling.stop):
+                job.stopped = True
+                return True
+        return len(job.generated) >= job.sampling.max_new_tokens
+
+    def _reply(self, job: Job) -> Reply:
+        text = self.tokenizer.decode(job.generated, skip_special_tokens=True)
+        cut = min((text.find(s) for s in job.sampling.stop if s and s in text), default=-1)
+        if cut >= 0:
+            text = text[:cut]  # the OpenAI convention: the stop string is not returned
+        done = job.generated[-1] == self.eos or job.stopped or cut >= 0
+        return Reply(text=text.strip(), finish_reason="stop" if done else "length",
+                     prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.generated))
+
+
+def _sample(logits, sampling: Sampling, seed: int, step: int) -> int:
+    """Temperature + top-p sampling by the Gumbel-max trick, from a stream seeded by (row, step)."""
+    import torch
+
+    scores = logits / sampling.temperature
+    if sampling.top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=True)
+        probs = torch.softmax(ordered, dim=-1)
+        drop = probs.cumsum(-1) - probs > sampling.top_p  # keep the token that crosses top_p
+        scores = torch.full_like(scores, float("-inf")).scatter(0, order, ordered.masked_fill(drop, float("-inf")))
+    generator = torch.Generator().manual_seed((seed + step * 1_000_003) % (1 << 63))
+    noise = torch.rand(scores.shape[0], generator=generator).clamp_min(1e-20)
+    return int((scores - torch.log(-torch.log(noise))).argmax())
+
+
+def _layers(cache) -> list[tuple]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _from_tensors(tensors: list[tuple]):
+    from transformers import DynamicCache
+
+    return DynamicCache(ddp_cache_data=tensors)
+
+
+def _merge(cache, mask, new_cache, new_mask):
+    """Stack two batches' caches, left-padding the shorter one in time (padding is masked out)."""
+    import torch.nn.functional as F
+    import torch
+
+    length = max(mask.shape[1], new_mask.shape[1])
+
+    def pad(tensor, to):  # [batch, heads, time, dim] → left-pad time
+        return F.pad(tensor, (0, 0, to - tensor.shape[2], 0))
+
+    merged = [(torch.cat([pad(k, length), pad(nk, length)]), torch.cat([pad(v, length), pad(nv, length)]))
+              for (k, v), (nk, nv) in zip(_layers(cache), _layers(new_cache))]
+    masks = torch.cat([F.pad(mask, (length - mask.shape[1], 0)), F.pad(new_mask, (length - new_mask.shape[1], 0))])
+    return _from_tensors(merged), masks
+
+
+def _select(cache, index):
+    return _from_tensors([(k.index_select(0, index), v.index_select(0, index)) for k, v in _layers(cache)])
+
+
+def _trim(cache, mask):
+    """Drop leading columns that are padding in every row, so the cache does not grow without bound."""
+    import torch
+
+    first = int(torch.argmax((mask.sum(0) > 0).int()))
+    if first == 0:
+        return cache, mask
+    return _from_tensors([(k[:, :, first:], v[:, :, first:]) for k, v in _layers(cache)]), mask[:, first:]

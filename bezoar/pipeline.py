@@ -1,0 +1,244 @@
+"""`bezoar run`: the stages in order over one run directory, with a manifest, skip/resume and budgets.
+
+    runs/NAME/manifest.json   per stage: status, times, fingerprint, input hashes, config, summary,
+                              calls/cache hits/tokens/wall time/cost per role; plus versions and recipe
+    runs/NAME/cache/          the call cache shared by every stage of the run
+
+A stage is skipped when its fingerprint (its config, the models it uses, the seed, its input files'
+hashes and the fingerprint of the stage before) equals the one recorded when it last finished, so
+changing a stage re-runs it and everything after it. The manifest is written when a stage starts and
+again, last, when it ends: a stage is done only once the manifest says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import import_module, metadata
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
+from bezoar.llm.cache import CachedModel, CallCache, canonical_hash
+from bezoar.records import write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    function: str
+    """`module:function` with the stage contract `f(recipe, run_dir, models) -> dict`."""
+    sections: tuple[str, ...]
+    """Recipe sections whose change invalidates this stage."""
+    roles: tuple[str, ...]
+    """Model roles it calls (their configs are part of the fingerprint)."""
+
+    def load(self) -> Callable[..., dict]:
+        module, _, name = self.function.partition(":")
+        return getattr(import_module(module), name)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("generate", "bezoar.generate.stage:run_generate", ("generate",), ("teacher", "judge")),
+    Stage("filter", "bezoar.filter.runner:run_filter", ("filter",), ("judge",)),
+    Stage("sft", "bezoar.train.sft:run_sft", ("sft",), ("student",)),
+    Stage("sft_hh", "bezoar.train.sft:run_sft_hh", ("sft_hh",), ("student",)),
+    Stage("dpo", "bezoar.train.dpo:run_dpo", ("dpo", "sft_hh"), ("student",)),
+    Stage("eval", "bezoar.evaluate.runner:run_eval", ("eval",), ("judge", "student")),
+    Stage("report", "bezoar.report.html:run_report", (), ()),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+VERSIONED = ("bezoar", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval", "httpx")
+
+
+def stage_named(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise ConfigError(f"unknown stage '{name}'; the stages are: {', '.join(STAGE_NAMES)}")
+
+
+class LazyModels(Mapping):
+    """Role → CachedModel, opened on first use (a run that never judges never needs the judge's key)."""
+
+    def __init__(self, recipe, cache: CallCache):
+        self.recipe, self.cache, self.opened = recipe, cache, {}
+
+    def __getitem__(self, role: str) -> CachedModel:
+        from bezoar.llm.specs import open_model
+
+        if role not in ("teacher", "judge", "student"):
+            raise KeyError(role)
+        if role not in self.opened:
+            self.opened[role] = open_model(getattr(self.recipe.models, role), role=role, cache=self.cache)
+        return self.opened[role]
+
+    def __iter__(self):
+        return iter(("teacher", "judge", "student"))
+
+    def __len__(self) -> int:
+        return 3
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_files(section: Any) -> list[Path]:
+    """Every file path a config section names (seeds, pairs, question files, ...)."""
+    found: list[Path] = []
+    if isinstance(section, BaseModel):
+        for name in type(section).model_fields:
+            found += input_files(getattr(section, name))
+    elif isinstance(section, (list, tuple)):
+        for item in section:
+            found += input_files(item)
+    elif isinstance(section, dict):
+        for item in section.values():
+            found += input_files(item)
+    elif isinstance(section, Path):
+        found.append(section)
+    return found
+
+
+def check_inputs(recipe, stages: list[Stage], source: Path) -> None:
+    """Every named input exists, before any stage starts (so nothing is touched on a typo)."""
+    missing = [f"{path}" for stage in stages for section in stage.sections
+               for path in input_files(getattr(recipe, section)) if not path.exists()]
+    if missing:
+        raise DataError(f"{source}: input file(s) not found: {', '.join(sorted(set(missing)))}")
+
+
+class Manifest:
+    """runs/NAME/manifest.json, rewritten atomically at every change."""
+
+    def __init__(self, run_dir: Path):
+        import json
+
+        self.path = run_dir / "manifest.json"
+        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data.setdefault("stages", {})
+
+    def stage(self, name: str) -> dict:
+        return self.data["stages"].get(name, {})
+
+    def update(self, name: str, **fields) -> None:
+        self.data["stages"].setdefault(name, {}).update(fields)
+        self.save()
+
+    def save(self) -> None:
+        write_json(self.path, self.data)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in VERSIONED:
+        try:
+            found[package] = metadata.version(package.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def fingerprint(recipe, stage: Stage, previous: str) -> tuple[str, dict[str, str]]:
+    inputs = {str(p): file_sha256(p) for s in stage.sections for p in input_files(getattr(recipe, s)) if p.is_file()}
+    config = {s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections}
+    roles = {r: getattr(recipe.models, r).model_dump(mode="json") for r in stage.roles}
+    basis = {"stage": stage.name, "config": config, "roles": roles, "seed": recipe.run.seed,
+             "commercial": recipe.run.require_commercial_use, "inputs": inputs, "previous": previous}
+    return canonical_hash(basis), inputs
+
+
+def open_run(recipe, run_dir: Path, source: Path) -> Manifest:
+    """The run's manifest; refuses a directory that another recipe made."""
+    manifest = Manifest(run_dir)
+    made_by = manifest.data.get("run_name")
+    if made_by is not None and made_by != recipe.run.name:
+        raise ConfigError(f"{run_dir}: this run directory was made by recipe '{manifest.data.get('recipe_path')}' "
+                          f"(run.name '{made_by}'), not by {source} (run.name '{recipe.run.name}'); "
+                          "use another --run-dir or that recipe")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest.data.update(run_name=recipe.run.name, recipe_path=str(source), versions=versions(),
+                         recipe=recipe.model_dump(mode="json"))
+    return manifest
+
+
+def select(start: str | None, only: str | None) -> tuple[list[Stage], set[str]]:
+    """(stages to consider, stages forced to re-run)."""
+    if only:
+        return [stage_named(only)], {only}
+    if start:
+        first = STAGE_NAMES.index(stage_named(start).name)
+        return list(STAGES), set(STAGE_NAMES[first:])
+    return list(STAGES), set()
+
+
+def run(recipe, source: Path, start: str | None = None, only: str | None = None,
+        run_dir: Path | None = None) -> dict:
+    """Run the recipe; returns the manifest's data. Raises BezoarError on bad input or a budget stop."""
+    stages, forced = select(start, only)
+    run_dir = Path(run_dir or recipe.run.directory)
+    check_inputs(recipe, stages, source)
+    manifest = open_run(recipe, run_dir, source)
+    models = LazyModels(recipe, CallCache(run_dir / "cache" / "calls.sqlite"))
+    previous = ""
+    for stage in STAGES:
+        print_, inputs = fingerprint(recipe, stage, previous)
+        previous = print_
+        if stage not in stages:
+            continue
+        record = manifest.stage(stage.name)
+        if stage.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
+            log.info("%s: unchanged since %s, skipped", stage.name, record.get("ended"))
+            continue
+        run_stage(stage, recipe, run_dir, models, manifest, print_, inputs)
+    return manifest.data
+
+
+def run_stage(stage: Stage, recipe, run_dir: Path, models: LazyModels, manifest: Manifest,
+              print_: str, inputs: dict) -> None:
+    log.info("%s: starting", stage.name)
+    before = {role: model.usage.copy() for role, model in models.opened.items()}
+    started = time.perf_counter()
+    manifest.update(stage.name, status="running", started=_now(), ended=None, fingerprint=None,
+                    inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
+    try:
+        summary = stage.load()(recipe, run_dir, models)
+    except BudgetExceeded as error:
+        _finish(stage, manifest, models, before, started, status="stopped", error=str(error))
+        raise
+    except BezoarError as error:
+        _finish(stage, manifest, models, before, started, status="failed", error=str(error))
+        raise
+    except BaseException as error:
+        _finish(stage, manifest, models, before, started, status="failed", error=f"{type(error).__name__}: {error}")
+        raise
+    _finish(stage, manifest, models, before, started, status="done", summary=summary, fingerprint=print_)
+    log.info("%s: done in %.0f s", stage.name, time.perf_counter() - started)
+
+
+def _finish(stage, manifest, models, before, started, **fields) -> None:
+    from bezoar.llm.cache import Usage
+
+    usage = {}
+    for role, model in models.opened.items():
+        spent = model.usage.minus(before.get(role, Usage()))
+        if spent.calls or spent.cache_hits:
+            usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4), "model": model.identity}
+    manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=usage, **fields)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,99 @@
+"""`bezoar run`, `bezoar status` and `bezoar report`: the whole recipe, where it stands, what it made."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_recipe)
+    app.command("status")(status)
+    app.command("report")(report)
+
+
+def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
+               start: Optional[str] = typer.Option(None, "--from", help="Re-run from this stage on."),
+               only: Optional[str] = typer.Option(None, "--only", help="Run just this stage."),
+               run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: run.run_dir or runs/NAME.")) -> None:
+    """The whole recipe: generate → filter → sft → sft_hh → dpo → eval → report, resumable."""
+    from bezoar.config import load_recipe
+    from bezoar.pipeline import run, stage_named
+
+    for name in (start, only):
+        if name:
+            stage_named(name)  # an unknown stage is an error before anything is loaded
+    loaded = load_recipe(recipe)
+    data = run(loaded, recipe, start=start, only=only, run_dir=run_dir)
+    directory = run_dir or loaded.run.directory
+    show_status(directory, data)
+    report_file = Path(directory) / "report" / "index.html"
+    if report_file.exists():
+        console.print(f"report: [bold]{report_file}[/bold]")
+
+
+def status(run_dir: Path = typer.Argument(..., help="A run directory (runs/NAME).")) -> None:
+    """Stages with state, counts, time, calls and cost; works while a run is in progress."""
+    from bezoar.errors import DataError
+
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no manifest.json here (not a bezoar run directory)")
+    show_status(run_dir, json.loads(path.read_text()))
+
+
+def show_status(run_dir: Path, data: dict) -> None:
+    from bezoar.pipeline import STAGE_NAMES
+
+    table = Table(title=f"run {data.get('run_name', '?')} ({run_dir})")
+    for column in ("stage", "state", "counts", "time", "calls (hits)", "tokens", "cost"):
+        table.add_column(column, justify="right" if column in ("time", "cost", "tokens") else "left")
+    total_cost = 0.0
+    for name in STAGE_NAMES:
+        stage = data.get("stages", {}).get(name, {})
+        usage = stage.get("usage", {})
+        cost = sum(u.get("cost_usd", 0) for u in usage.values())
+        total_cost += cost
+        calls = ", ".join(f"{r} {u['calls']} ({u['cache_hits']})" for r, u in usage.items()) or "-"
+        tokens = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values())
+        table.add_row(name, _state(stage), _counts(stage.get("summary") or {}), _time(stage), calls,
+                      f"{tokens:,}" if tokens else "-", f"${cost:.2f}" if cost else "-")
+    console.print(table)
+    if total_cost:
+        console.print(f"estimated cost so far: ${total_cost:.2f}")
+    for name, stage in data.get("stages", {}).items():
+        if stage.get("error"):
+            console.print(f"[red]{name}: {stage['error']}[/red]", markup=True, highlight=False)
+
+
+def _state(stage: dict) -> str:
+    colours = {"done": "green", "running": "yellow", "failed": "red", "stopped": "magenta"}
+    state = stage.get("status", "pending")
+    return f"[{colours.get(state, 'dim')}]{state}[/]"
+
+
+def _time(stage: dict) -> str:
+    if stage.get("status") == "running" and stage.get("started"):
+        elapsed = datetime.now(timezone.utc) - datetime.fromisoformat(stage["started"])
+        return f"{elapsed.total_seconds():.0f} s so far"
+    return f"{stage['wall_s']:.0f} s" if stage.get("wall_s") is not None else "-"
+
+
+def _counts(summary: dict) -> str:
+    """The summary's top-level numbers, compactly (each stage reports its own)."""
+    numbers = [f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return ", ".join(numbers[:4]) or "-"
+
+
+def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/NAME).")) -> None:
+    """Write RUN_DIR/report/index.html: data funnel, samples, licences, losses, scores, costs."""
+    from bezoar.report.html import write_report
+
+    console.print(f"report: [bold]{write_report(run_dir)}[/bold]")

@@ -1,0 +1,77 @@
+"""Recipes: strict loading, every problem as one `FILE:LINE: key.path: what` line, exit code 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bezoar.config import load_recipe
+from bezoar.errors import ConfigError
+
+BEZOAR = str(Path(sys.executable).parent / "bezoar")
+REPO = Path(__file__).resolve().parents[1]
+
+MALFORMED = [
+    ("run:\n  name: tiny\n  seeed: 3\n",
+     "{f}:3: run.seeed: unknown key (check the spelling; see the recipe reference in README)"),
+    ("run:\n  seed: three\n",
+     "{f}:2: run.seed: Input should be a valid integer, unable to parse string as an integer (got 'three')"),
+    ("run:\n  name: my run\n",
+     "{f}:2: run.name: String should match pattern '^[A-Za-z0-9._-]+$' (got 'my run')"),
+    ("models:\n  teacher: gpt4\n",
+     "{f}:2: models.teacher.spec: model spec 'gpt4' must start with one of local, openai, anthropic "
+     "(e.g. local, local:PATH, openai:MODEL@URL, anthropic:MODEL) (got 'gpt4')"),
+    ("models:\n  judge:\n    spec: openai:gpt-4\n    concurrency: 0\n",
+     "{f}:4: models.judge.concurrency: Input should be greater than or equal to 1 (got 0)"),
+    ("models:\n  judge:\n    spec: openai:gpt-4\n    api_key_env: sk-live-abc\n",
+     "{f}:4: models.judge.api_key_env: must be the *name* of an environment variable (e.g. OPENAI_API_KEY), not a key"),
+    ("models:\n  student:\n    dtype: int8\n",
+     "{f}:3: models.student.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'int8')"),
+    ("stages: [generate]\n", "{f}:1: stages: unknown key (check the spelling; see the recipe reference in README)"),
+    ("run: [1, 2]\n", "{f}:1: run: Input should be a valid dictionary or instance of RunConfig"),
+    ("- just\n- a list\n", "{f}:1: a recipe must be a mapping of sections (run, models, generate, ...)"),
+    ("run:\n  name: x\n   seed: 1\n", "{f}:3: not valid YAML: mapping values are not allowed here"),
+]
+
+
+@pytest.mark.parametrize("text,expected", MALFORMED, ids=[e.split(": ")[1] for _, e in MALFORMED])
+def test_malformed_recipe_gives_exact_line(tmp_path, text, expected):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    assert str(caught.value) == expected.format(f=path)
+
+
+def test_all_problems_reported_at_once_by_the_cli(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("run:\n  seeed: 1\nmodels:\n  judge:\n    batch_size: -1\n")
+    result = subprocess.run([BEZOAR, "validate", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [f"{path}:2: run.seeed: unknown key (check the spelling; see the recipe reference in README)",
+                     f"{path}:5: models.judge.batch_size: Input should be greater than or equal to 1 (got -1)"]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_missing_recipe_file(tmp_path):
+    result = subprocess.run([BEZOAR, "validate", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    assert result.returncode == 2 and "nope.yaml: cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_env_defaults_and_shorthand(tmp_path, monkeypatch):
+    monkeypatch.setenv("JUDGE_URL", "http://127.0.0.1:9000/v1")
+    path = tmp_path / "recipe.yaml"
+    path.write_text("run: {name: t}\nmodels:\n  judge: openai:m@${JUDGE_URL}\n  teacher: local:${NOPE:-/models/x}\n")
+    recipe = load_recipe(path)
+    assert recipe.models.judge.spec == "openai:m@http://127.0.0.1:9000/v1"
+    assert recipe.models.teacher.spec == "local:/models/x"
+    assert recipe.models.student.spec == "local" and recipe.run.directory == Path("runs/t")
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate(recipe):
+    result = subprocess.run([BEZOAR, "validate", str(recipe)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
