@@ -1,8 +1,142 @@
-"""The recipe's `filter` section (placeholder: the filter stage fills it in)."""
+"""The recipe's `filter` section: heuristics → de-duplication → contamination → judge, each switchable.
+
+The paper kept only rows GPT-4 marked "Accept" (PAPER-NOTES §1.5); its rubric and threshold were not
+published, so the judge defaults below are our own and say so.
+"""
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
 
 from bezoar.config import StrictModel
 
 
+class HeuristicsConfig(StrictModel):
+    """Cheap rules run before anything else, so the judge never pays for an obvious reject."""
+
+    enabled: bool = True
+    """Switch every heuristic off at once."""
+    empty: bool = True
+    """Reject a record whose instruction or response is empty (after stripping whitespace)."""
+    length: bool = True
+    """Reject instructions/responses outside the word limits below."""
+    min_instruction_words: int = Field(3, ge=0)
+    max_instruction_words: int = Field(1024, ge=1)
+    min_response_words: int = Field(1, ge=0)
+    """1 keeps terse but right answers ("Paris."), which Dolly-style seeds contain."""
+    max_response_words: int = Field(2048, ge=1)
+    refusal: bool = True
+    """Reject refusals ("I'm sorry, but I can't ...", "I cannot help with that")."""
+    boilerplate: bool = True
+    """Reject "As an AI language model ..." and similar self-descriptions."""
+    truncated: bool = True
+    """Reject responses cut by the token limit (`finish_reason == "length"`)."""
+    repetition: bool = True
+    """Reject degenerate repetition: looping word n-grams or a short run repeated many times."""
+    max_repeated_ngram_fraction: float = Field(0.5, gt=0, le=1)
+    """Share of word 3-grams that are repeats above which a response (of >= 12 words) is degenerate."""
+    copied_instruction: bool = True
+    """Reject a response that merely repeats the instruction."""
+    language: bool = True
+    """Reject text not in `languages`, by py3langid (code blocks are ignored)."""
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    """ISO 639-1 codes accepted."""
+    min_language_chars: int = Field(40, ge=1)
+    """Shorter texts are not language-checked: detectors are unreliable on a few words."""
+    evol_elimination: bool = True
+    """The Evol-Instruct elimination rules from generation (sorry+short, stop-words only, leaked markers)."""
+
+
+class DedupConfig(StrictModel):
+    """Exact duplicates after normalisation, then near-duplicate instructions."""
+
+    exact: bool = True
+    """Drop records whose normalised instruction (lower case, no punctuation, one space) repeats."""
+    near: bool = True
+    """Drop near-duplicate instructions (MinHash-LSH, or embeddings when configured)."""
+    method: Literal["minhash", "embedding"] = "minhash"
+    """`embedding` needs `embedding_model` (a sentence-transformers style directory that loads offline)."""
+    threshold: float = Field(0.7, gt=0, le=1)
+    """MinHash: IDF-weighted Jaccard similarity of the content-word shingles at or above which two instructions
+    are duplicates (0.7 measured on Dolly: rewordings join, templated questions with another entity stay apart)."""
+    shingle_words: int = Field(1, ge=1, le=5)
+    """Shingles are content-word n-grams of every size from 1 to this; 1 (a bag of words) suits short instructions."""
+    num_perm: int = Field(128, ge=16)
+    """MinHash permutations: more is a closer Jaccard estimate and slower hashing."""
+    embedding_model: Path | None = None
+    """A directory with a transformers encoder (e.g. all-MiniLM-L6-v2); used when `method: embedding`."""
+    embedding_threshold: float = Field(0.9, gt=0, le=1)
+    """Cosine similarity at or above which two instructions are duplicates (embedding method). Measured with
+    all-MiniLM-L6-v2 on Dolly: 0.9 joins close rewordings; 0.85 also joins deeper rephrasings ("in NY" / "in
+    New York") but starts joining templated questions ("3 quarters" / "3 dimes")."""
+    keep: Literal["best_rated", "first"] = "best_rated"
+    """Which record of a cluster survives: the best-rated (see `judge_clusters`), or the first read."""
+    judge_clusters: bool = False
+    """Judge every member of a duplicate cluster so `best_rated` uses judge ratings (costs judge calls for
+    duplicates only). Off: a rating already in the record is used, else the longest complete response."""
+
+
+class ContaminationConfig(StrictModel):
+    """N-gram overlap with evaluation sets (the GPT-3 and Llama reports' 13-gram convention)."""
+
+    enabled: bool = True
+    ngram: int = Field(13, ge=4)
+    """Words per n-gram, after lower-casing and dropping punctuation."""
+    min_item_words: int = Field(8, ge=1)
+    """Eval items shorter than `ngram` words are matched whole if they have at least this many words."""
+    eval_paths: list[Path] = Field(default_factory=list)
+    """Eval files or directories (JSONL, JSON, CSV, TXT, optionally .gz/.bz2): MT-Bench questions, harness
+    task data, anything else. Directories are read recursively."""
+
+
+class JudgeConfig(StrictModel):
+    """The LLM judge as human proxy: a rubric, a verdict, a 1-10 rating and a reason per record."""
+
+    enabled: bool = True
+    scoring: Literal["auto", "generate", "logprobs"] = "auto"
+    """`generate`: the judge writes its answer and we parse it. `logprobs`: the rating is the expected value of
+    the next-token distribution over 1..10 after "Rating: [[" (local models only; small models that ignore
+    formats still give a usable distribution). `auto`: logprobs for local judges, generate for remote ones."""
+    rule: Literal["auto", "rating", "verdict", "both", "top_fraction"] = "auto"
+    """Accept when rating >= threshold (`rating`), when the verdict says accept (`verdict`; falls back to the
+    rating if there is no verdict), when both hold (`both`), or the best-rated `keep_fraction` of the judged
+    records (`top_fraction`). `auto`: `top_fraction` under next-token scoring, whose expected ratings rank
+    records but are not calibrated (the embedded SmolLM2 rates nearly everything 2-3), else `rating`."""
+    threshold: float = Field(6.0, ge=1, le=10)
+    """Lowest accepted rating. The paper's GPT-4 threshold is unknown; 6 is "acceptable" in our rubric."""
+    keep_fraction: float = Field(0.7, gt=0, le=1)
+    """`top_fraction` rule: share of the judged records kept (ties at the cut are kept)."""
+    prompt: str = "judge_rubric"
+    """Rubric prompt: a file name in bezoar/prompts (without .txt) or a path to a text file."""
+    strict_prompt: str = "judge_strict"
+    """The stricter prompt used once when a reply cannot be read."""
+    max_new_tokens: int = Field(96, ge=1)
+    """Longest judge reply (generate scoring)."""
+    max_chars: int = Field(6000, ge=100)
+    """Instruction and response are each cut to this many characters before judging."""
+    chunk_size: int = Field(64, ge=1)
+    """Records sent to the backend per call; progress is reported per chunk and every reply is cached at once."""
+
+
+class JudgeCheckConfig(StrictModel):
+    """Optionally calibrate the judge on human preference pairs before filtering."""
+
+    enabled: bool = False
+    pairs: Path | None = None
+    """HH-RLHF style JSONL(.gz) with chosen/rejected transcripts (the last `n` pairs are used)."""
+    n: int = Field(100, ge=1)
+    """Pairs to check; each is judged twice (both orders)."""
+    min_agreement: float = Field(0.6, ge=0, le=1)
+    """Warn when agreement with humans is below this or its 95% interval reaches 0.5 (chance)."""
+
+
 class FilterConfig(StrictModel):
-    pass
+    """Quality filtering, in order: heuristics → exact/near de-duplication → contamination → judge."""
+
+    heuristics: HeuristicsConfig = Field(default_factory=HeuristicsConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    judge_check: JudgeCheckConfig = Field(default_factory=JudgeCheckConfig)

@@ -1,0 +1,87 @@
+"""Everything the report shows, read from a run directory's plain files (each part optional).
+
+    manifest.json                       stages, times, calls, cost, versions, the recipe
+    data/generated/<method>.jsonl       what the teacher made
+    data/filtered/<method>.jsonl        what survived; rejected.jsonl with every reason
+    models/<checkpoint>/metrics.jsonl   training and validation loss, DPO rewards
+    eval/comparison.json, eval/mt_bench/<checkpoint>/summary.json
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bezoar.records import Lineage, Record, read_jsonl
+
+
+@dataclass
+class RunData:
+    run_dir: Path
+    manifest: dict = field(default_factory=dict)
+    generated: dict[str, list[Record]] = field(default_factory=dict)
+    kept: dict[str, list[Record]] = field(default_factory=dict)
+    rejected: list[Record] = field(default_factory=list)
+    training: dict[str, list[dict]] = field(default_factory=dict)
+    comparison: dict | None = None
+    mt_bench: dict[str, dict] = field(default_factory=dict)
+
+    def funnel(self) -> dict[str, Counter]:
+        """Per method: generated, each rejection reason (first reason of each record), kept."""
+        table: dict[str, Counter] = defaultdict(Counter)
+        for method, records in self.generated.items():
+            table[method]["generated"] = len(records)
+        for record in self.rejected:
+            reasons = record.meta.details.get("filter", {}).get("reasons") or ["rejected"]
+            table[record.meta.method][str(reasons[0])] += 1
+        for method, records in self.kept.items():
+            table[method]["kept"] = len(records)
+        return dict(table)
+
+    def lineage(self) -> Lineage:
+        """Every seed, teacher and data set that touched the final model, with one verdict."""
+        from bezoar.licences import dataset_licence, model_licence
+
+        combined = Lineage()
+        for records in self.kept.values():
+            for record in records:
+                combined = combined.merged(record.licence) if record.licence.sources else combined
+        recipe = self.manifest.get("recipe", {})
+        student = recipe.get("models", {}).get("student", {})
+        if student:
+            spec = student.get("spec", "local")
+            combined = combined.merged(Lineage.of([(spec, "base", model_licence(spec, student.get("licence")))]))
+        hh = (recipe.get("sft_hh", {}).get("data") or {}).get("path")
+        if hh:
+            name, licence = dataset_licence(hh)
+            combined = combined.merged(Lineage.of([(name, "data", licence)]))
+        return combined
+
+
+def _records(path: Path) -> list[Record]:
+    return list(read_jsonl(path, Record, skip_bad=True)) if path.exists() else []
+
+
+def load(run_dir: Path) -> RunData:
+    run_dir = Path(run_dir)
+    data = RunData(run_dir)
+    manifest = run_dir / "manifest.json"
+    if manifest.exists():
+        data.manifest = json.loads(manifest.read_text())
+    for path in sorted((run_dir / "data" / "generated").glob("*.jsonl")):
+        data.generated[path.stem] = _records(path)
+    filtered = run_dir / "data" / "filtered"
+    for path in sorted(filtered.glob("*.jsonl")):
+        if path.stem == "rejected":
+            data.rejected = _records(path)
+        elif path.stem not in ("kept", "judgments"):
+            data.kept[path.stem] = _records(path)
+    for path in sorted((run_dir / "models").glob("*/metrics.jsonl")):
+        data.training[path.parent.name] = list(read_jsonl(path, skip_bad=True))
+    comparison = run_dir / "eval" / "comparison.json"
+    if comparison.exists():
+        data.comparison = json.loads(comparison.read_text())
+    for path in sorted((run_dir / "eval" / "mt_bench").glob("*/summary.json")):
+        data.mt_bench[path.parent.name] = json.loads(path.read_text())
+    return data
