@@ -162,13 +162,28 @@ def _sample(logits, sampling: Sampling, seed: int, step: int) -> int:
 
     scores = logits / sampling.temperature
     if sampling.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=True)
-        probs = torch.softmax(ordered, dim=-1)
-        drop = probs.cumsum(-1) - probs > sampling.top_p  # keep the token that crosses top_p
-        scores = torch.full_like(scores, float("-inf")).scatter(0, order, ordered.masked_fill(drop, float("-inf")))
+        scores = _nucleus(scores, sampling.top_p)
     generator = torch.Generator().manual_seed((seed + step * 1_000_003) % (1 << 63))
     noise = torch.rand(scores.shape[0], generator=generator).clamp_min(1e-20)
     return int((scores - torch.log(-torch.log(noise))).argmax())
+
+
+def _nucleus(scores, top_p: float):
+    """Scores outside the top-p nucleus set to -inf (the token that crosses top_p is kept).
+
+    Sorting all 49k scores took ~50-90 ms per row and step on 2 busy cores, more than the forward
+    pass; the nucleus nearly always lies in the top few hundred tokens, so look there first (topk,
+    ~0.5 ms) and sort everything only when it does not. Same tokens kept as a full sort.
+    """
+    import torch
+
+    probs, size = torch.softmax(scores, dim=-1), scores.shape[0]
+    for k in (min(512, size), size):
+        top, order = torch.topk(probs, k)
+        if k == size or float(top.sum()) > top_p:
+            break
+    keep = order[~(top.cumsum(-1) - top > top_p)]
+    return torch.full_like(scores, float("-inf")).index_copy(0, keep, scores.index_select(0, keep))
 
 
 def _layers(cache) -> list[tuple]:

@@ -1,0 +1,139 @@
+"""`bezoar generate` and `bezoar stats`: options → one library call → a table on the terminal."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("generate")(generate_command)
+    app.command("stats")(stats_command)
+
+
+def generate_command(
+    method: str = typer.Option(..., "--method", help="lamini, evol or orca."),
+    out: Path = typer.Option(..., "--out", help="Output JSONL; rejections go to OUT.rejected.jsonl beside it."),
+    seeds: Optional[list[Path]] = typer.Option(None, "--seeds", help="Seed files (JSONL(.gz), JSON array, FLAN TSV(.gz)); several may follow one --seeds."),
+    more_seeds: Optional[list[Path]] = typer.Argument(None, hidden=True),
+    n: Optional[int] = typer.Option(None, "--n", min=1, help="Records to end with (default: the recipe's, else the paper's count)."),
+    teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher model spec (default: the recipe's models.teacher, else local)."),
+    judge: Optional[str] = typer.Option(None, "--judge", help="Evol: judge spec for the 'are these prompts equal?' check (no judge: no check)."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take sampling, counts, seeds and models from this recipe's generate.<method> section."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the recipe's run.seed, else 0)."),
+    seed_licence: Optional[str] = typer.Option(None, "--seed-licence", help="Declare the licence of the --seeds files (e.g. apache-2.0)."),
+    skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Skip malformed seed rows (counted) instead of stopping."),
+    require_commercial_use: bool = typer.Option(False, "--require-commercial-use", help="Refuse, before any call, a seed or teacher not clearly usable commercially."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Work items per round."),
+) -> None:
+    """Generate synthetic instruction data (LaMini-LM, Evol-Instruct or Orca), resumably."""
+    from bezoar.generate.stage import generate
+    from bezoar.llm.specs import open_model
+
+    section, models, run = _recipe_parts(recipe, method)
+    paths = list(seeds or []) + list(more_seeds or [])
+    changes: dict = {"skip_bad_lines": skip_bad_lines or section.skip_bad_lines}
+    if paths:
+        changes["seeds"] = [{"path": p, "licence": seed_licence} for p in paths]
+    if n is not None:
+        changes["n"] = n
+    if batch_size is not None:
+        changes["batch_size"] = batch_size
+    config = type(section).model_validate({**section.model_dump(), **changes})
+    teacher_config = models.teacher if teacher is None else models.teacher.model_validate({**models.teacher.model_dump(), "spec": teacher})
+    judge_config = None if judge is None else models.judge.model_validate({**models.judge.model_dump(), "spec": judge})
+    if judge_config is None and recipe is not None and method == "evol" and config.equality_check:
+        judge_config = models.judge  # a recipe names its judge; on the command line it is opt-in
+    summary = generate(
+        method, config, lambda: open_model(teacher_config, role="teacher"), teacher_config.spec, out,
+        seed=run.seed if seed is None else seed,
+        judge=(lambda: open_model(judge_config, role="judge")) if judge_config else None,
+        judge_spec=judge_config.spec if judge_config else None,
+        require_commercial_use=require_commercial_use or run.require_commercial_use,
+        teacher_licence=teacher_config.licence)
+    _print_summary(summary)
+
+
+def _recipe_parts(recipe: Path | None, method: str):
+    from bezoar.config import ModelsConfig, RunConfig
+    from bezoar.errors import ConfigError
+    from bezoar.generate.config import GenerateConfig
+    from bezoar.generate.stage import METHODS
+
+    if method not in METHODS:
+        raise ConfigError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
+    if recipe is None:
+        return GenerateConfig().scheme(method), ModelsConfig(), RunConfig()
+    from bezoar.config import load_recipe
+
+    loaded = load_recipe(recipe)
+    return loaded.generate.scheme(method), loaded.models, loaded.run
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"generate {summary['method']}", show_header=False)
+    usage = summary.get("usage", {})
+    rows = [("records", summary["records"]), ("new this run", summary["new_records"]),
+            ("candidates tried", summary["attempts"]),
+            ("rejected", ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()) or "none"),
+            ("teacher calls / cache hits", f"{usage.get('calls', 0)} / {usage.get('cache_hits', 0)}"),
+            ("wall time", f"{summary['wall_s']} s"), ("rejections file", summary["rejections_file"])]
+    if summary.get("skipped_seed_rows"):
+        rows.append(("skipped seed rows", summary["skipped_seed_rows"]))
+    for key, value in rows:
+        table.add_row(key, str(value))
+    console.print(table)
+    print(summary["output"])
+
+
+def stats_command(
+    files: list[Path] = typer.Argument(..., help="Generated JSONL files."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the statistics as JSON here ('-' prints JSON instead of tables)."),
+) -> None:
+    """Counts, lengths, diversity and licence verdicts of generated records."""
+    from bezoar.generate.stats import file_stats
+
+    found = file_stats(files)
+    if json_out is not None and str(json_out) == "-":
+        print(json.dumps(found, indent=2, ensure_ascii=False))
+        return
+    _print_stats(found)
+    if json_out is not None:
+        from bezoar.records import write_json
+
+        write_json(json_out, found)
+        print(json_out)
+
+
+def _print_stats(found: dict) -> None:
+    overview = Table(title=f"{found['records']} records", show_header=False)
+    gold = found["gold_agreement"]
+    for key, value in [("unique instructions", f"{found['unique_instruction_fraction']:.1%}"),
+                       ("distinct-1 / distinct-2", f"{found['distinct_1']:.3f} / {found['distinct_2']:.3f}"),
+                       ("commercial use", _inline(found["commercial_use"])),
+                       ("finish reason", _inline(found["finish_reason"])),
+                       ("gold agreement (orca)", f"{gold['agree']}/{gold['checked']}" if gold["checked"] else "-"),
+                       ("rejections", _inline(found["rejections"]) or "-")]:
+        overview.add_row(key, value)
+    console.print(overview)
+    lengths = Table("words", "count", "min", "p10", "median", "mean", "p90", "max", title="lengths")
+    for name in ("instruction_words", "response_words"):
+        dist = found[name]
+        lengths.add_row(name.split("_")[0], *(str(dist.get(k, "-")) for k in ("count", "min", "p10", "median", "mean", "p90", "max")))
+    console.print(lengths)
+    for key in ("by_method", "by_mode", "by_evolution", "by_epoch", "by_system_message", "by_sub_collection", "by_category"):
+        if found[key]:
+            table = Table("value", "records", title=key.replace("_", " "))
+            for value, count in list(found[key].items())[:20]:
+                table.add_row(value, str(count))
+            console.print(table)
+
+
+def _inline(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())

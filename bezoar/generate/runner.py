@@ -1,0 +1,291 @@
+"""The loop every scheme shares: consume a scheme's candidate stream until `n` records, resumably.
+
+A scheme is a deterministic stream of outcomes (records or rejections), in a fixed order that depends
+only on the seeds, the settings and the random seed, never on batch sizes or on where a run stopped.
+The runner appends accepted records in that order, so after a kill the same stream is replayed (its
+calls are cache hits), records already on disk are recognised by id and skipped, and the file ends
+with exactly the first `n` records of the stream: the same file an uninterrupted run writes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from bezoar.errors import BezoarError, DataError
+from bezoar.llm.cache import canonical_hash
+from bezoar.records import Lineage, Record, append_jsonl, read_jsonl, repair_tail, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rejection:
+    """A candidate that did not become a record, with the teacher's raw text and the reason."""
+
+    method: str
+    reason: str
+    stage: str
+    """Which step rejected it: instruction_list, instruction, evolution, equality, response."""
+    seed_ids: list[str]
+    raw: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return canonical_hash([self.method, self.reason, self.stage, self.seed_ids, self.raw, self.details])[:16]
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "method": self.method, "reason": self.reason, "stage": self.stage,
+                "seed_ids": self.seed_ids, "raw": self.raw, "details": self.details}
+
+
+Outcome = Record | Rejection
+Wanted = Callable[[], int]
+
+
+class Scheme(Protocol):
+    method: str
+
+    def outcomes(self, wanted: Wanted) -> Iterator[list[Outcome]]:
+        """Outcome chunks in stream order; `wanted()` (records still missing) may size the chunks only."""
+        ...
+
+
+class GenerationIncomplete(BezoarError):
+    """Too many rejections (or too few seeds) to reach `n`; the records made so far are kept."""
+
+
+class Meter:
+    """The progress bar: records (with rate and ETA), rejections, calls and cache hits."""
+
+    def __init__(self, method: str, n: int, show: bool | None = None):
+        from tqdm.auto import tqdm
+
+        # disable=None: a bar on a terminal, nothing in logs and pipes.
+        self.bar = tqdm(total=n, desc=method, unit="rec", disable=None if show is None else not show, dynamic_ncols=True)
+        self.rejected = 0
+        self.calls = 0
+
+    def hook(self, finished: int) -> None:
+        """Wired into `CachedModel.chat(progress=...)`: counts finished calls as they arrive."""
+        self.calls += finished
+        self._postfix()
+
+    def update(self, accepted: int, rejections: int) -> None:
+        """`accepted` counts records of the stream found on disk or new, so a resumed run starts where it stopped."""
+        self.rejected += rejections
+        self.bar.update(accepted - self.bar.n)
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix(rejected=self.rejected, calls=self.calls, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class Batching:
+    """How many work items to send next: enough for the records still missing, at the yield seen so far.
+
+    Only the grouping of calls depends on it, never which records come out (the stream's order is
+    fixed and local sampling is seeded per row), so it may adapt freely. Over-asking wastes calls at
+    the end of a run; under-asking costs an extra, smaller round.
+    """
+
+    cap: int
+    prior: float = 1.0
+    """Expected records per work item before any result is seen."""
+    tried: int = 0
+    produced: int = 0
+
+    def size(self, wanted: int) -> int:
+        rate = (self.produced + self.prior) / (self.tried + 1)  # smoothed towards the prior
+        return max(1, min(self.cap, math.ceil(wanted / max(rate, 0.05))))
+
+    def saw(self, items: int, produced: int) -> None:
+        self.tried += items
+        self.produced += produced
+
+
+def normalise(text: str) -> str:
+    """The form in which two instructions count as the same (case, spacing and end punctuation aside)."""
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+@dataclass
+class OutputFiles:
+    records: Path
+
+    @property
+    def rejected(self) -> Path:
+        return self.records.with_name(self.records.name.removesuffix(".jsonl") + ".rejected.jsonl")
+
+    @property
+    def state(self) -> Path:
+        return self.records.with_name(self.records.name.removesuffix(".jsonl") + ".generate.json")
+
+
+@dataclass
+class _Progress:
+    """Where the replayed stream stands, and what the files already hold."""
+
+    n: int
+    done: set[str]
+    done_instructions: set[str]
+    known_rejections: set[str]
+    accepted: int = 0
+    attempts: int = 0
+    new_records: int = 0
+    seen: set[str] = field(default_factory=set)
+    reasons: Counter = field(default_factory=Counter)
+
+    def take(self, chunk: list[Outcome]) -> tuple[list[Record], list[dict], int]:
+        """New records and new rejections to write from one chunk, and how many rejections it held."""
+        records, rejections, rejected = [], [], 0
+        for outcome in chunk:
+            if self.accepted >= self.n:
+                break
+            self.attempts += 1
+            if isinstance(outcome, Record):
+                key = normalise(outcome.instruction)
+                if key not in self.seen:
+                    self.seen.add(key)
+                    self.accepted += 1
+                    if outcome.meta.id not in self.done and key not in self.done_instructions:
+                        records.append(outcome)
+                    continue
+                outcome = _duplicate(outcome)
+            rejected += 1
+            self.reasons[outcome.reason] += 1
+            if outcome.id not in self.known_rejections:
+                self.known_rejections.add(outcome.id)
+                rejections.append(outcome.to_json())
+        self.new_records += len(records)
+        return records, rejections, rejected
+
+
+def generate_to_file(scheme: Scheme, out: Path, n: int, signature: dict, max_attempts: int, meter: Meter,
+                     usage: Callable[[], dict] = dict, extra: dict | None = None, restart: bool = False) -> dict:
+    """Run `scheme` until `out` holds `n` records; returns the summary (also written beside `out`)."""
+    files = OutputFiles(Path(out))
+    _check_signature(files, signature, restart)
+    state = _Progress(n, *_existing(files))
+    on_disk = len(state.done)
+    started = time.perf_counter()
+    try:
+        if n > 0:
+            _consume(scheme, files, state, meter, max_attempts)
+    finally:
+        meter.close()
+    if on_disk > n:
+        log.warning("%s already holds %d records, more than n=%d; they are left as they are", files.records, on_disk, n)
+    summary = {"method": scheme.method, "records": state.accepted, "new_records": state.new_records,
+               "attempts": state.attempts, "rejected": dict(state.reasons.most_common()),
+               "output": str(files.records), "rejections_file": str(files.rejected),
+               "wall_s": round(time.perf_counter() - started, 2), "usage": usage(), **(extra or {})}
+    write_json(files.state, {"signature": signature, "n": n, "summary": summary})
+    return summary
+
+
+def _consume(scheme: Scheme, files: OutputFiles, state: _Progress, meter: Meter, max_attempts: int) -> None:
+    """Pull chunks until n records; each chunk's new records and rejections are appended at once."""
+    for chunk in scheme.outcomes(lambda: state.n - state.accepted):
+        records, rejections, rejected = state.take(chunk)
+        append_jsonl(files.records, records)
+        append_jsonl(files.rejected, rejections)
+        meter.update(state.accepted, rejected)
+        if state.accepted >= state.n:
+            return
+        if state.attempts >= max_attempts:
+            raise GenerationIncomplete(_incomplete(scheme.method, files, state, "the attempt limit was reached"))
+    raise GenerationIncomplete(_incomplete(scheme.method, files, state, "the seeds ran out"))
+
+
+def _duplicate(record: Record) -> Rejection:
+    return Rejection(record.meta.method, "duplicate_instruction", "instruction", record.meta.seed_ids,
+                     record.instruction, {"record_id": record.meta.id})
+
+
+def _existing(files: OutputFiles) -> tuple[set[str], set[str], set[str]]:
+    """Ids and instructions already written, and rejection ids already recorded (after a kill)."""
+    for path in (files.records, files.rejected):
+        dropped = repair_tail(path)
+        if dropped:
+            log.info("%s: dropped a torn last line (%d bytes) left by an interrupted run", path, dropped)
+    done, instructions = set(), set()
+    if files.records.exists():
+        for record in read_jsonl(files.records, Record):
+            done.add(record.meta.id)
+            instructions.add(normalise(record.instruction))
+    rejected = {row["id"] for row in read_jsonl(files.rejected)} if files.rejected.exists() else set()
+    return done, instructions, rejected
+
+
+def _check_signature(files: OutputFiles, signature: dict, restart: bool) -> None:
+    """Refuse to extend a file made with other settings: it would mix two different streams.
+
+    With `restart` (the pipeline, whose run directory is its own) the old outputs are replaced instead.
+    """
+    if files.state.exists():
+        import json
+
+        earlier = json.loads(files.state.read_text(encoding="utf-8")).get("signature", {})
+        changed = sorted(k for k in set(earlier) | set(signature) if earlier.get(k) != signature.get(k))
+        if changed and restart:
+            log.warning("%s: settings changed (%s); generating it again", files.records, ", ".join(changed))
+            for path in (files.records, files.rejected, files.state):
+                path.unlink(missing_ok=True)
+        elif changed:
+            raise DataError(f"{files.records}: was generated with different settings ({', '.join(changed)} changed); "
+                            "write to another --out, or delete it and its .generate.json to start over")
+    elif files.records.exists() and files.records.stat().st_size > 0:
+        raise DataError(f"{files.records}: exists but has no {files.state.name} beside it, so bezoar cannot tell "
+                        "how it was made; write to another --out or move it away")
+    write_json(files.state, {"signature": signature})
+
+
+def _incomplete(method: str, files: OutputFiles, state: _Progress, why: str) -> str:
+    top = ", ".join(f"{reason} {count}" for reason, count in state.reasons.most_common(4)) or "none"
+    return (f"generate {method}: {why} after {state.attempts} candidates with {state.accepted} of {state.n} records "
+            f"(kept in {files.records}; rejections: {top}; details in {files.rejected}). Use a stronger teacher, "
+            "more seeds, or raise max_attempts_per_record; running again resumes")
+
+
+@dataclass
+class Context:
+    """What every scheme needs: the teacher, who it is, the random seed and the progress hook."""
+
+    teacher: Any  # a CachedModel
+    teacher_spec: str
+    teacher_licence: str
+    seed: int = 0
+    progress: Callable[[int], None] | None = None
+
+    def rng(self, *parts: object) -> "random.Random":
+        """A generator for one decision point: the same parts give the same draws in every run."""
+        import random
+
+        return random.Random(canonical_hash([self.seed, *parts]))
+
+    def lineage(self, seeds: list) -> Lineage:
+        return Lineage.of([(s.dataset, "seed", s.licence) for s in seeds]
+                          + [(self.teacher_spec, "teacher", self.teacher_licence)])
+
+
+def response_problem(reply: Any, instruction: str, full_rules: bool = False) -> str | None:
+    """Why a teacher reply cannot be a response: a failed call, no content, or (Evol-Instruct) rules 2-4."""
+    from bezoar.generate.elimination import heuristic_failure, only_stopwords
+
+    if reply.finish_reason == "error":
+        return "teacher_error"
+    if full_rules:
+        return heuristic_failure(instruction, reply.text)
+    return "only_stopwords" if only_stopwords(reply.text) else None

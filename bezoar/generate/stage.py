@@ -1,0 +1,127 @@
+"""The generate stage: licence gate, seeds, teacher, one scheme, resumable output. Used by
+`bezoar generate` (one scheme) and by the pipeline (`run_generate`: every scheme with `n > 0`)."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from bezoar.errors import ConfigError
+from bezoar.generate.config import EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
+from bezoar.generate.runner import Context, Meter, OutputFiles, generate_to_file
+from bezoar.generate.seeds import SeedSet, read_seeds
+from bezoar.licences import dataset_licence, model_licence, require_commercial
+
+log = logging.getLogger(__name__)
+
+METHODS = ("lamini", "evol", "orca")
+
+
+def check_licences(seeds: list[SeedFile], teacher_spec: str, teacher_licence: str | None) -> None:
+    """The commercial-use gate: raises LicenceError naming the first seed or teacher that fails, before any call."""
+    for seed in seeds:
+        dataset, licence = dataset_licence(str(seed.path), seed.licence)
+        require_commercial("seed", f"{seed.path} ({dataset})", licence)
+    require_commercial("teacher", teacher_spec, model_licence(teacher_spec, teacher_licence))
+
+
+def load_seed_files(seeds: list[SeedFile], skip_bad: bool) -> SeedSet:
+    found = SeedSet()
+    for seed in seeds:
+        found.extend(read_seeds(seed.path, seed.licence, skip_bad, seed.limit))
+    for message in found.bad_lines[:5]:
+        log.warning("skipped %s", message)
+    if found.bad_lines:
+        log.warning("skipped %d malformed seed rows in all", len(found.bad_lines))
+    return found
+
+
+def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str, out: Path | str,
+             seed: int = 0, judge: Any = None, judge_spec: str | None = None,
+             require_commercial_use: bool = False, teacher_licence: str | None = None,
+             show_progress: bool | None = None, restart_on_change: bool = False) -> dict:
+    """Generate `config.n` records of one scheme into `out` (resuming it if a run was cut short).
+
+    `teacher` and `judge` are CachedModels, or callables returning one: they are opened only after
+    the licence gate and the seed files have passed, so a refused run costs nothing. An `out` made
+    with other settings is an error, or with `restart_on_change` is generated again from scratch.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"generate: unknown method '{method}' (choose one of {', '.join(METHODS)})")
+    if not config.seeds:
+        raise ConfigError(f"generate.{method}.seeds: no seed files given (use --seeds PATH or the recipe)")
+    if require_commercial_use:
+        check_licences(config.seeds, teacher_spec, teacher_licence)
+    seeds = load_seed_files(config.seeds, config.skip_bad_lines)
+    context = Context(None, teacher_spec, model_licence(teacher_spec, teacher_licence), seed)
+    scheme = _scheme(method, context, seeds, config)  # checks the seeds against the settings, still no model
+    context.teacher = teacher() if callable(teacher) else teacher
+    if method == "evol" and judge is not None:
+        scheme.use_judge(judge() if callable(judge) else judge, judge_spec)
+    judge = getattr(scheme, "judge", None)
+    before = context.teacher.usage.copy()
+    judge_before = judge.usage.copy() if judge is not None else None
+    meter = Meter(method, config.n, show_progress)
+    context.progress = meter.hook
+    extra = {"skipped_seed_rows": len(seeds.bad_lines)}
+    summary = generate_to_file(scheme, Path(out), config.n, _signature(method, config, seeds, context.teacher, judge, seed),
+                               max_attempts=int(config.n * config.max_attempts_per_record) + 1, meter=meter,
+                               usage=lambda: context.teacher.usage.minus(before).to_json(), extra=extra,
+                               restart=restart_on_change)
+    if judge is not None and judge is not context.teacher:
+        summary["judge_usage"] = judge.usage.minus(judge_before).to_json()
+    return summary
+
+
+def _scheme(method: str, context: Context, seeds: SeedSet, config: SchemeConfig):
+    if method == "lamini":
+        from bezoar.generate.lamini import LaMini
+
+        return LaMini(context, seeds.seeds, config)  # type: ignore[arg-type]
+    if method == "evol":
+        from bezoar.generate.evol_instruct import EvolInstruct
+
+        return EvolInstruct(context, seeds.seeds, config)  # type: ignore[arg-type]
+    from bezoar.generate.orca import Orca
+
+    return Orca(context, seeds.seeds, config)  # type: ignore[arg-type]
+
+
+def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge, seed: int) -> dict:
+    """What decides the stream of candidates; a file may only be extended by a run with the same."""
+    settings = config.model_dump(mode="json", exclude={"n", "batch_size", "max_attempts_per_record", "seeds"})
+    files = [{"path": str(s.path), "licence": s.licence, "limit": s.limit, "sha256": _file_hash(Path(s.path))}
+             for s in config.seeds]
+    return {"method": method, "teacher": teacher.identity, "judge": getattr(judge, "identity", None),
+            "seed": seed, "settings": settings, "seed_files": files, "seed_rows": len(seeds.seeds)}
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_generate(recipe, run_dir: Path, models: dict) -> dict:
+    """The pipeline's generate stage: each scheme with `n > 0` into run_dir/data/generated/<method>.jsonl."""
+    section, teacher_config = recipe.generate, recipe.models.teacher
+    enabled = [m for m in METHODS if section.scheme(m).n > 0]
+    if recipe.run.require_commercial_use:  # every scheme's seeds pass before any scheme starts
+        for method in enabled:
+            check_licences(section.scheme(method).seeds, teacher_config.spec, teacher_config.licence)
+    results = {}
+    for method in enabled:
+        out = Path(run_dir) / "data" / "generated" / f"{method}.jsonl"
+        # Models are opened lazily (the pipeline's mapping opens on first access): only after the gate,
+        # and the judge only for Evol-Instruct's equality check.
+        judge = (lambda: models["judge"]) if method == "evol" and section.evol.equality_check else None
+        results[method] = generate(method, section.scheme(method), lambda: models["teacher"], teacher_config.spec, out,
+                                   seed=recipe.run.seed, judge=judge, judge_spec=recipe.models.judge.spec,
+                                   teacher_licence=teacher_config.licence, restart_on_change=True)
+    return {"schemes": results, "outputs": {m: str(OutputFiles(Path(r["output"])).records) for m, r in results.items()}}
+
+
+__all__ = ["generate", "run_generate", "check_licences", "EvolConfig", "LaMiniConfig", "OrcaConfig"]
