@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import platform
 import time
 from collections.abc import Mapping
@@ -212,7 +213,8 @@ def run_stage(stage: Stage, recipe, run_dir: Path, models: LazyModels, manifest:
     log.info("%s: starting", stage.name)
     before = {role: model.usage.copy() for role, model in models.opened.items()}
     started = time.perf_counter()
-    manifest.update(stage.name, status="running", started=_now(), ended=None, fingerprint=None,
+    manifest.update(stage.name, status="running", started=_now(), ended=None, fingerprint=None, error=None,
+                    pid=os.getpid(), host=platform.node(),
                     inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
     try:
         summary = stage.load()(recipe, run_dir, models)
@@ -238,6 +240,19 @@ def _finish(stage, manifest, models, before, started, **fields) -> None:
         if spent.calls or spent.cache_hits:
             usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4), "model": model.identity}
     manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=usage, **fields)
+
+
+def is_interrupted(stage: dict) -> bool:
+    """A stage marked running whose process is gone (killed, crashed) on this host."""
+    if stage.get("status") != "running" or stage.get("host") != platform.node() or not stage.get("pid"):
+        return False
+    try:
+        os.kill(stage["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _now() -> str:

@@ -74,13 +74,15 @@ def show_status(run_dir: Path, data: dict) -> None:
 
 
 def _state(stage: dict) -> str:
-    colours = {"done": "green", "running": "yellow", "failed": "red", "stopped": "magenta"}
-    state = stage.get("status", "pending")
+    from bezoar.pipeline import is_interrupted
+
+    colours = {"done": "green", "running": "yellow", "failed": "red", "stopped": "magenta", "interrupted": "red"}
+    state = "interrupted" if is_interrupted(stage) else stage.get("status", "pending")
     return f"[{colours.get(state, 'dim')}]{state}[/]"
 
 
 def _time(stage: dict) -> str:
-    if stage.get("status") == "running" and stage.get("started"):
+    if _state(stage).endswith("running[/]") and stage.get("started"):
         elapsed = datetime.now(timezone.utc) - datetime.fromisoformat(stage["started"])
         return f"{elapsed.total_seconds():.0f} s so far"
     return f"{stage['wall_s']:.0f} s" if stage.get("wall_s") is not None else "-"

@@ -1,0 +1,193 @@
+"""The `eval` stage: every chosen evaluation on every checkpoint of a run, then the comparison.
+
+    run_dir/models/<checkpoint>/        LoRA adapters written by the training stages (sft-1-*, sft-hh, dpo)
+    run_dir/eval/mt_bench/<checkpoint>/ FastChat answer and judgment files, summary.json
+    run_dir/eval/harness/<checkpoint>/  rendered task YAMLs, lm-eval results, summary.json
+    run_dir/eval/preference/<checkpoint>/summary.json
+    run_dir/eval/comparison.json        one table across checkpoints (bezoar compare)
+
+Each summary.json is written last and carries a signature of what produced it (settings, model
+weights, judge); a re-run skips every evaluation whose signature is unchanged, and MT-Bench resumes
+from the call cache after a kill.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from bezoar.errors import BezoarError, ConfigError
+from bezoar.evaluate.compare import checkpoint_order, compare
+from bezoar.evaluate.config import EvalConfig
+from bezoar.llm.cache import CachedModel, canonical_hash
+from bezoar.records import write_json
+
+log = logging.getLogger(__name__)
+
+TRAIN_INFO = "bezoar-train.json"  # written by bezoar.train.run when training starts (records its base)
+
+
+def find_checkpoints(run_dir: Path, config: EvalConfig, student_spec: str) -> list[tuple[str, str]]:
+    """(name, model spec) for the base student and every model directory under run_dir/models."""
+    found = [("base", student_spec)] if config.include_base else []
+    models = Path(run_dir) / "models"
+    directories = [p for p in models.iterdir() if _is_model(p)] if models.is_dir() else []
+    found += [(p.name, f"local:{p.resolve()}") for p in sorted(directories, key=lambda p: checkpoint_order(p.name))]
+    if config.checkpoints is not None:
+        names = {name for name, _ in found}
+        unknown = [c for c in config.checkpoints if c not in names]
+        if unknown:
+            raise ConfigError(f"eval.checkpoints: {unknown} not found under {models} (found: {sorted(names)})")
+        found = [(n, s) for n, s in found if n in config.checkpoints or (n == "base" and config.include_base)]
+    return found
+
+
+def _is_model(path: Path) -> bool:
+    """Weights are there, and a training run that wrote them has finished (its summary is written last)."""
+    if not path.is_dir() or not any((path / f).exists() for f in ("adapter_config.json", "config.json")):
+        return False
+    if (path / TRAIN_INFO).exists() and not (path / "summary.json").exists():
+        log.warning("eval: %s is still training (no summary.json); skipped", path)
+        return False
+    return True
+
+
+def run_eval(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
+    """The stage contract: evaluate each checkpoint, write the comparison, return a JSON summary."""
+    from bezoar.llm.specs import open_model
+
+    config: EvalConfig = recipe.eval
+    run_dir = Path(run_dir)
+    judge = models.get("judge") or open_model(recipe.models.judge, role="judge")
+    student = recipe.models.student
+    summary: dict = {"checkpoints": {}, "skipped": [], "usage": {}}
+    for name, spec in find_checkpoints(run_dir, config, student.spec):
+        model = models.get("student") if name == "base" and "student" in models else None
+        results = evaluate_checkpoint(recipe, run_dir, name, spec, judge, model)
+        summary["checkpoints"][name] = results
+    if summary["checkpoints"]:
+        comparison = compare(run_dir)
+        summary["comparison"] = str(run_dir / "eval" / "comparison.json")
+        summary["metrics"] = comparison["metrics"]
+    summary["usage"]["judge"] = judge.usage.to_json()
+    return summary
+
+
+def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
+                        model: CachedModel | None = None) -> dict:
+    """MT-Bench, harness and preference accuracy for one checkpoint (each skipped when up to date)."""
+    config: EvalConfig = recipe.eval
+    identity = _weights_identity(spec)
+    done: dict = {}
+    if config.mt_bench.enabled:
+        done["mt_bench"] = _once(run_dir / "eval" / "mt_bench" / name, [config.mt_bench, identity, judge.identity],
+                                 lambda out: _mt_bench(recipe, name, spec, judge, model, out))
+    if config.harness.enabled:
+        from bezoar.evaluate.harness import run_harness
+
+        done["harness"] = _once(run_dir / "eval" / "harness" / name, [config.harness, identity],
+                                lambda out: run_harness(spec, config.harness, out))
+    if config.preference.enabled:
+        preference = _preference_config(recipe)
+        if preference.pairs is None:
+            log.warning("eval: preference accuracy skipped (no eval.preference.pairs and no sft_hh.data.path)")
+        else:
+            reference = _dpo_reference(name, spec)
+            done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, reference],
+                                       lambda out: _preference(spec, preference, out, reference))
+    return done
+
+
+def _once(out_dir: Path, inputs: list, work) -> dict:
+    """Run `work(out_dir)` unless out_dir/summary.json was made from the same inputs."""
+    signature = canonical_hash([i.model_dump(mode="json") if hasattr(i, "model_dump") else i for i in inputs])
+    path = out_dir / "summary.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            previous = {}
+        if previous.get("signature") == signature:
+            log.info("eval: %s is up to date", out_dir)
+            return _headline(previous)
+    result = work(out_dir)
+    result["signature"] = signature
+    write_json(path, result)
+    return _headline(result)
+
+
+def _headline(summary: dict) -> dict:
+    """The few numbers the stage summary carries (the files hold the rest)."""
+    if "single" in summary:
+        overall = summary["single"]["overall"]
+        return {"score": overall["score"], "ci95": overall["ci95"], "errors": summary["single"]["errors"]}
+    if "tasks" in summary:
+        return {name: {"metric": row["metric"], "value": row["value"], "ci95": row["ci95"]}
+                for name, row in summary["tasks"].items()}
+    return {"metric": summary.get("metric"), "accuracy": summary.get("accuracy"), "ci95": summary.get("ci95")}
+
+
+def _mt_bench(recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
+    from bezoar.config import ModelConfig
+    from bezoar.evaluate.mt_bench import run_mt_bench
+    from bezoar.evaluate.mt_bench_files import spec_label
+    from bezoar.llm.specs import open_model
+
+    if model is None:
+        student = recipe.models.student
+        settings = student.model_dump() | {"spec": spec}
+        model = open_model(ModelConfig(**settings), role=f"student:{name}", cache=judge.cache)
+    result = run_mt_bench(model, judge, out, recipe.eval.mt_bench, name, spec_label(recipe.models.judge.spec))
+    items = result["questions"] * 2 * recipe.eval.mt_bench.judge_repeats
+    rate = result["single"]["errors"] / max(items, 1)
+    if rate > recipe.run.max_failure_rate:
+        raise BezoarError(f"eval: the judge gave no readable rating for {rate:.0%} of {name}'s MT-Bench items "
+                          f"(over run.max_failure_rate={recipe.run.max_failure_rate}); see "
+                          f"{result['files']['single']} — use a judge that follows the [[rating]] format")
+    return result
+
+
+def _preference_config(recipe):
+    """eval.preference with its pairs defaulting to sft_hh.data's held-out slice."""
+    config = recipe.eval.preference
+    if config.pairs is not None:
+        return config
+    data = getattr(getattr(recipe, "sft_hh", None), "data", None)
+    if data is None or getattr(data, "path", None) is None:
+        return config
+    return config.model_copy(update={"pairs": data.path, "heldout_n": config.heldout_n or data.heldout_n or None})
+
+
+def _dpo_reference(name: str, spec: str) -> str | None:
+    """DPO's reference: the model DPO started from (the training stage records it as `base` in
+    bezoar-train.json, normally models/sft-hh); else the adapter's base model."""
+    if not name.startswith("dpo") or not spec.startswith("local:"):
+        return None
+    adapter = Path(spec.removeprefix("local:"))
+    info = _read_json(adapter / TRAIN_INFO)
+    base = info.get("base") or _read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
+    if not base:
+        return None
+    return base if base == "local" or base.startswith(("local:", "openai:", "anthropic:")) else f"local:{base}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _preference(spec: str, config, out: Path, reference: str | None) -> dict:
+    from bezoar.evaluate.preference import run_preference
+
+    return run_preference(spec, config, out, reference)
+
+
+def _weights_identity(spec: str) -> str:
+    """What the model's outputs depend on: the weights' fingerprint for local models, else the spec."""
+    if not spec.startswith("local"):
+        return spec
+    from bezoar.llm.weights import content_identity, resolve_model_dir
+
+    return content_identity(resolve_model_dir(spec.partition(":")[2] or None))

@@ -1,0 +1,105 @@
+"""Training metrics on disk (metrics.jsonl and TensorBoard event files) and checkpoint discovery.
+
+transformers writes a checkpoint directory file by file, so a SIGKILL during a save leaves a
+`checkpoint-N` without its `trainer_state.json` (written last). Resuming from that would fail or,
+worse, load a half-written optimizer; `last_complete_checkpoint` skips and removes such leftovers.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+from bezoar.records import append_jsonl, read_jsonl, repair_tail, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every log event (train loss, eval loss, DPO rewards, ...) as one JSON line."""
+
+    def __init__(self, path: Path, stage: str):
+        self.path, self.stage = Path(path), stage
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        # cpu_s (this process, all threads) next to wall_s shows how much a shared machine slowed the run.
+        row = {"stage": self.stage, "step": state.global_step, "epoch": round(state.epoch or 0.0, 4),
+               "wall_s": round(time.perf_counter() - self.start, 2),
+               "cpu_s": round(time.process_time() - self.cpu_start, 2), **logs}
+        append_jsonl(self.path, [row])
+
+
+class QuietProgress(ProgressCallback):
+    """transformers' tqdm bars, minus the dict it prints on every log event: one logging line instead."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items()
+                              if k in ("loss", "eval_loss", "learning_rate", "rewards/accuracies", "eval_rewards/accuracies"))
+            if shown:
+                log.info("step %d: %s", state.global_step, shown)
+
+
+def quiet(trainer) -> None:
+    """Swap the trainer's printing callbacks for `QuietProgress` (the library never prints)."""
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgress())
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """After a resume from `step`, drop log lines written after that checkpoint (they will be redone)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    repair_tail(path)
+    rows = [row for row in read_jsonl(path, skip_bad=True) if row.get("step", 0) <= step]
+    write_jsonl(path, rows)
+
+
+def tensorboard_callback(directory: Path):
+    """transformers' TensorBoard callback writing to `directory` (not a time-stamped folder)."""
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(directory)  # also used when it reopens the writer after training (held-out eval)
+    return callback
+
+
+def last_complete_checkpoint(out_dir: Path) -> Path | None:
+    """The newest `checkpoint-N` whose trainer_state.json parses; incomplete newer ones are removed."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return None
+    found = sorted((p for p in out_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for checkpoint in found:
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, ValueError):
+            log.warning("removing incomplete checkpoint %s (the run was killed while saving it)", checkpoint)
+            shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
+
+
+def best_metrics(log_history: list[dict]) -> dict:
+    """First and best eval loss and last train loss from a Trainer's log history."""
+    evals = [row for row in log_history if "eval_loss" in row]
+    trains = [row for row in log_history if "loss" in row]
+    summary: dict = {}
+    if evals:
+        summary["first_eval_loss"] = evals[0]["eval_loss"]
+        best = min(evals, key=lambda row: row["eval_loss"])
+        summary.update(best_eval_loss=best["eval_loss"], best_step=best.get("step"))
+    if trains:
+        summary.update(first_train_loss=trains[0]["loss"], last_train_loss=trains[-1]["loss"])
+    return summary

@@ -1,0 +1,154 @@
+"""The model being trained: where its weights come from, on what device and dtype, with which adapter.
+
+A base spec is what `--base` / `models.student` says: `local` (the embedded SmolLM2), `local:PATH`
+or a bare PATH, where PATH is a transformers directory or a LoRA adapter directory written by an
+earlier stage. An adapter is *continued*: the next stage keeps training the same adapter, so the
+sequential SFT sets accumulate in one adapter and every stage's output is base + one adapter
+(load it with plain peft, merge it with `bezoar export`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from bezoar.errors import BackendError, ConfigError
+from bezoar.llm.device import plan_device
+from bezoar.llm.weights import content_identity, resolve_model_dir
+from bezoar.train.config import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    """Every `auto` of the recipe resolved for this machine, announced in one log line."""
+
+    device: str
+    dtype: object  # torch.dtype
+    quantization: str
+    optim: str
+    lora_dropout: float
+    gradient_checkpointing: bool
+    threads: int
+    reason: str
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    def trl_precision(self) -> dict:
+        """TRL's configs default to bf16=True; we always say what we mean. On CPU the weights are
+        loaded in the planned dtype and no autocast is used (autocast would re-cast every weight
+        on every step); on CUDA autocast keeps the LoRA weights in fp32."""
+        cuda = self.device == "cuda"
+        return {"bf16": cuda and self.dtype_name == "bfloat16", "fp16": cuda and self.dtype_name == "float16",
+                "use_cpu": not cuda}
+
+    def describe(self) -> str:
+        return (f"training on {self.device} in {self.dtype_name} ({self.reason}); quantization {self.quantization}, "
+                f"optimizer {self.optim}, lora_dropout {self.lora_dropout}, gradient checkpointing "
+                f"{'on' if self.gradient_checkpointing else 'off'}, {self.threads} threads")
+
+
+def bitsandbytes_available() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def plan_training(settings: TrainSettings, longest: int | None = None) -> TrainPlan:
+    """Resolve dtype (measured by `plan_device`), quantization, optimizer, dropout and checkpointing."""
+    device = plan_device(settings.dtype)
+    cuda = device.device == "cuda"
+    quantization = settings.quantization
+    if quantization == "auto":
+        quantization = "nf4" if cuda and bitsandbytes_available() else "none"
+    if quantization == "nf4" and not bitsandbytes_available():
+        raise ConfigError("quantization: nf4 needs bitsandbytes: pip install 'bezoar[gpu]' (or set quantization: none)")
+    optim = settings.optim
+    if optim == "auto":
+        optim = "paged_adamw_8bit" if cuda and bitsandbytes_available() else "adamw_torch"
+    dropout = settings.lora.dropout
+    if dropout == "auto":
+        dropout = 0.05 if cuda else 0.0
+    checkpointing = settings.gradient_checkpointing
+    if checkpointing == "auto":
+        # On CPU, recomputation costs ~40% of a step (measured) and short sequences fit in memory.
+        checkpointing = cuda or (longest or settings.max_length) > 512
+    return TrainPlan(device.device, device.dtype, quantization, optim, float(dropout), bool(checkpointing),
+                     device.threads, device.reason)
+
+
+@dataclass
+class BaseWeights:
+    """The transformers directory of the base and, when training continues one, an adapter."""
+
+    base_dir: Path
+    adapter_dir: Path | None
+
+    @property
+    def identity(self) -> str:
+        """Content identity of base (+ adapter): keys the reference log-prob cache."""
+        base = content_identity(self.base_dir)
+        return base + (f"+{content_identity(self.adapter_dir)}" if self.adapter_dir else "")
+
+
+def resolve_base(spec: str) -> BaseWeights:
+    """`local`, `local:PATH` or PATH → base directory (+ adapter directory)."""
+    source = spec.removeprefix("local:") if spec.startswith("local:") else (None if spec == "local" else spec)
+    path = resolve_model_dir(source)
+    config = path / "adapter_config.json"
+    if not config.exists():
+        return BaseWeights(path, None)
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise BackendError(f"{config}: no base_model_name_or_path; cannot tell which model the adapter belongs to")
+    return BaseWeights(resolve_model_dir(base), path)
+
+
+def load_model(weights: BaseWeights, plan: TrainPlan):
+    """The base model on the planned device/dtype (4-bit NF4 for QLoRA), ready for an adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(plan.threads)
+    options: dict = {"dtype": plan.dtype}
+    if plan.quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        # The paper's QLoRA: NF4 storage, double quantisation, bf16 compute.
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if plan.device == "cuda" else plan.dtype)
+        options["device_map"] = {"": torch.cuda.current_device() if plan.device == "cuda" else "cpu"}
+    if plan.device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        options["attn_implementation"] = "flash_attention_2"  # varlen kernels make padding-free pay
+    model = AutoModelForCausalLM.from_pretrained(weights.base_dir, **options)
+    if plan.quantization == "nf4":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
+    return model
+
+
+def attach_adapter(model, weights: BaseWeights, settings: TrainSettings, plan: TrainPlan):
+    """(model, peft_config): continue the adapter in `weights` (peft_config None: TRL must not add
+    one), or describe a new LoRA adapter for TRL to create. (Given a continued adapter, TRL's DPO
+    trainer copies it into a frozen "ref" adapter and uses that as the reference model.)"""
+    from peft import LoraConfig, PeftModel
+
+    if weights.adapter_dir is None:
+        return model, LoraConfig(r=settings.lora.r, lora_alpha=settings.lora.alpha, lora_dropout=plan.lora_dropout,
+                                 target_modules=settings.lora.target_modules, bias="none", task_type="CAUSAL_LM")
+    model = PeftModel.from_pretrained(model, weights.adapter_dir, is_trainable=True)
+    for module in model.modules():  # the continued adapter keeps its shape but takes this run's dropout
+        if hasattr(module, "lora_dropout") and "default" in getattr(module, "lora_dropout", {}):
+            module.lora_dropout["default"] = _dropout(plan.lora_dropout)
+    return model, None
+
+
+def _dropout(p: float):
+    import torch
+
+    return torch.nn.Dropout(p) if p > 0 else torch.nn.Identity()

@@ -1,0 +1,139 @@
+"""The eval stage on a run directory with real LoRA adapters, and the comparison table.
+
+Two adapters over the embedded model stand in for the training stages' output: `sft-1-tiny` with
+random LoRA weights (a different model) and `dpo` freshly initialised (B = 0, so exactly the base
+model). The identity adapter must score exactly as the base on every metric, with zero deltas."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BEZOAR = str(Path(sys.executable).parent / "bezoar")
+
+
+def _adapter(directory: Path, random_weights: bool) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bezoar.llm.weights import resolve_model_dir
+
+    base = resolve_model_dir(None)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=not random_weights)
+    get_peft_model(model, config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(base).save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, data_dir, embedded):
+    from bezoar.config import load_recipe
+    from bezoar.evaluate.runner import run_eval
+    from bezoar.llm.cache import CachedModel, CallCache
+
+    tmp = tmp_path_factory.mktemp("eval-stage")
+    run_dir = tmp / "run"
+    _adapter(run_dir / "models" / "sft-1-tiny", random_weights=True)
+    _adapter(run_dir / "models" / "dpo", random_weights=False)
+    (run_dir / "models" / "notes").mkdir()  # not a model: ignored
+    recipe_file = tmp / "recipe.yaml"
+    recipe_file.write_text(f"""
+run: {{name: stage-test, run_dir: {run_dir}, max_failure_rate: 1.0}}
+eval:
+  mt_bench: {{questions: {data_dir}/eval/mt_bench/question.jsonl, limit: 1, max_new_tokens: 24,
+             judge_max_new_tokens: 24, judge_retries: 0}}
+  harness: {{tasks: [bezoar_truthfulqa_mc2], data_dir: {data_dir}/eval/harness, limit: 3, batch_size: 8}}
+  preference: {{pairs: {data_dir}/preferences/hh-rlhf/harmless-base/test.jsonl.gz, heldout_n: 3}}
+""")
+    recipe = load_recipe(recipe_file)
+    judge = CachedModel(embedded, CallCache(tmp / "calls.sqlite"), role="judge")  # students share its cache
+    summary = run_eval(recipe, run_dir, {"judge": judge})
+    return {"recipe": recipe, "run_dir": run_dir, "summary": summary, "judge": judge}
+
+
+@pytest.mark.slow
+def test_every_checkpoint_is_evaluated_into_its_folder(run):
+    run_dir = run["run_dir"]
+    assert list(run["summary"]["checkpoints"]) == ["base", "sft-1-tiny", "dpo"]
+    for checkpoint in ("base", "sft-1-tiny", "dpo"):
+        for kind in ("mt_bench", "harness", "preference"):
+            assert (run_dir / "eval" / kind / checkpoint / "summary.json").exists()
+        assert (run_dir / "eval/mt_bench" / checkpoint / "model_answer" / f"{checkpoint}.jsonl").exists()
+    dpo = json.loads((run_dir / "eval/preference/dpo/summary.json").read_text())
+    assert dpo["metric"] == "dpo_reward" and dpo["reference"].endswith(str(json.loads(
+        (run_dir / "models/dpo/adapter_config.json").read_text())["base_model_name_or_path"]))
+
+
+@pytest.mark.slow
+def test_identity_adapter_scores_exactly_as_the_base(run):
+    run_dir = run["run_dir"]
+
+    def answers(checkpoint):
+        path = run_dir / "eval/mt_bench" / checkpoint / "model_answer" / f"{checkpoint}.jsonl"
+        return [json.loads(line)["choices"] for line in path.read_text().splitlines()]
+
+    assert answers("dpo") == answers("base")
+    assert answers("sft-1-tiny") != answers("base")  # random LoRA weights do change the model
+    comparison = json.loads((run_dir / "eval/comparison.json").read_text())
+    assert comparison["checkpoints"] == ["base", "sft-1-tiny", "dpo"] and comparison["baseline"] == "base"
+    assert {"mt_bench", "bezoar_truthfulqa_mc2", "preference_loglik", "preference_dpo_reward"} <= set(comparison["metrics"])
+    rows = {row["checkpoint"]: row["metrics"] for row in comparison["rows"]}
+    for metric in ("bezoar_truthfulqa_mc2", "preference_loglik"):
+        assert rows["dpo"][metric]["value"] == rows["base"][metric]["value"]
+        assert rows["dpo"][metric]["delta_vs_base"]["delta"] == 0.0
+        assert rows["dpo"][metric]["delta_vs_base"]["ci95"] == [0.0, 0.0]
+    assert "delta_vs_base" not in rows["base"]["bezoar_truthfulqa_mc2"]
+    assert "preference_dpo_reward" in rows["dpo"] and "preference_dpo_reward" not in rows["base"]
+
+
+@pytest.mark.slow
+def test_rerun_skips_up_to_date_evaluations_and_compare_prints(run):
+    from bezoar.evaluate.runner import run_eval
+
+    run_dir = run["run_dir"]
+    stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "eval").rglob("summary.json")}
+    again = run_eval(run["recipe"], run_dir, {"judge": run["judge"]})
+    assert {p: p.stat().st_mtime_ns for p in (run_dir / "eval").rglob("summary.json")} == stamps
+    assert again["checkpoints"] == run["summary"]["checkpoints"]
+    shown = subprocess.run([BEZOAR, "compare", str(run_dir), "--only", "base,dpo", "--json", "--out",
+                            str(run_dir / "two.json")], capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["checkpoints"] == ["base", "dpo"]
+    table = subprocess.run([BEZOAR, "compare", str(run_dir)], capture_output=True, text=True)
+    assert table.returncode == 0 and "sft-1-tiny" in table.stdout and "Δ" in table.stdout
+
+
+def test_eval_section_errors_name_file_line_and_key(tmp_path):
+    from bezoar.config import load_recipe
+    from bezoar.errors import ConfigError
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("eval:\n  mt_bench:\n    judge_repeat: 3\n  harness:\n    data_paths: {winogrand: /x}\n"
+                      "  preference:\n    heldout_n: 0\n")
+    with pytest.raises(ConfigError) as error:
+        load_recipe(recipe)
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"{recipe}:3: eval.mt_bench.judge_repeat: unknown key (check the spelling; see the recipe reference in README)"
+    assert lines[1].startswith(f"{recipe}:5: eval.harness.data_paths: no local task named ['winogrand']")
+    assert lines[2].startswith(f"{recipe}:7: eval.preference.heldout_n: Input should be greater than or equal to 1")
+
+
+def test_checkpoints_are_found_in_training_order(tmp_path):
+    from bezoar.evaluate.config import EvalConfig
+    from bezoar.evaluate.runner import find_checkpoints
+    from bezoar.errors import ConfigError
+
+    for name in ("dpo", "sft-hh", "sft-10-orca", "sft-2-evol", "sft-1-lamini"):
+        (tmp_path / "models" / name).mkdir(parents=True)
+        (tmp_path / "models" / name / "adapter_config.json").write_text("{}")
+    (tmp_path / "models" / "sft-3-empty").mkdir()  # no weights: not a checkpoint
+    found = find_checkpoints(tmp_path, EvalConfig(), "local")
+    assert [name for name, _ in found] == ["base", "sft-1-lamini", "sft-2-evol", "sft-10-orca", "sft-hh", "dpo"]
+    assert found[-1][1] == f"local:{(tmp_path / 'models/dpo').resolve()}"
+    only = find_checkpoints(tmp_path, EvalConfig(checkpoints=["dpo"], include_base=False), "local")
+    assert only == [found[-1]]
+    with pytest.raises(ConfigError, match=r"eval.checkpoints: \['sft-9'\] not found"):
+        find_checkpoints(tmp_path, EvalConfig(checkpoints=["sft-9"]), "local")
