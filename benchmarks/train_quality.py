@@ -8,7 +8,7 @@
    300 pairs with `bezoar.evaluate.preference.preference_accuracy` (chosen ranked above rejected by
    the policy's log-likelihood), Wilson intervals and a paired bootstrap interval for the change.
 
-    .venv/bin/python benchmarks/train_quality.py --out /tmp/bezoar-quality   # ~1 h idle, 2-3 h contended (2 cores)
+    .venv/bin/python benchmarks/train_quality.py --out runs/quality   # ~1 h idle, 2-3 h contended (2 cores)
 
 Everything is resumable (re-run the same command after a kill). The last line is one JSON object.
 """
@@ -123,7 +123,7 @@ def preference_quality(out: Path, sft_n: int, dpo_n: int, heldout_n: int) -> dic
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/bezoar-quality"))
+    parser.add_argument("--out", type=Path, default=Path("runs/quality"))
     parser.add_argument("--sft-examples", type=int, default=200)
     parser.add_argument("--sft-n", type=int, default=160)
     parser.add_argument("--dpo-n", type=int, default=480)

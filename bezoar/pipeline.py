@@ -11,7 +11,6 @@ again, last, when it ends: a stage is done only once the manifest says so.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import platform
@@ -27,7 +26,7 @@ from pydantic import BaseModel
 
 from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
 from bezoar.llm.cache import CachedModel, CallCache, canonical_hash
-from bezoar.records import write_json
+from bezoar.records import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +86,6 @@ class LazyModels(Mapping):
 
     def __len__(self) -> int:
         return 3
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def input_files(section: Any) -> list[Path]:
@@ -233,13 +224,24 @@ def run_stage(stage: Stage, recipe, run_dir: Path, models: LazyModels, manifest:
 
 def _finish(stage, manifest, models, before, started, **fields) -> None:
     from bezoar.llm.cache import Usage
+    from bezoar.llm.specs import release_models
 
     usage = {}
     for role, model in models.opened.items():
         spent = model.usage.minus(before.get(role, Usage()))
         if spent.calls or spent.cache_hits:
             usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4), "model": model.identity}
-    manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=usage, **fields)
+    manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=usage,
+                    peak_rss_mb=_peak_rss_mb(), **fields)
+    release_models(list(models.opened.values()))  # the next stage loads what it needs
+
+
+def _peak_rss_mb() -> int:
+    """This process's RSS high-water mark so far (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if platform.system() == "Darwin" else 1024))
 
 
 def is_interrupted(stage: dict) -> bool:

@@ -89,9 +89,28 @@ def _time(stage: dict) -> str:
 
 
 def _counts(summary: dict) -> str:
-    """The summary's top-level numbers, compactly (each stage reports its own)."""
-    numbers = [f"{k} {v}" for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    """The few numbers that say what a stage did (each stage's summary has its own shape)."""
+    if "schemes" in summary:
+        return ", ".join(f"{m} {s.get('records', 0)}" for m, s in summary["schemes"].items())
+    if "kept" in summary:
+        return f"{summary.get('input', 0)} in, {summary['kept']} kept"
+    if "steps" in summary and isinstance(summary["steps"], list):
+        return "; ".join(_training(step, short=True) for step in summary["steps"])
+    if "global_step" in summary:
+        return _training(summary)
+    if "checkpoints" in summary:
+        return f"{len(summary['checkpoints'])} checkpoints"
+    numbers = [f"{k} {v:.3g}" for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
     return ", ".join(numbers[:4]) or "-"
+
+
+def _training(summary: dict, short: bool = False) -> str:
+    """`N steps, eval loss A → B` for one training run (`NAME A → B` when short)."""
+    first, best = (summary.get("initial_eval") or {}).get("eval_loss"), summary.get("best_eval_loss")
+    losses = f"{first:.3f} → {best:.3f}" if first is not None and best is not None else "-"
+    if short:
+        return f"{summary.get('stage', '').split('-')[-1]} {losses}"
+    return f"{summary.get('global_step', '?')} steps, eval loss {losses}"
 
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/NAME).")) -> None:

@@ -75,3 +75,21 @@ def test_env_defaults_and_shorthand(tmp_path, monkeypatch):
 def test_shipped_recipes_validate(recipe):
     result = subprocess.run([BEZOAR, "validate", str(recipe)], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
+
+
+def test_paper_recipe_has_the_papers_settings():
+    """recipes/openbezoar.yaml is the set-up of arXiv 2404.12195 (PAPER-NOTES.md §1-3)."""
+    from bezoar.config import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "openbezoar.yaml")
+    assert recipe.run.require_commercial_use
+    assert recipe.models.teacher.spec.startswith("openai:h2oai/h2ogpt-gm-oasst1-en-2048-falcon-40b")
+    assert recipe.models.judge.spec == "openai:gpt-4"
+    assert recipe.eval.mt_bench.judge.spec == "anthropic:claude-2.1"
+    assert recipe.models.student.spec == "local:openlm-research/open_llama_3b_v2"
+    sft = recipe.sft
+    assert (sft.lora.r, sft.lora.alpha, sft.lora.dropout) == (16, 16, "auto")  # auto = 0.05 on GPU
+    assert set(sft.lora.target_modules) == {"q_proj", "k_proj", "v_proj"}
+    assert (sft.learning_rate, sft.max_length, sft.warmup_steps, sft.quantization) == (3e-4, 256, 100, "auto")
+    assert [d.name for d in sft.datasets] == ["lamini", "evol", "orca"]
+    assert recipe.sft_hh.data.sft_n == 100_000 and recipe.dpo.beta == 0.1

@@ -90,3 +90,17 @@ def test_budget_stops_before_the_call(embedded, cache):
     with pytest.raises(BudgetExceeded, match="role 'judge'.*max_calls=3"):
         model.chat(PROMPTS[:4], Sampling(max_new_tokens=4))
     assert backend.asked == 0
+
+
+def test_open_model_keeps_the_cache_it_is_given_even_when_empty(tmp_path):
+    """Regression: an empty CallCache has len 0, and `cache or default` once sent a run's calls
+    to the user cache instead of the run's own."""
+    from bezoar.config import ModelConfig
+    from bezoar.llm.specs import open_model
+
+    given = CallCache(tmp_path / "run.sqlite")
+    assert len(given) == 0
+    model = open_model(ModelConfig(spec="local"), role="teacher", cache=given)
+    assert model.cache is given
+    model.chat([PROMPTS[0]], Sampling(max_new_tokens=4))
+    assert len(CallCache(tmp_path / "run.sqlite")) == 1

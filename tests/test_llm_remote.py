@@ -7,9 +7,7 @@ since no real server produces them on demand.
 """
 from __future__ import annotations
 
-import json
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest

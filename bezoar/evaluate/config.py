@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bezoar.config import StrictModel, expand_env
+from bezoar.config import ModelConfig, StrictModel, expand_env
 
 
 def data_path(relative: str) -> Path:
@@ -38,6 +38,9 @@ class MTBenchConfig(StrictModel):
     time ~4x and truncates few answers of a small model."""
     judge_max_new_tokens: int = Field(1024, ge=1)
     """Longest judge reply (FastChat: 2048 for GPT-4, 1024 for Claude); the rating comes last."""
+    judge: ModelConfig | None = None
+    """The MT-Bench judge, when it is not `models.judge` (the paper filtered with GPT-4 but graded
+    MT-Bench with Claude 2.1: `judge: {spec: anthropic:claude-2.1}`)."""
     judge_mode: Literal["auto", "generate", "next_token"] = "auto"
     """`generate`: the judge writes its explanation and `[[rating]]` (FastChat). `next_token`: a local
     judge's rating is its expected value over "1".."10" after "Rating: [[" (G-Eval style), for

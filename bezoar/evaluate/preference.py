@@ -10,7 +10,6 @@ which only computes it inside a training/eval loop over its own dataset pipeline
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
 from bezoar.evaluate.intervals import wilson
-from bezoar.records import PreferencePair, read_jsonl, write_json
+from bezoar.records import PreferencePair, write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +30,9 @@ class Scored:
 
 def load_pairs(path: Path, heldout_n: int | None = None) -> list[PreferencePair]:
     """HH-RLHF transcripts or bezoar pair JSONL; the last `heldout_n` pairs (split_slices' held-out slice)."""
-    from bezoar.records import _open_text
-    from bezoar.train.hh_rlhf import read_hh_pairs
+    from bezoar.train.hh_rlhf import read_pairs
 
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    with _open_text(path) as handle:
-        first = next((line for line in handle if line.strip()), "")
-    try:
-        is_hh = isinstance(json.loads(first).get("chosen"), str)
-    except (json.JSONDecodeError, AttributeError):
-        raise DataError(f"{path}:1: not a JSON object per line (HH-RLHF or prompt/chosen/rejected pairs)") from None
-    if is_hh:
-        pairs, bad = read_hh_pairs(path)
-        if bad:
-            log.warning("%s: %d malformed rows skipped (first: %s)", path, len(bad), bad[0])
-    else:
-        pairs = list(read_jsonl(path, PreferencePair))
-    if not pairs:
-        raise DataError(f"{path}: no preference pairs")
+    pairs = read_pairs(path)
     return pairs[-heldout_n:] if heldout_n else pairs
 
 

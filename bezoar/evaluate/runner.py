@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from bezoar.errors import BezoarError, ConfigError
@@ -54,39 +55,56 @@ def _is_model(path: Path) -> bool:
 
 def run_eval(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
     """The stage contract: evaluate each checkpoint, write the comparison, return a JSON summary."""
-    from bezoar.llm.specs import open_model
+    from bezoar.llm.specs import release_models
 
     config: EvalConfig = recipe.eval
     run_dir = Path(run_dir)
-    judge = models.get("judge") or open_model(recipe.models.judge, role="judge")
+    judge = _mt_bench_judge(recipe, models)
     student = recipe.models.student
     summary: dict = {"checkpoints": {}, "skipped": [], "usage": {}}
     for name, spec in find_checkpoints(run_dir, config, student.spec):
         model = models.get("student") if name == "base" and "student" in models else None
-        results = evaluate_checkpoint(recipe, run_dir, name, spec, judge, model)
-        summary["checkpoints"][name] = results
+        kept = [judge, *getattr(models, "opened", models).values()]
+        summary["checkpoints"][name] = evaluate_checkpoint(recipe, run_dir, name, spec, judge, model,
+                                                           free=lambda: release_models(kept))
     if summary["checkpoints"]:
         comparison = compare(run_dir)
         summary["comparison"] = str(run_dir / "eval" / "comparison.json")
         summary["metrics"] = comparison["metrics"]
-    summary["usage"]["judge"] = judge.usage.to_json()
+    summary["usage"][judge.role] = judge.usage.to_json()
     return summary
 
 
+def _mt_bench_judge(recipe, models) -> CachedModel:
+    """eval.mt_bench.judge when the recipe names one (its own role in the usage table), else models.judge."""
+    from bezoar.llm.specs import open_model
+
+    own = recipe.eval.mt_bench.judge
+    if own is None:
+        return models.get("judge") or open_model(recipe.models.judge, role="judge")
+    judge = open_model(own, role="mt_bench_judge", cache=getattr(models, "cache", None))
+    if hasattr(models, "opened"):  # the pipeline's usage table and budgets then count it as a role
+        models.opened["mt_bench_judge"] = judge
+    return judge
+
+
 def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
-                        model: CachedModel | None = None) -> dict:
-    """MT-Bench, harness and preference accuracy for one checkpoint (each skipped when up to date)."""
+                        model: CachedModel | None = None, free: Callable[[], None] = lambda: None) -> dict:
+    """MT-Bench, harness and preference accuracy for one checkpoint (each skipped when up to date).
+    `free` runs after each, so each evaluation's model copies are gone before the next loads its own."""
     config: EvalConfig = recipe.eval
     identity = _weights_identity(spec)
     done: dict = {}
     if config.mt_bench.enabled:
         done["mt_bench"] = _once(run_dir / "eval" / "mt_bench" / name, [config.mt_bench, identity, judge.identity],
                                  lambda out: _mt_bench(recipe, name, spec, judge, model, out))
+        free()
     if config.harness.enabled:
         from bezoar.evaluate.harness import run_harness
 
         done["harness"] = _once(run_dir / "eval" / "harness" / name, [config.harness, identity],
                                 lambda out: run_harness(spec, config.harness, out))
+        free()
     if config.preference.enabled:
         preference = _preference_config(recipe)
         if preference.pairs is None:
@@ -95,6 +113,7 @@ def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: Cach
             reference = _dpo_reference(name, spec)
             done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, reference],
                                        lambda out: _preference(spec, preference, out, reference))
+            free()
     return done
 
 

@@ -296,7 +296,8 @@ def _rate_text(rate: dict) -> str:
 
 def run_filter(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
     """The recipe stage: data/generated/*.jsonl → data/filtered/{method}.jsonl (+ rejected, judgments, summary)."""
-    inputs = sorted((Path(run_dir) / "data" / "generated").glob("*.jsonl"))
+    # {method}.jsonl only: {method}.rejected.jsonl holds generation's eliminations, not records to filter.
+    inputs = sorted(p for p in (Path(run_dir) / "data" / "generated").glob("*.jsonl") if "." not in p.stem)
     if not inputs:
         raise DataError(f"{run_dir}/data/generated: no *.jsonl to filter (run the generate stage first)")
     config: FilterConfig = recipe.filter

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import re
 import time
 from collections import Counter
@@ -269,10 +270,8 @@ class Context:
     seed: int = 0
     progress: Callable[[int], None] | None = None
 
-    def rng(self, *parts: object) -> "random.Random":
+    def rng(self, *parts: object) -> random.Random:
         """A generator for one decision point: the same parts give the same draws in every run."""
-        import random
-
         return random.Random(canonical_hash([self.seed, *parts]))
 
     def lineage(self, seeds: list) -> Lineage:

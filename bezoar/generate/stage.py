@@ -2,7 +2,6 @@
 `bezoar generate` (one scheme) and by the pipeline (`run_generate`: every scheme with `n > 0`)."""
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from bezoar.errors import ConfigError
 from bezoar.generate.config import EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
 from bezoar.generate.runner import Context, Meter, OutputFiles, generate_to_file
 from bezoar.generate.seeds import SeedSet, read_seeds
+from bezoar.records import file_sha256
 from bezoar.licences import dataset_licence, model_licence, require_commercial
 
 log = logging.getLogger(__name__)
@@ -91,18 +91,10 @@ def _scheme(method: str, context: Context, seeds: SeedSet, config: SchemeConfig)
 def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge, seed: int) -> dict:
     """What decides the stream of candidates; a file may only be extended by a run with the same."""
     settings = config.model_dump(mode="json", exclude={"n", "batch_size", "max_attempts_per_record", "seeds"})
-    files = [{"path": str(s.path), "licence": s.licence, "limit": s.limit, "sha256": _file_hash(Path(s.path))}
+    files = [{"path": str(s.path), "licence": s.licence, "limit": s.limit, "sha256": file_sha256(Path(s.path))}
              for s in config.seeds]
     return {"method": method, "teacher": teacher.identity, "judge": getattr(judge, "identity", None),
             "seed": seed, "settings": settings, "seed_files": files, "seed_rows": len(seeds.seeds)}
-
-
-def _file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def run_generate(recipe, run_dir: Path, models: dict) -> dict:

@@ -48,6 +48,22 @@ def load(source: str | None, dtype: str = "auto") -> LoadedModel:
         return _LOADED[key]
 
 
+def release_except(keep: list[LoadedModel]) -> None:
+    """Forget every loaded model but `keep` and hand the freed memory back to the OS, so a process
+    that evaluates N checkpoints one after another holds one of them at a time, not N."""
+    import ctypes
+    import gc
+
+    with _LOAD_LOCK:
+        for key in [k for k, v in _LOADED.items() if not any(v is m for m in keep)]:
+            del _LOADED[key]
+    gc.collect()
+    try:  # glibc keeps freed arenas mapped; without this RSS stays at its high-water mark
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _load_uncached(path: Path, dtype: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -87,6 +87,16 @@ def _api_key(config: "ModelConfig", spec: Spec) -> str | None:
 _BACKENDS: dict[tuple, object] = {}
 
 
+def release_models(keep: list[CachedModel]) -> None:
+    """Drop every backend (and local weights) that none of `keep` uses."""
+    from bezoar.llm import local
+
+    backends = [m.backend for m in keep]
+    for key in [k for k, b in _BACKENDS.items() if not any(b is kept for kept in backends)]:
+        del _BACKENDS[key]
+    local.release_except([b.loaded for b in backends if hasattr(b, "loaded")])
+
+
 def open_model(config: "ModelConfig", role: str = "model", cache: CallCache | None = None) -> CachedModel:
     """A role-bound, cached model. Roles with the same config share one backend (and its weights)."""
     key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env)
@@ -94,4 +104,5 @@ def open_model(config: "ModelConfig", role: str = "model", cache: CallCache | No
         _BACKENDS[key] = build_backend(config)
     budget = Budget(max_calls=config.max_calls, max_cost=config.max_cost,
                     input_per_mtok=config.input_price_per_mtok, output_per_mtok=config.output_price_per_mtok)
-    return CachedModel(_BACKENDS[key], cache or CallCache(default_cache_path()), role=role, budget=budget)
+    cache = cache if cache is not None else CallCache(default_cache_path())  # an empty cache is falsy (len 0)
+    return CachedModel(_BACKENDS[key], cache, role=role, budget=budget)

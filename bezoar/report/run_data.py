@@ -70,7 +70,8 @@ def load(run_dir: Path) -> RunData:
     if manifest.exists():
         data.manifest = json.loads(manifest.read_text())
     for path in sorted((run_dir / "data" / "generated").glob("*.jsonl")):
-        data.generated[path.stem] = _records(path)
+        if "." not in path.stem:  # {method}.rejected.jsonl holds generation's eliminations
+            data.generated[path.stem] = _records(path)
     filtered = run_dir / "data" / "filtered"
     for path in sorted(filtered.glob("*.jsonl")):
         if path.stem == "rejected":

@@ -81,8 +81,7 @@ def execute(job: Job, trainer_class, kind_arguments: Callable[[Job], dict]) -> d
             write_json(out / TRAIN_INFO, info)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    summary = _finish(job, trainer, info, result, time.perf_counter() - start)
-    return summary
+    return _finish(job, trainer, info, result, time.perf_counter() - start, checkpoint)
 
 
 def _check_template(job: Job) -> None:
@@ -174,7 +173,7 @@ def _train_info(job: Job, fingerprint: str) -> dict:
             "settings": job.settings.model_dump(mode="json"), "data": job.prepared.summary()}
 
 
-def _finish(job: Job, trainer, info: dict, result, seconds: float) -> dict:
+def _finish(job: Job, trainer, info: dict, result, seconds: float, resumed_from: Path | None) -> dict:
     out = job.out_dir
     extra = job.after_training(trainer, job) if job.after_training else {}
     model = trainer.model
@@ -189,6 +188,8 @@ def _finish(job: Job, trainer, info: dict, result, seconds: float) -> dict:
     if summary.get("initial_eval") and "best_eval_loss" in summary:
         summary["eval_loss_change"] = summary["best_eval_loss"] - summary["initial_eval"]["eval_loss"]
     summary.update(extra)
+    if resumed_from:  # killed and picked up from this checkpoint
+        summary["resumed_from"] = resumed_from.name
     if trainer.is_world_process_zero():
         write_json(out / TRAIN_INFO, {**info, "finished": True})
         for checkpoint in out.glob("checkpoint-*"):
