@@ -81,6 +81,14 @@ class LazyModels(Mapping):
             self.opened[role] = open_model(getattr(self.recipe.models, role), role=role, cache=self.cache)
         return self.opened[role]
 
+    def open_extra(self, role: str, config) -> CachedModel:
+        """A role outside `models:` (e.g. eval.mt_bench.judge), counted in usage and budgets like the rest."""
+        from bezoar.llm.specs import open_model
+
+        if role not in self.opened:
+            self.opened[role] = open_model(config, role=role, cache=self.cache)
+        return self.opened[role]
+
     def __iter__(self):
         return iter(("teacher", "judge", "student"))
 

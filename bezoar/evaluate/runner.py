@@ -82,10 +82,9 @@ def _mt_bench_judge(recipe, models) -> CachedModel:
     own = recipe.eval.mt_bench.judge
     if own is None:
         return models.get("judge") or open_model(recipe.models.judge, role="judge")
-    judge = open_model(own, role="mt_bench_judge", cache=getattr(models, "cache", None))
-    if hasattr(models, "opened"):  # the pipeline's usage table and budgets then count it as a role
-        models.opened["mt_bench_judge"] = judge
-    return judge
+    if hasattr(models, "open_extra"):  # the pipeline's models: usage table and budgets count it
+        return models.open_extra("mt_bench_judge", own)
+    return open_model(own, role="mt_bench_judge")
 
 
 def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
