@@ -5,11 +5,12 @@
   (2) Answering: FastChat's gen_model_answer way (one question at a time) vs bezoar's batches, on
       the first --baseline-questions questions.
   (3) Judging: FastChat's way (the judge writes, `[[rating]]` is parsed; judge_mode generate) vs
-      next-token scoring (the default for local judges), on the same answers: time and readable share.
+      next-token scoring (the default for local judges), on the answers of (2): time and readable share.
   (4) Harness: lm-eval items/s on bezoar's local ARC-Challenge (25-shot) and TruthfulQA-MC2 (0-shot),
       bezoar's batch size vs lm-eval's default batch size 1.
 
     .venv/bin/python benchmarks/bench_eval.py [--max-new-tokens 256] [--baseline-questions 4] [--harness-limit 10]
+                                              [--skip mt_bench answering judging harness]
 
 Answers are capped at --max-new-tokens (FastChat's 1024 would take hours on 2 CPU cores).
 """
@@ -54,30 +55,33 @@ def full_mt_bench(work: Path, max_new: int) -> dict:
 
 
 def answering(work: Path, max_new: int, count: int) -> dict:
-    """One question at a time (FastChat) vs one batch per turn and temperature (bezoar), same questions."""
+    """One question at a time (FastChat) vs one batch per turn and temperature (bezoar), same questions.
+    The batched answers are kept in FastChat's format for (3)."""
     from bezoar.evaluate.mt_bench import answer
     from bezoar.evaluate.mt_bench_files import load_questions
+    from bezoar.records import write_jsonl
 
     questions = load_questions(DATA / "eval/mt_bench/question.jsonl", count)
     times = {}
     for label, batch in (("sequential", 1), ("batched", 64)):
         _, model, _ = models(work / f"cache-{label}", batch)
         started = time.perf_counter()
-        for group in ([[q] for q in questions] if batch == 1 else [questions]):
-            answer(model, group, "smollm2", max_new)
+        answers = [record for group in ([[q] for q in questions] if batch == 1 else [questions])
+                   for record in answer(model, group, "smollm2", max_new)]
         times[label] = time.perf_counter() - started
+    write_jsonl(work / "answers-first.jsonl", answers)
     return {"answer_sequential_s": round(times["sequential"], 1), "answer_batched_s": round(times["batched"], 1),
             "answer_speedup": round(times["sequential"] / times["batched"], 2), "answer_questions": count}
 
 
 def judging(work: Path, count: int) -> dict:
-    """FastChat's generate-then-parse judge vs next-token scoring, on the answers from (1)."""
+    """FastChat's generate-then-parse judge vs next-token scoring, on the answers from (2)."""
     from bezoar.evaluate.config import MTBenchConfig
     from bezoar.evaluate.mt_bench import judge_single, judges_for, load_references
     from bezoar.evaluate.mt_bench_files import load_answers, load_judge_prompts, load_questions
 
     questions = load_questions(DATA / "eval/mt_bench/question.jsonl", count)
-    answers = load_answers(work / "mt/model_answer/smollm2.jsonl")
+    answers = load_answers(work / "answers-first.jsonl")
     references = load_references(DATA / "eval/mt_bench/reference_answer/gpt-4.jsonl")
     figures = {}
     for mode in ("generate", "next_token"):
@@ -126,7 +130,7 @@ def main() -> None:
             figures.update(answering(work, args.max_new_tokens, args.baseline_questions))
             print(f"answering {args.baseline_questions} questions: sequential {figures['answer_sequential_s']} s, "
                   f"batched {figures['answer_batched_s']} s, ratio {figures['answer_speedup']}x", flush=True)
-        if "judging" not in args.skip and "mt_bench" not in args.skip:
+        if "judging" not in args.skip and "answering" not in args.skip:
             figures.update(judging(work, args.baseline_questions))
             print(f"judging: generate {figures['judge_generate_s']} s ({figures['judge_generate_readable']:.0%} readable), "
                   f"next-token {figures['judge_next_token_s']} s ({figures['judge_next_token_readable']:.0%}), "

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -26,19 +25,9 @@ ModelOption = typer.Option("local", "--model", "-m", help="Model spec: local, lo
 
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logs.")) -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rich.logging import RichHandler
+    from bezoar.logs import configure_logging
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False, show_time=False)])
-    for noisy in ("httpx", "httpcore", "urllib3", "filelock", "datasets", "transformers", "accelerate", "lm_eval"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    configure_logging(logging.DEBUG if verbose else logging.INFO)
 
 
 @app.command()

@@ -34,3 +34,7 @@ class BudgetExceeded(BezoarError):
 def located(path: object, line: int | None, message: str) -> str:
     """`FILE:LINE: message`, the one format every file-level error uses."""
     return f"{path}:{line}: {message}" if line is not None else f"{path}: {message}"
+
+
+class StageFailed(BezoarError):
+    """A stage's process crashed or was killed; its own traceback (if any) is printed above."""

@@ -7,7 +7,8 @@
 A stage is skipped when its fingerprint (its config, the models it uses, the seed, its input files'
 hashes and the fingerprint of the stage before) equals the one recorded when it last finished, so
 changing a stage re-runs it and everything after it. The manifest is written when a stage starts and
-again, last, when it ends: a stage is done only once the manifest says so.
+again, last, when it ends: a stage is done only once the manifest says so. Each stage runs in a
+child process of its own (`bezoar.stage_process`), so what one stage allocates is gone before the next.
 """
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import import_module, metadata
+from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
 from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
-from bezoar.llm.cache import CachedModel, CallCache, canonical_hash
+from bezoar.llm.cache import CachedModel, CallCache, Usage, canonical_hash
 from bezoar.records import file_sha256, write_json
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ class Stage:
     """Recipe sections whose change invalidates this stage."""
     roles: tuple[str, ...]
     """Model roles it calls (their configs are part of the fingerprint)."""
-
-    def load(self) -> Callable[..., dict]:
-        module, _, name = self.function.partition(":")
-        return getattr(import_module(module), name)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -67,27 +64,41 @@ def stage_named(name: str) -> Stage:
 
 
 class LazyModels(Mapping):
-    """Role → CachedModel, opened on first use (a run that never judges never needs the judge's key)."""
+    """Role → CachedModel, opened on first use (a run that never judges never needs the judge's key).
 
-    def __init__(self, recipe, cache: CallCache):
+    `carried` is the run's usage so far per role: counters start there, so budgets span stages."""
+
+    def __init__(self, recipe, cache: CallCache, carried: dict[str, Usage] | None = None):
         self.recipe, self.cache, self.opened = recipe, cache, {}
+        self.carried = carried or {}
 
     def __getitem__(self, role: str) -> CachedModel:
-        from bezoar.llm.specs import open_model
-
         if role not in ("teacher", "judge", "student"):
             raise KeyError(role)
-        if role not in self.opened:
-            self.opened[role] = open_model(getattr(self.recipe.models, role), role=role, cache=self.cache)
-        return self.opened[role]
+        return self.open_extra(role, getattr(self.recipe.models, role))
 
     def open_extra(self, role: str, config) -> CachedModel:
         """A role outside `models:` (e.g. eval.mt_bench.judge), counted in usage and budgets like the rest."""
         from bezoar.llm.specs import open_model
 
         if role not in self.opened:
-            self.opened[role] = open_model(config, role=role, cache=self.cache)
+            model = open_model(config, role=role, cache=self.cache)
+            model.usage = self.carried.get(role, Usage()).copy()
+            self.opened[role] = model
         return self.opened[role]
+
+    def spent(self) -> dict[str, dict]:
+        """Per role: what was spent since `carried`, with its cost and the model's identity."""
+        usage = {}
+        for role, model in self.opened.items():
+            spent = model.usage.minus(self.carried.get(role, Usage()))
+            if spent.calls or spent.cache_hits:
+                usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4),
+                               "model": model.identity}
+        return usage
+
+    def totals(self) -> dict[str, Usage]:
+        return {**self.carried, **{role: model.usage.copy() for role, model in self.opened.items()}}
 
     def __iter__(self):
         return iter(("teacher", "judge", "student"))
@@ -192,7 +203,7 @@ def run(recipe, source: Path, start: str | None = None, only: str | None = None,
     run_dir = Path(run_dir or recipe.run.directory)
     check_inputs(recipe, stages, source)
     manifest = open_run(recipe, run_dir, source)
-    models = LazyModels(recipe, CallCache(run_dir / "cache" / "calls.sqlite"))
+    totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
     previous = ""
     for stage in STAGES:
         print_, inputs = fingerprint(recipe, stage, previous)
@@ -203,53 +214,37 @@ def run(recipe, source: Path, start: str | None = None, only: str | None = None,
         if stage.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
             log.info("%s: unchanged since %s, skipped", stage.name, record.get("ended"))
             continue
-        run_stage(stage, recipe, run_dir, models, manifest, print_, inputs)
+        totals = run_stage(stage, recipe, run_dir, manifest, print_, inputs, totals)
     return manifest.data
 
 
-def run_stage(stage: Stage, recipe, run_dir: Path, models: LazyModels, manifest: Manifest,
-              print_: str, inputs: dict) -> None:
+def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
+              totals: dict[str, Usage]) -> dict[str, Usage]:
+    """One stage, in a process of its own (see `bezoar.stage_process`); returns the updated totals."""
+    from bezoar.stage_process import StageOutcome, run_stage_process
+
     log.info("%s: starting", stage.name)
-    before = {role: model.usage.copy() for role, model in models.opened.items()}
     started = time.perf_counter()
     manifest.update(stage.name, status="running", started=_now(), ended=None, fingerprint=None, error=None,
                     pid=os.getpid(), host=platform.node(),
                     inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
+    outcome = StageOutcome()
     try:
-        summary = stage.load()(recipe, run_dir, models)
-    except BudgetExceeded as error:
-        _finish(stage, manifest, models, before, started, status="stopped", error=str(error))
-        raise
-    except BezoarError as error:
-        _finish(stage, manifest, models, before, started, status="failed", error=str(error))
-        raise
+        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals)
+        outcome.raise_error(stage.name)
     except BaseException as error:
-        _finish(stage, manifest, models, before, started, status="failed", error=f"{type(error).__name__}: {error}")
+        status = "stopped" if isinstance(error, BudgetExceeded) else "failed"
+        message = str(error) if isinstance(error, BezoarError) else f"{type(error).__name__}: {error}"
+        _finish(manifest, stage, outcome, started, status=status, error=message)
         raise
-    _finish(stage, manifest, models, before, started, status="done", summary=summary, fingerprint=print_)
+    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_)
     log.info("%s: done in %.0f s", stage.name, time.perf_counter() - started)
+    return outcome.totals
 
 
-def _finish(stage, manifest, models, before, started, **fields) -> None:
-    from bezoar.llm.cache import Usage
-    from bezoar.llm.specs import release_models
-
-    usage = {}
-    for role, model in models.opened.items():
-        spent = model.usage.minus(before.get(role, Usage()))
-        if spent.calls or spent.cache_hits:
-            usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4), "model": model.identity}
-    manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=usage,
-                    peak_rss_mb=_peak_rss_mb(), **fields)
-    release_models(list(models.opened.values()))  # the next stage loads what it needs
-
-
-def _peak_rss_mb() -> int:
-    """This process's RSS high-water mark so far (Linux reports KiB, macOS bytes)."""
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if platform.system() == "Darwin" else 1024))
+def _finish(manifest: Manifest, stage: Stage, outcome, started: float, **fields) -> None:
+    manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=outcome.usage,
+                    peak_rss_mb=outcome.peak_rss_mb, **fields)
 
 
 def is_interrupted(stage: dict) -> bool:

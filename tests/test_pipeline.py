@@ -204,3 +204,20 @@ def test_bad_inputs_never_touch_a_run(workspace, data_dir):
         assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
     assert tree_digest(run_dir) == before
     assert not (workspace / "runs" / "missing").exists() and not (workspace / "runs" / "other").exists()
+
+
+@pytest.mark.slow
+def test_a_budget_stops_the_stage_cleanly_and_says_which(workspace):
+    """The stage runs in its own process: the budget error still reaches the user as one line, exit 2."""
+    recipe = yaml.safe_load((workspace / "reference.yaml").read_text())
+    recipe["run"]["name"] = "budget"
+    recipe["models"]["teacher"] = {"spec": "local", "max_calls": 2}
+    (workspace / "budget.yaml").write_text(yaml.safe_dump(recipe))
+    result = bezoar("run", "budget.yaml", "--only", "generate", cwd=workspace)
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if "budget:" in line]
+    assert errors and "role 'teacher'" in errors[0] and "max_calls=2" in errors[0], result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    stage = manifest(workspace / "runs" / "budget")["stages"]["generate"]
+    assert stage["status"] == "stopped" and "max_calls=2" in stage["error"]
+    assert cached_calls(workspace / "runs" / "budget") <= 2  # never a call past the budget

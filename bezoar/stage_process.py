@@ -1,0 +1,128 @@
+"""Each stage of `bezoar run` runs in a child process of its own.
+
+Why: in one long-lived process the stages' memory stacked up. Freeing the models (gc + malloc_trim)
+still left ~0.7 GB per trained stage (torch's and the allocator's caches, autograd buffers), so the
+tiny recipe peaked at 4.6 GB while its largest stage alone needs 3.7 GB. A process that ends gives
+all of it back. The child shares the run's call cache (SQLite WAL is multi-process safe), starts its
+usage counters where the run's are (so budgets count across stages) and sends back the stage's
+summary, what each role spent and its own peak RSS.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import platform
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bezoar import errors
+from bezoar.llm.cache import Usage
+
+
+@dataclass
+class StageOutcome:
+    """What a stage's process sends back to the run."""
+
+    summary: dict | None = None
+    usage: dict[str, dict] = field(default_factory=dict)
+    """Per role: what this stage spent (calls, hits, tokens, wall time, cost, model identity)."""
+    totals: dict[str, Usage] = field(default_factory=dict)
+    """Per role: the run's usage so far, this stage included (budgets count from here)."""
+    peak_rss_mb: int = 0
+    error: tuple[str, str] | None = None
+    """(exception class name, message) when the stage raised."""
+
+    def raise_error(self, stage: str) -> None:
+        if self.error is None:
+            return
+        name, message = self.error
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, errors.BezoarError):
+            raise kind(message)
+        if name == "KeyboardInterrupt":
+            raise KeyboardInterrupt
+        raise errors.StageFailed(f"stage {stage} failed: {name}: {message} (its traceback is printed above)")
+
+
+def run_stage_process(function: str, recipe, run_dir: Path, cache_path: Path,
+                      totals: dict[str, Usage]) -> StageOutcome:
+    """Run `module:function` on the recipe in a spawned child; wait for it and return its outcome."""
+    context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and locks
+    receiver, sender = context.Pipe(duplex=False)
+    recipe_data = (recipe.model_dump(mode="json"), str(getattr(recipe, "source_path", "")))
+    child = context.Process(target=_child_main, name=f"bezoar-{function}", daemon=False,
+                            args=(function, recipe_data, str(run_dir), str(cache_path), totals,
+                                  logging.getLogger().level, os.getpid(), sender))
+    child.start()
+    sender.close()  # so that recv() sees EOF if the child dies without answering
+    try:
+        outcome = receiver.recv()
+    except EOFError:
+        child.join()
+        raise errors.StageFailed(f"the process running {function} ended without a result "
+                                 f"(exit code {child.exitcode}; a negative code is the signal that killed it, "
+                                 "-9 often means out of memory); run again to resume") from None
+    finally:
+        if child.is_alive():
+            child.join(timeout=30)
+        if child.is_alive():
+            child.terminate()
+            child.join()
+    return outcome
+
+
+def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cache_path: str,
+                totals: dict[str, Usage], log_level: int, parent_pid: int, sender) -> None:
+    _die_with_parent(parent_pid)
+    from bezoar.logs import configure_logging
+
+    configure_logging(log_level)
+    outcome = StageOutcome()
+    models = None
+    try:
+        from importlib import import_module
+
+        from bezoar.config import recipe_model
+        from bezoar.llm.cache import CallCache
+        from bezoar.pipeline import LazyModels
+
+        data, source = recipe_data
+        recipe = recipe_model().model_validate(data)
+        recipe.__dict__["source_path"] = Path(source)
+        models = LazyModels(recipe, CallCache(cache_path), totals)
+        module, _, name = function.partition(":")
+        outcome.summary = getattr(import_module(module), name)(recipe, Path(run_dir), models)
+    except BaseException as error:  # noqa: BLE001 - every failure is reported to the parent
+        if not isinstance(error, (errors.BezoarError, KeyboardInterrupt)):
+            traceback.print_exc()
+        outcome.error = (type(error).__name__, str(error))
+    if models is not None:
+        outcome.usage, outcome.totals = models.spent(), models.totals()
+    outcome.peak_rss_mb = peak_rss_mb()
+    sender.send(outcome)
+    sender.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """If the run's process is killed (SIGKILL included) its stage must not go on writing alone."""
+    if platform.system() != "Linux":
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def peak_rss_mb() -> int:
+    """This process's RSS high-water mark (Linux reports KiB, macOS bytes)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if platform.system() == "Darwin" else 1024))
