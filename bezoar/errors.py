@@ -31,10 +31,10 @@ class BudgetExceeded(BezoarError):
     """A role's call or cost budget would be passed; the stage stops cleanly and can resume."""
 
 
+class StageFailed(BezoarError):
+    """A stage's process crashed or was killed; its own traceback (if any) is printed above."""
+
+
 def located(path: object, line: int | None, message: str) -> str:
     """`FILE:LINE: message`, the one format every file-level error uses."""
     return f"{path}:{line}: {message}" if line is not None else f"{path}: {message}"
-
-
-class StageFailed(BezoarError):
-    """A stage's process crashed or was killed; its own traceback (if any) is printed above."""
