@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import pickle
 import platform
 import traceback
 from dataclasses import dataclass, field
@@ -31,18 +32,15 @@ class StageOutcome:
     totals: dict[str, Usage] = field(default_factory=dict)
     """Per role: the run's usage so far, this stage included (budgets count from here)."""
     peak_rss_mb: int = 0
-    error: tuple[str, str] | None = None
-    """(exception class name, message) when the stage raised."""
+    error: BaseException | tuple[str, str] | None = None
+    """A BezoarError (or Ctrl-C) as the stage raised it; a crash as (exception class name, message)."""
 
     def raise_error(self, stage: str) -> None:
         if self.error is None:
             return
+        if isinstance(self.error, BaseException):
+            raise self.error
         name, message = self.error
-        kind = getattr(errors, name, None)
-        if isinstance(kind, type) and issubclass(kind, errors.BezoarError):
-            raise kind(message)
-        if name == "KeyboardInterrupt":
-            raise KeyboardInterrupt
         raise errors.StageFailed(f"stage {stage} failed: {name}: {message} (its traceback is printed above)")
 
 
@@ -94,15 +92,25 @@ def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cach
         models = LazyModels(recipe, CallCache(cache_path), totals)
         module, _, name = function.partition(":")
         outcome.summary = getattr(import_module(module), name)(recipe, Path(run_dir), models)
-    except BaseException as error:  # noqa: BLE001 - every failure is reported to the parent
-        if not isinstance(error, (errors.BezoarError, KeyboardInterrupt)):
-            traceback.print_exc()
+    except (errors.BezoarError, KeyboardInterrupt) as error:
+        outcome.error = _portable(error)
+    except BaseException as error:  # noqa: BLE001 - a crash is reported to the parent too
+        traceback.print_exc()
         outcome.error = (type(error).__name__, str(error))
     if models is not None:
         outcome.usage, outcome.totals = models.spent(), models.totals()
     outcome.peak_rss_mb = peak_rss_mb()
     sender.send(outcome)
     sender.close()
+
+
+def _portable(error: BaseException) -> BaseException:
+    """The error itself when it survives the pipe (any BezoarError subclass keeps its type), else its message."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:  # noqa: BLE001 - an exception whose constructor takes other arguments
+        return errors.BezoarError(str(error))
 
 
 def _die_with_parent(parent_pid: int) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bezoar.config import load_recipe
-from bezoar.errors import BudgetExceeded, StageFailed
+from bezoar.errors import BezoarError, BudgetExceeded, StageFailed
 from bezoar.llm.cache import Usage
 from bezoar.stage_process import run_stage_process
 
@@ -26,6 +26,14 @@ def crashes(recipe, run_dir, models) -> dict:
 
 def over_budget(recipe, run_dir, models) -> dict:
     raise BudgetExceeded("budget: role 'teacher' would make 9 calls, over max_calls=8")
+
+
+class ElsewhereError(BezoarError):
+    """A BezoarError subclass defined outside bezoar.errors (as generate's GenerationIncomplete is)."""
+
+
+def raises_elsewhere(recipe, run_dir, models) -> dict:
+    raise ElsewhereError("3 of 8 records made; run again to resume")
 
 
 def dies(recipe, run_dir, models) -> dict:
@@ -50,6 +58,11 @@ def test_the_stage_runs_in_another_process_and_sends_back_its_summary(tmp_path):
 def test_a_bezoar_error_keeps_its_type_and_message(tmp_path):
     with pytest.raises(BudgetExceeded, match=r"^budget: role 'teacher' would make 9 calls, over max_calls=8$"):
         run("over_budget", tmp_path).raise_error("generate")
+
+
+def test_an_error_class_from_any_module_keeps_its_type(tmp_path):
+    with pytest.raises(ElsewhereError, match=r"^3 of 8 records made; run again to resume$"):
+        run("raises_elsewhere", tmp_path).raise_error("generate")
 
 
 def test_a_crash_is_one_line_naming_the_stage(tmp_path):
