@@ -69,3 +69,22 @@ def test_rows_joining_a_running_batch_decode_as_alone(embedded, data_dir):
     alone = [embedded.generate([p], sampling)[0][0].text for p in prompts]
     assert [r[0].text for r in joined] == alone
     assert sorted(seen) == list(range(7))  # every conversation reported as it finished
+
+
+def test_prepacked_linear_layers_compute_what_the_plain_model_computes(embedded, data_dir):
+    """The backend packs its linear weights for oneDNN (faster decoding); the logits stay the plain model's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from bezoar.llm.prepack import PackedLinear
+
+    layers = [m for m in embedded.loaded.model.modules() if isinstance(m, torch.nn.Linear | PackedLinear)]
+    assert layers and all(isinstance(m, PackedLinear) for m in layers)
+    plain = AutoModelForCausalLM.from_pretrained(embedded.loaded.path).eval()
+    texts = [embedded.render(p) for p in _dolly_prompts(data_dir, 4)]
+    batch = embedded.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        packed_logits, plain_logits = embedded.loaded.model(**batch).logits, plain(**batch).logits
+    real = batch.attention_mask.bool()
+    assert torch.allclose(packed_logits[real], plain_logits[real], atol=1e-3, rtol=0)
+    assert torch.equal(packed_logits[real].argmax(-1), plain_logits[real].argmax(-1))

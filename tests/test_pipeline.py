@@ -1,6 +1,7 @@
-"""`bezoar run` end to end on a smoke-sized copy of recipes/tiny.yaml: an uninterrupted run, a run
-killed (SIGKILL) mid-generate, mid-filter, mid-train and mid-eval and resumed each time, the status
-table, the report in headless Chromium, and the bad inputs that must not touch a run."""
+"""`bezoar run` end to end on a smoke-sized copy of recipes/tiny.yaml: a run killed (SIGKILL)
+mid-generate, mid-filter, mid-train and mid-eval and resumed each time to a complete run, the same data
+as a run never killed, the status table, the report in headless Chromium, and the bad inputs that must
+not touch a run."""
 from __future__ import annotations
 
 import hashlib
@@ -21,15 +22,16 @@ BEZOAR = str(Path(sys.executable).parent / "bezoar")
 
 SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
     ("generate", "lamini", "n"): 4, ("generate", "evol", "n"): 4, ("generate", "orca", "n"): 4,
-    ("generate", "lamini", "response_sampling", "max_new_tokens"): 48,
-    ("generate", "evol", "response_sampling", "max_new_tokens"): 48,
-    ("generate", "orca", "response_sampling", "max_new_tokens"): 48,
+    ("generate", "lamini", "response_sampling", "max_new_tokens"): 32,
+    ("generate", "evol", "response_sampling", "max_new_tokens"): 32,
+    ("generate", "orca", "response_sampling", "max_new_tokens"): 32,
+    ("generate", "evol", "evolve_sampling", "max_new_tokens"): 64,
     ("sft", "max_steps"): 2, ("sft", "eval_steps"): 1, ("sft_hh", "max_steps"): 2, ("sft_hh", "eval_steps"): 1,
     ("sft_hh", "data", "sft_n"): 16, ("sft_hh", "data", "dpo_n"): 16, ("sft_hh", "data", "heldout_n"): 16,
     ("dpo", "max_steps"): 2, ("dpo", "eval_steps"): 1,
-    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 2, ("eval", "mt_bench", "max_new_tokens"): 48,
-    ("eval", "harness", "limit"): 8, ("eval", "preference", "limit"): 16,
-    # 48-token replies are mostly cut short: keep them, so the judge has a dozen records to grade one
+    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 2, ("eval", "mt_bench", "max_new_tokens"): 32,
+    ("eval", "harness", "limit"): 4, ("eval", "preference", "limit"): 8,
+    # 32-token replies are mostly cut short: keep them, so the judge has a dozen records to grade one
     # call at a time (a kill lands between two judge calls, not before the first or after the last)
     ("filter", "heuristics", "truncated"): False, ("filter", "judge", "chunk_size"): 1,
 }
@@ -112,30 +114,53 @@ def workspace(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
-def test_uninterrupted_run_and_report(workspace):
-    result = bezoar("run", "reference.yaml", cwd=workspace)
+def test_killed_at_every_stage_resumes_to_a_complete_run(workspace):
+    run_dir = workspace / "runs" / "killed"
+    command = [BEZOAR, "run", "killed.yaml"]
+    kill_when(command, workspace, "generate", lambda: cached_calls(run_dir) >= 3)
+    status = bezoar("status", "runs/killed", cwd=workspace)
+    assert "interrupted" in status.stdout  # the killed stage is not shown as still running
+    kill_when(command, workspace, "filter", grew_since_first_check(run_dir, by=2))
+    generate = manifest(run_dir)["stages"]["generate"]
+    assert generate["status"] == "done" and generate["usage"]["teacher"]["cache_hits"] >= 3
+    kill_when(command, workspace, "sft", lambda: any((run_dir / "models").glob("sft-*/checkpoint-*/trainer_state.json")))
+    kill_when(command, workspace, "eval", lambda: any((run_dir / "eval").rglob("*.jsonl")))
+    result = bezoar("run", "killed.yaml", cwd=workspace)
     assert result.returncode == 0, result.stderr[-4000:]
-    run_dir = workspace / "runs" / "reference"
+
     stages = manifest(run_dir)["stages"]
     assert [s for s in stages if stages[s]["status"] == "done"] == \
         ["generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"]
-    generated = record_ids(run_dir, "generated")
-    assert {name: len(ids) for name, ids in generated.items()} == {"evol.jsonl": 4, "lamini.jsonl": 4, "orca.jsonl": 4}
-    assert stages["generate"]["usage"]["teacher"]["calls"] > 0
+    assert {name: len(ids) for name, ids in record_ids(run_dir, "generated").items()} == \
+        {"evol.jsonl": 4, "lamini.jsonl": 4, "orca.jsonl": 4}
     assert stages["generate"]["inputs"] and all(len(h) == 64 for h in stages["generate"]["inputs"].values())
+    assert stages["filter"]["usage"]["judge"]["cache_hits"] > 0  # judged before the kill: not asked again
+    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in stages["sft"]["summary"]["steps"])
     assert (run_dir / "models" / "dpo" / "README.md").exists()  # model card
     assert list((run_dir / "data" / "filtered" / "cards").glob("*.md"))  # data set cards
 
-    again = bezoar("run", "reference.yaml", cwd=workspace)  # unchanged: every stage but the report skipped
+    again = bezoar("run", "killed.yaml", cwd=workspace)  # unchanged: every stage but the report skipped
     assert again.returncode == 0 and "generate: unchanged" in again.stderr and "eval: unchanged" in again.stderr
-    status = bezoar("status", "runs/reference", cwd=workspace)
+    status = bezoar("status", "runs/killed", cwd=workspace)
     assert status.returncode == 0 and "done" in status.stdout and "teacher" in status.stdout
 
 
 @pytest.mark.slow
+def test_resumed_data_equals_an_uninterrupted_run(workspace):
+    """Generate and filter again, never killed: the same records as the run killed in both."""
+    for stage in ("generate", "filter"):
+        result = bezoar("run", "reference.yaml", "--only", stage, cwd=workspace)
+        assert result.returncode == 0, result.stderr[-4000:]
+    killed, reference = workspace / "runs" / "killed", workspace / "runs" / "reference"
+    assert record_ids(reference, "generated") and record_ids(killed, "generated") == record_ids(reference, "generated")
+    assert record_ids(killed, "filtered") == record_ids(reference, "filtered")
+    assert manifest(reference)["stages"]["generate"]["usage"]["teacher"]["cache_hits"] == 0  # its own calls
+
+
+@pytest.mark.slow
 def test_report_renders_in_headless_chromium(workspace):
-    report = workspace / "runs" / "reference" / "report" / "index.html"
-    assert report.exists(), "run the uninterrupted test first (same module)"
+    report = workspace / "runs" / "killed" / "report" / "index.html"
+    assert report.exists(), "run the resume test first (same module)"
     screenshot = workspace / "report.png"
     base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -153,28 +178,6 @@ def test_report_renders_in_headless_chromium(workspace):
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000
 
 
-@pytest.mark.slow
-def test_killed_at_every_stage_resumes_to_the_same_data(workspace):
-    run_dir = workspace / "runs" / "killed"
-    command = [BEZOAR, "run", "killed.yaml"]
-    kill_when(command, workspace, "generate", lambda: cached_calls(run_dir) >= 3)
-    status = bezoar("status", "runs/killed", cwd=workspace)
-    assert "interrupted" in status.stdout  # the killed stage is not shown as still running
-    kill_when(command, workspace, "filter", grew_since_first_check(run_dir, by=2))
-    generate = manifest(run_dir)["stages"]["generate"]
-    assert generate["status"] == "done" and generate["usage"]["teacher"]["cache_hits"] >= 3
-    kill_when(command, workspace, "sft", lambda: any((run_dir / "models").glob("sft-*/checkpoint-*/trainer_state.json")))
-    kill_when(command, workspace, "eval", lambda: any((run_dir / "eval").rglob("*.jsonl")))
-    result = bezoar("run", "killed.yaml", cwd=workspace)
-    assert result.returncode == 0, result.stderr[-4000:]
-    reference = workspace / "runs" / "reference"
-    assert record_ids(run_dir, "generated") == record_ids(reference, "generated")
-    assert record_ids(run_dir, "filtered") == record_ids(reference, "filtered")
-    assert manifest(run_dir)["stages"]["filter"]["usage"]["judge"]["cache_hits"] > 0
-    sft_runs = manifest(run_dir)["stages"]["sft"]["summary"]["steps"]
-    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in sft_runs)  # not started over
-
-
 def tree_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
@@ -185,16 +188,16 @@ def tree_digest(folder: Path) -> str:
 
 @pytest.mark.slow
 def test_bad_inputs_never_touch_a_run(workspace, data_dir):
-    run_dir = workspace / "runs" / "reference"
+    run_dir = workspace / "runs" / "killed"
     before = tree_digest(run_dir)
     other = smoke_recipe(workspace / "other.yaml", "other", data_dir)
     cases = {
         "missing seed": (["run", "missing.yaml"], "input file(s) not found: /nonexistent/seeds.jsonl"),
-        "unknown stage": (["run", "reference.yaml", "--from", "trian"], "unknown stage 'trian'; the stages are: "
+        "unknown stage": (["run", "killed.yaml", "--from", "trian"], "unknown stage 'trian'; the stages are: "
                                                                        "generate, filter, sft, sft_hh, dpo, eval, report"),
-        "other recipe": (["run", str(other), "--run-dir", "runs/reference"], "this run directory was made by recipe"),
+        "other recipe": (["run", str(other), "--run-dir", "runs/killed"], "this run directory was made by recipe"),
     }
-    broken = yaml.safe_load((workspace / "reference.yaml").read_text())
+    broken = yaml.safe_load((workspace / "killed.yaml").read_text())
     broken["generate"]["lamini"]["seeds"] = ["/nonexistent/seeds.jsonl"]
     (workspace / "missing.yaml").write_text(yaml.safe_dump(broken))
     for name, (args, message) in cases.items():

@@ -68,6 +68,8 @@ def _load_uncached(path: Path, dtype: str) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from bezoar.llm.prepack import pack_linear_weights
+
     plan = plan_device(dtype, exact=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
@@ -79,7 +81,9 @@ def _load_uncached(path: Path, dtype: str) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=plan.dtype)
     model.to(plan.device).eval()
     torch.set_num_threads(plan.threads)
-    log.info("local model %s on %s", path.name, plan.describe())
+    packed = pack_linear_weights(model) if plan.device == "cpu" else 0
+    log.info("local model %s on %s%s", path.name, plan.describe(),
+             f", {packed} linear layers pre-packed for oneDNN" if packed else "")
     return LoadedModel(model, tokenizer, plan, path, content_identity(path), threading.Lock())
 
 
