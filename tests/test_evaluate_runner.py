@@ -43,9 +43,9 @@ def run(tmp_path_factory, data_dir, embedded):
     recipe_file.write_text(f"""
 run: {{name: stage-test, run_dir: {run_dir}, max_failure_rate: 1.0}}
 eval:
-  mt_bench: {{questions: {data_dir}/eval/mt_bench/question.jsonl, limit: 1, max_new_tokens: 24,
-             judge_max_new_tokens: 24, judge_retries: 0}}
-  harness: {{tasks: [bezoar_truthfulqa_mc2], data_dir: {data_dir}/eval/harness, limit: 3, batch_size: 8}}
+  mt_bench: {{questions: {data_dir}/eval/mt_bench/question.jsonl, limit: 1, max_new_tokens: 16,
+             judge_max_new_tokens: 16, judge_retries: 0}}
+  harness: {{tasks: [bezoar_truthfulqa_mc2], data_dir: {data_dir}/eval/harness, limit: 2, batch_size: 8}}
   preference: {{pairs: {data_dir}/preferences/hh-rlhf/harmless-base/test.jsonl.gz, heldout_n: 3}}
 """)
     recipe = load_recipe(recipe_file)

@@ -21,17 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
 
 SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
-    ("generate", "lamini", "n"): 4, ("generate", "evol", "n"): 4, ("generate", "orca", "n"): 4,
+    ("generate", "lamini", "n"): 3, ("generate", "evol", "n"): 3, ("generate", "orca", "n"): 3,
     ("generate", "lamini", "response_sampling", "max_new_tokens"): 32,
     ("generate", "evol", "response_sampling", "max_new_tokens"): 32,
     ("generate", "orca", "response_sampling", "max_new_tokens"): 32,
     ("generate", "evol", "evolve_sampling", "max_new_tokens"): 64,
     ("sft", "max_steps"): 2, ("sft", "eval_steps"): 1, ("sft_hh", "max_steps"): 2, ("sft_hh", "eval_steps"): 1,
-    ("sft_hh", "data", "sft_n"): 16, ("sft_hh", "data", "dpo_n"): 16, ("sft_hh", "data", "heldout_n"): 16,
+    ("sft_hh", "data", "sft_n"): 16, ("sft_hh", "data", "dpo_n"): 16, ("sft_hh", "data", "heldout_n"): 8,
+    ("sft_hh", "max_validation_examples"): 8, ("dpo", "max_validation_examples"): 8,
     ("dpo", "max_steps"): 2, ("dpo", "eval_steps"): 1,
-    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 2, ("eval", "mt_bench", "max_new_tokens"): 32,
-    ("eval", "harness", "limit"): 4, ("eval", "preference", "limit"): 8,
-    # 32-token replies are mostly cut short: keep them, so the judge has a dozen records to grade one
+    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 1, ("eval", "mt_bench", "max_new_tokens"): 32,
+    ("eval", "harness", "limit"): 2, ("eval", "preference", "limit"): 8,
+    # 32-token replies are mostly cut short: keep them, so the judge has nine records to grade one
     # call at a time (a kill lands between two judge calls, not before the first or after the last)
     ("filter", "heuristics", "truncated"): False, ("filter", "judge", "chunk_size"): 1,
 }
@@ -132,7 +133,7 @@ def test_killed_at_every_stage_resumes_to_a_complete_run(workspace):
     assert [s for s in stages if stages[s]["status"] == "done"] == \
         ["generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"]
     assert {name: len(ids) for name, ids in record_ids(run_dir, "generated").items()} == \
-        {"evol.jsonl": 4, "lamini.jsonl": 4, "orca.jsonl": 4}
+        {"evol.jsonl": 3, "lamini.jsonl": 3, "orca.jsonl": 3}
     assert stages["generate"]["inputs"] and all(len(h) == 64 for h in stages["generate"]["inputs"].values())
     assert stages["filter"]["usage"]["judge"]["cache_hits"] > 0  # judged before the kill: not asked again
     assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in stages["sft"]["summary"]["steps"])
