@@ -53,9 +53,9 @@ class ChatRequest(BaseModel):
 class QueueSource:
     """Requests from HTTP handlers, handed to the decoder as slots free up (continuous batching)."""
 
-    def __init__(self, is_open: Callable[[], bool]):
+    def __init__(self):
         self.queue: queue.Queue[Job] = queue.Queue()
-        self.is_open = is_open
+        self.is_open: Callable[[], bool] = lambda: True  # Engine.run says when the HTTP side has gone
 
     def take(self, most: int, wait: bool) -> list[Job] | None:
         jobs: list[Job] = []
@@ -85,7 +85,7 @@ class Engine:
         self.decoder = Decoder(backend.loaded.model, backend.tokenizer, backend.loaded.plan.device, batch_size)
         self.stats = {"requests": 0, "largest_batch": 0}
         self.waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, list]] = {}
-        self.source = QueueSource(lambda: True)
+        self.source = QueueSource()
 
     def run(self, is_open: Callable[[], bool]) -> None:
         """Decode requests until `is_open()` turns false while nothing is waiting."""
