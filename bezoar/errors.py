@@ -23,6 +23,16 @@ class BackendError(BezoarError):
     """A model backend failed after its retries, or cannot be loaded."""
 
 
+class RoleUnavailable(BackendError):
+    """A failure that concerns every item of a role, not one: a refused key (401/403), no endpoint
+    reachable after the retry budget, rate limits that never lift. The stage stops at once (exit 2);
+    the same command resumes once the cause is fixed."""
+
+
+class FailureRateExceeded(BezoarError):
+    """More items of a stage failed than `run.max_failure_rate` allows: a systematic fault, not bad luck."""
+
+
 class LicenceError(BezoarError):
     """A seed or model is not clearly usable commercially while the recipe demands it."""
 

@@ -38,13 +38,24 @@ class Sampling:
 
 @dataclass
 class Reply:
-    """One completion. `finish_reason` is "stop" or "length" (or "error" for a recorded failure)."""
+    """One completion. `finish_reason` is "stop", "length", or "error": an item that cannot succeed
+    (a non-retryable 4xx, a content-filter refusal, a body still unreadable after the retries), with
+    the server's reason in `error`. Such a reply is never cached; the stage records it as a failed item."""
 
     text: str
     finish_reason: str = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached: bool = field(default=False, compare=False)
+    error: str | None = field(default=None, compare=False)
+
+    @property
+    def failed(self) -> bool:
+        return self.finish_reason == "error"
+
+    @classmethod
+    def failure(cls, error: str) -> "Reply":
+        return cls(text="", finish_reason="error", error=error)
 
     def to_json(self) -> dict:
         return {"text": self.text, "finish_reason": self.finish_reason,
