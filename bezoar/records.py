@@ -189,12 +189,29 @@ def write_jsonl(path: Path | str, items: Iterable[Any]) -> int:
 
 
 def write_json(path: Path | str, value: Any) -> None:
-    """Atomic JSON write (manifests, summaries)."""
+    """Atomic, durable JSON write (manifests, summaries): a crash or power loss leaves the old file or
+    the new one, never a torn or empty one (fsync of the file before the rename, of the directory after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename durable: the directory entry itself must reach the disk."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # a platform whose directories cannot be opened (Windows): the rename is what we have
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: Path) -> str:
