@@ -48,7 +48,7 @@ def test_malformed_recipe_gives_exact_line(tmp_path, text, expected):
 def test_all_problems_reported_at_once_by_the_cli(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("run:\n  seeed: 1\nmodels:\n  judge:\n    batch_size: -1\n")
-    result = subprocess.run([BEZOAR, "validate", str(path)], capture_output=True, text=True)
+    result = subprocess.run([BEZOAR, "validate", str(path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines == [f"{path}:2: run.seeed: unknown key (check the spelling; see the recipe reference in README)",
@@ -57,7 +57,7 @@ def test_all_problems_reported_at_once_by_the_cli(tmp_path):
 
 
 def test_missing_recipe_file(tmp_path):
-    result = subprocess.run([BEZOAR, "validate", str(tmp_path / "nope.yaml")], capture_output=True, text=True)
+    result = subprocess.run([BEZOAR, "validate", str(tmp_path / "nope.yaml")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 2 and "nope.yaml: cannot read" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -73,7 +73,7 @@ def test_env_defaults_and_shorthand(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(recipe):
-    result = subprocess.run([BEZOAR, "validate", str(recipe)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run([BEZOAR, "validate", str(recipe)], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stderr
 
 

@@ -78,7 +78,7 @@ def test_malformed_question_file_names_file_and_line(tmp_path, data_dir):
     with pytest.raises(DataError, match=rf"^{path}:2: question_id 81 repeats line 1"):
         load_questions(path)
     path.write_text(good[0] + "\n{not json\n")
-    result = subprocess.run([BEZOAR, "eval", "mt-bench", "--out", str(tmp_path / "out"), "--questions", str(path)],
+    result = subprocess.run([BEZOAR, "eval", "mt-bench", "--out", str(tmp_path / "out"), "--questions", str(path)], timeout=300,
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == f"{path}:2: not valid JSON (Expecting property name enclosed in double quotes at column 2)"
@@ -224,15 +224,27 @@ def test_judge_repeats_report_median_and_spread(mt_run, tmp_path):
     summary = run_mt_bench(mt_run["model"], mt_run["judge"], tmp_path, config, "smollm2", "smollm2-judge")
     lines = [json.loads(line) for line in (tmp_path / "model_judgment/smollm2-judge_single.jsonl").open()]
     assert sorted((l["turn"], l["repeat"]) for l in lines) == [(t, r) for t in (1, 2) for r in range(3)]
+    import statistics
+
     overall = summary["single"]["overall"]
     assert summary["single"]["repeats"] == 3 and "spread" in overall
+    medians, ranges, by_repeat = [], [], {r: [] for r in range(3)}
     for turn in (1, 2):
         valid = sorted(l["score"] for l in lines if l["turn"] == turn and l["score"] != -1)
+        for l in lines:
+            if l["turn"] == turn and l["score"] != -1:
+                by_repeat[l["repeat"]].append(l["score"])
         if valid:
-            import statistics
-
             assert summary["single"]["items"][f"81:{turn}"] == statistics.median(valid)
-    assert single_table(lines)["overall"] == overall
+            medians.append(statistics.median(valid))
+        if len(valid) > 1:
+            ranges.append(valid[-1] - valid[0])
+    # The table's figures recomputed by hand from the judgment file (not by calling the code under test).
+    assert overall["n"] == len(medians) and overall["errors"] == 2 - len(medians)
+    assert overall["score"] == (statistics.fmean(medians) if medians else None)
+    assert overall["spread"]["mean_item_range"] == (statistics.fmean(ranges) if ranges else 0.0)
+    assert overall["spread"]["repeat_means"] == [statistics.fmean(v) for v in by_repeat.values() if v]
+    assert single_table(lines, samples=10)["overall"]["score"] == overall["score"]  # the file alone suffices
 
 
 def test_per_category_takes_the_first_questions_of_each_category(data_dir):

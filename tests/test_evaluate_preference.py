@@ -101,11 +101,11 @@ def test_preference_command(tmp_path, data_dir):
 
     bezoar = str(Path(sys.executable).parent / "bezoar")
     result = subprocess.run([bezoar, "eval", "preference", "--pairs", str(data_dir / HH), "--heldout-n", "2",
-                             "--out", str(tmp_path)], capture_output=True, text=True)
+                             "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n"] == 2 and summary["heldout_n"] == 2 and summary["metric"] == "loglik"
     assert "loglik_per_token" in result.stdout and "Wilson" in result.stdout
     missing = subprocess.run([bezoar, "eval", "preference", "--pairs", str(tmp_path / "none.jsonl")],
-                             capture_output=True, text=True)
+                             capture_output=True, text=True, timeout=600)
     assert missing.returncode == 2 and missing.stderr.strip() == f"{tmp_path / 'none.jsonl'}: no such file"

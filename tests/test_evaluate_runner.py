@@ -99,10 +99,10 @@ def test_rerun_skips_up_to_date_evaluations_and_compare_prints(run):
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "eval").rglob("summary.json")} == stamps
     assert again["checkpoints"] == run["summary"]["checkpoints"]
     shown = subprocess.run([BEZOAR, "compare", str(run_dir), "--only", "base,dpo", "--json", "--out",
-                            str(run_dir / "two.json")], capture_output=True, text=True)
+                            str(run_dir / "two.json")], capture_output=True, text=True, timeout=600)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["checkpoints"] == ["base", "dpo"]
-    table = subprocess.run([BEZOAR, "compare", str(run_dir)], capture_output=True, text=True)
+    table = subprocess.run([BEZOAR, "compare", str(run_dir)], capture_output=True, text=True, timeout=600)
     assert table.returncode == 0 and "sft-1-tiny" in table.stdout and "Δ" in table.stdout
 
 

@@ -114,7 +114,7 @@ def test_killed_mid_judging_resumes_without_repeating_a_call(tmp_path, data_dir,
     while cached_calls(cache_path) < 2 and child.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     os.kill(child.pid, signal.SIGKILL)
-    child.wait()
+    child.wait(timeout=60)
     done_before = cached_calls(cache_path)
     assert child.returncode == -signal.SIGKILL, child.stdout.read()[-2000:]
     assert not (run_dir / "data/filtered/summary.json").exists(), "the child finished before it could be killed"
@@ -148,7 +148,7 @@ def test_malformed_input_line_is_reported_as_file_and_line(tmp_path):
     bad.write_text(good.model_dump_json() + "\n\n" + '{"messages": [{"role": "user", "content": "Hi"}\n')
     result = subprocess.run([BEZOAR, "filter", "--in", str(bad), "--out",
                              str(tmp_path / "out"), "--no-judge"], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "COLUMNS": "300"})
+                            env={**os.environ, "COLUMNS": "300"}, timeout=600)
     assert result.returncode == 2, result.stderr
     assert f"{bad}:3: not valid JSON" in result.stderr.replace("\n", "")
     wrong = tmp_path / "wrong.jsonl"
@@ -165,7 +165,7 @@ def test_cli_filters_plain_rows_and_several_inputs(tmp_path, data_dir):
     out = tmp_path / "out"
     result = subprocess.run([BEZOAR, "filter", "--in", str(first), str(second), "--out", str(out),
                              "--no-judge", "--eval", str(data_dir / "eval/mt_bench/question.jsonl")],
-                            cwd=REPO, capture_output=True, text=True)
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input"] == 35 and summary["reasons"].get("exact_duplicate") == 5

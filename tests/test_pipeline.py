@@ -51,7 +51,7 @@ def smoke_recipe(path: Path, name: str, data_dir: Path) -> Path:
 
 
 def bezoar(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([BEZOAR, *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run([BEZOAR, *args], capture_output=True, text=True, cwd=cwd, timeout=1800)
 
 
 def manifest(run_dir: Path) -> dict:
@@ -79,7 +79,7 @@ def kill_when(command: list[str], cwd: Path, stage: str, ready, timeout_s: float
             assert process.poll() is None, f"run ended before the kill at {stage}: {process.stderr.read()[-3000:]}"
             if manifest(cwd / "runs" / "killed").get("stages", {}).get(stage, {}).get("status") == "running" and ready():
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+                process.wait(timeout=60)
                 return
             time.sleep(0.2)
         raise TimeoutError(f"never reached a kill point in {stage}")
@@ -115,6 +115,7 @@ def workspace(tmp_path_factory, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a reference run and a run killed four times: ~15 min on a busy 2-core machine
 def test_killed_at_every_stage_resumes_to_a_complete_run(workspace):
     run_dir = workspace / "runs" / "killed"
     command = [BEZOAR, "run", "killed.yaml"]
@@ -200,14 +201,16 @@ def test_bad_inputs_never_touch_a_run(workspace, data_dir):
     }
     broken = yaml.safe_load((workspace / "killed.yaml").read_text())
     broken["generate"]["lamini"]["seeds"] = ["/nonexistent/seeds.jsonl"]
+    broken["run"]["name"] = "missing"  # its own run directory, so a run it wrongly started would show
     (workspace / "missing.yaml").write_text(yaml.safe_dump(broken))
+    runs_before = sorted(p.name for p in (workspace / "runs").iterdir())
     for name, (args, message) in cases.items():
         result = bezoar(*args, cwd=workspace)
         assert result.returncode == 2, name
         assert message in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (name, result.stderr)
     assert tree_digest(run_dir) == before
-    assert not (workspace / "runs" / "missing").exists() and not (workspace / "runs" / "other").exists()
+    assert sorted(p.name for p in (workspace / "runs").iterdir()) == runs_before  # no run directory made
 
 
 @pytest.mark.slow

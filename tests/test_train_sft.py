@@ -99,7 +99,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, records_file
         assert time.time() < deadline
         time.sleep(0.5)
     os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=60)
     assert not (out / "summary.json").exists()
 
     summary = train_sft("local", [records_file], out, settings)

@@ -73,11 +73,11 @@ def test_check_template_cli(tmp_path):
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
                                             {"role": "assistant", "content": "Hello!"}]}) + "\n")
     run = subprocess.run([BEZOAR, "check-template", "--data", str(bad), "--json",
-                          "--expect", "deadbeef"], capture_output=True, text=True)
+                          "--expect", "deadbeef"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2
     assert json.loads(run.stdout.splitlines()[0])["loss_tokens"] == 4  # "Hello!" + <|im_end|> + "\n"
     assert "not the one the recipe expects" in run.stderr and len(run.stderr.strip().splitlines()) == 1
-    ok = subprocess.run([BEZOAR, "check-template"], capture_output=True, text=True)
+    ok = subprocess.run([BEZOAR, "check-template"], capture_output=True, text=True, timeout=600)
     assert ok.returncode == 0 and "ok" in ok.stdout
 
 
@@ -93,5 +93,5 @@ def test_bad_training_hyperparameter_is_one_line_with_the_key(tmp_path):
     assert any(line.startswith(f"{recipe}:4: sft.lora.dropout: must be in [0, 1) or 'auto'") for line in lines)
     assert any(line.startswith(f"{recipe}:6: dpo.beta:") for line in lines)
     run = subprocess.run([BEZOAR, "sft", "--data", str(recipe), "--out",
-                          str(tmp_path / "o"), "--learning-rate", "-1"], capture_output=True, text=True)
+                          str(tmp_path / "o"), "--learning-rate", "-1"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and run.stderr.strip().startswith("--learning-rate: Input should be greater than 0")
