@@ -82,8 +82,9 @@ class RunConfig(StrictModel):
     seed: int = 0
     require_commercial_use: bool = False
     """Refuse, before any call, a seed or teacher whose licence is not clearly commercial."""
-    max_failure_rate: float = Field(0.5, ge=0, le=1)
-    """A stage fails only when more than this share of its items failed."""
+    max_failure_rate: float = Field(0.05, ge=0, le=1)
+    """A stage stops only when more than this share of the items it tried failed (judged once 20 were
+    tried, so one bad item in a small run never stops it); failed items are kept in its failed.jsonl."""
 
     @property
     def directory(self) -> Path:

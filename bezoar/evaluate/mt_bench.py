@@ -79,19 +79,22 @@ def answer(model: CachedModel, questions: list[Question], model_id: str, max_new
     histories = {q.question_id: [] for q in questions}
     texts: dict[int, list[str]] = {q.question_id: [] for q in questions}
     reasons: dict[int, list[str]] = {q.question_id: [] for q in questions}
+    errors: dict[int, list[str | None]] = {q.question_id: [] for q in questions}
     for turn in range(max(len(q.turns) for q in questions)):
         asking = [q for q in questions if turn < len(q.turns)]
         for temperature, group in _by_temperature(asking).items():
             conversations = [histories[q.question_id] + [{"role": "user", "content": q.turns[turn]}] for q in group]
             sampling = Sampling(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
             for q, conversation, reply in zip(group, conversations, model.chat(conversations, sampling, progress)):
-                text = ERROR_OUTPUT if reply.finish_reason == "error" else reply.text
+                text = ERROR_OUTPUT if reply.failed else reply.text
                 histories[q.question_id] = conversation + [{"role": "assistant", "content": text}]
                 texts[q.question_id].append(text)
                 reasons[q.question_id].append(reply.finish_reason)
+                errors[q.question_id].append(reply.error)
     now = time.time()
     return [answer_record(q, model_id, texts[q.question_id],
-                          {"tstamp": now, "finish_reasons": reasons[q.question_id]}) for q in questions]
+                          {"tstamp": now, "finish_reasons": reasons[q.question_id], "errors": errors[q.question_id]})
+            for q in questions]
 
 
 def _by_temperature(questions: list[Question]) -> dict[float, list[Question]]:
@@ -157,7 +160,7 @@ def grade(judge: CachedModel, conversations: list[list[dict]], read: Callable[[s
         for sampling, keys in groups.items():
             replies = judge.chat([conversations[item] for item, _ in keys], sampling, progress)
             for key, reply in zip(keys, replies):
-                value = read(reply.text) if reply.finish_reason != "error" else None
+                value = read(reply.text) if not reply.failed else None
                 error = None if value is not None else _why(reply, attempt + 1)
                 results[key] = Graded(value, reply.text, attempt + 1, error)
                 if value is None:
@@ -177,8 +180,8 @@ def _judge_sampling(config: MTBenchConfig, repeat: int, attempt: int) -> Samplin
 
 
 def _why(reply, attempts: int) -> str:
-    if reply.finish_reason == "error":
-        return f"judge call failed after {attempts} attempt(s): {reply.text[:200]}"
+    if reply.failed:
+        return f"judge call failed after {attempts} attempt(s): {reply.error}"
     return f"no readable rating/verdict in the judge's reply after {attempts} attempt(s)"
 
 
@@ -304,10 +307,32 @@ def run_mt_bench(model: CachedModel, judge: CachedModel, out_dir: Path, config: 
     if config.pairwise_against is not None:
         summary["pairwise"] = _pairwise(comparer, judge_id, questions, answers, references, config, prompts, out_dir)
         summary["files"]["pair"] = summary["pairwise"].pop("file")
+    summary.update(_failures(out_dir, records, lines, questions, model.identity, rater.identity))
     summary["usage"] = {"model": model.usage.to_json(), "judge": judge.usage.to_json()}
     summary["wall_s"] = round(time.perf_counter() - started, 1)
     write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _failures(out_dir: Path, records: list[dict], lines: list[dict], questions: list[Question], model: str,
+              judge: str) -> dict:
+    """Answers the model's server refused and judgments that failed or stayed unreadable, to failed.jsonl;
+    returns the counts the failure-rate check needs (items tried: answer turns plus judgments)."""
+    from bezoar.failures import FailureLog
+
+    failures = FailureLog(out_dir / "failed.jsonl", f"eval mt-bench {out_dir.name}").start()
+    asked = {q.question_id: q.turns for q in questions}
+    for record in records:
+        for turn, error in enumerate(record.get("errors", []), 1):
+            if error is not None:
+                failures.record(f"{record['question_id']}-answer-{turn}", error, model,
+                                asked[record["question_id"]][turn - 1], role="model", turn=turn)
+    for line in lines:
+        if line["error"] and line["attempts"]:  # attempts 0: not judged because the answer failed
+            failures.record(f"{line['question_id']}-judge-{line['turn']}-{line['repeat']}", line["error"], judge,
+                            line["user_prompt"], role="judge", turn=line["turn"])
+    tried = sum(len(r.get("errors", [])) for r in records) + len(lines)
+    return {**failures.summary(), "tried_items": tried}
 
 
 def _pairwise(judge, judge_id, questions, answers, references, config, prompts, out_dir) -> dict:

@@ -1,8 +1,9 @@
 """The LLM judge as human proxy: rubric prompt → reply → verdict, 1-10 rating, reason → accept or not.
 
 Every record gets a `JudgeResult`, including the judge's raw reply. A reply that cannot be read is
-asked once more with a stricter prompt (one line of JSON); if that fails too, the record is a
-`judge_error`: recorded and rejected with that reason, never silently kept or dropped.
+asked once more with a stricter prompt (one line of JSON); if that fails too (or the judge's server
+refused the item), the record is a failed item (`judge_error`, or `backend_error: <the server's
+reason>`): the filter writes it to failed.jsonl, never silently keeps or drops it.
 
 All calls go through `CachedModel`, in chunks: every reply is committed to the cache as it arrives,
 so a killed run resumes without repeating a call. Local judges are scored by next-token
@@ -133,7 +134,7 @@ def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig
         for index, reply in zip(retry, again):
             second = _result(reply, config, mode, caller.identity, strict.id)
             second.attempts, second.raw = 2, results[index].raw + second.raw
-            if second.error:
+            if second.error == "unreadable":
                 second.error = "judge_error"
             results[index] = second
     if config.rule == "top_fraction":
@@ -170,7 +171,7 @@ def _result(reply: Reply, config: JudgeConfig, mode: str, identity: str, prompt_
     if mode == "logprobs":
         judgment.fmt = "logprobs"
         reason = "rating = expected value of the judge's next-token distribution over 1-10"
-    error = None if accepted is not None else ("backend_error" if reply.finish_reason == "error" else "unreadable")
+    error = None if accepted is not None else (f"backend_error: {reply.error}" if reply.failed else "unreadable")
     return JudgeResult(verdict=judgment.verdict, rating=judgment.rating, reason=reason, accepted=bool(accepted),
                        error=error, fmt=judgment.fmt, raw=[reply.text], judge=identity, prompt=prompt_id, scoring=mode,
                        rule=config.rule)

@@ -7,6 +7,9 @@ a call, and ends with the same kept set. Outputs are written atomically at the e
 
     kept.jsonl or <method>.jsonl   the accepted records, each with `meta.judge`
     rejected.jsonl                 every rejected record, `meta.details.filter` = step, reasons, evidence
+    failed.jsonl                   records the judge could not decide (its server refused them, or its
+                                   reply stayed unreadable): neither kept nor rejected, asked again by
+                                   `bezoar run --retry-failed`
     judgments.jsonl                every judge decision with the raw reply (kept and rejected)
     summary.json                   counts per step, per reason and per method; judge usage; judge-check
 """
@@ -25,6 +28,7 @@ from bezoar.errors import BezoarError, DataError
 from bezoar.filter import contamination, dedup, heuristics
 from bezoar.filter.calibration import judge_check, near_chance
 from bezoar.filter.config import FilterConfig
+from bezoar.failures import FailureLog
 from bezoar.filter.judge import JudgeResult, judge_records
 from bezoar.llm.cache import CachedModel
 from bezoar.records import Record, read_jsonl, write_json, write_jsonl
@@ -62,10 +66,16 @@ class Item:
     reasons: list[str] = field(default_factory=list)
     evidence: dict = field(default_factory=dict)
     judgment: JudgeResult | None = None
+    failed: bool = False
+    """The judge could not decide it: a failed item, neither kept nor rejected."""
 
     @property
     def alive(self) -> bool:
-        return self.step is None
+        return self.step is None and not self.failed
+
+    @property
+    def rejected(self) -> bool:
+        return self.step is not None
 
     def reject(self, step: str, reasons: list[str], **evidence: Any) -> None:
         self.step, self.reasons, self.evidence = step, reasons, evidence
@@ -193,7 +203,7 @@ def _judge(items: list[Item], config: FilterConfig, judge: CachedModel | None, p
         item.judgment = result
         item.record.meta.judge = result.to_json()
         if result.error:
-            item.reject("judge", ["judge_error"], detail=result.error)
+            item.failed = True
         elif not result.accepted:
             item.reject("judge", ["judge_reject"], rating=result.rating, verdict=result.verdict)
 
@@ -210,7 +220,8 @@ def _summary(items: list[Item], steps: list[dict], timings: dict) -> dict:
     for index in range(1, len(steps)):
         steps[index]["removed"] = steps[index - 1]["records"] - steps[index]["records"]
     kept = sum(i.alive for i in items)
-    return {"input": len(items), "kept": kept, "rejected": len(items) - kept, "steps": steps,
+    return {"input": len(items), "kept": kept, "rejected": sum(i.rejected for i in items),
+            "failed_items": sum(i.failed for i in items), "steps": steps,
             "reasons": dict(reasons.most_common()),
             "methods": {m: {**e, "rejected": dict(e["rejected"])} for m, e in methods.items()},
             "timings_s": timings}
@@ -229,8 +240,8 @@ def _judge_summary(items: list[Item], config: FilterConfig, judge: CachedModel, 
             "usage": judge.usage.minus(before).to_json() if before else judge.usage.to_json()}
 
 
-def write_outputs(items: list[Item], summary: dict, out_dir: Path, per_method: bool) -> dict:
-    """Kept records (one file, or one per method/source), rejected, judgments, and the summary (last)."""
+def write_outputs(items: list[Item], summary: dict, out_dir: Path, per_method: bool, judge: str = "") -> dict:
+    """Kept records (one file, or one per method/source), rejected, failed, judgments, and the summary (last)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     outputs = {}
     if per_method:
@@ -241,10 +252,15 @@ def write_outputs(items: list[Item], summary: dict, out_dir: Path, per_method: b
     else:
         outputs["kept"] = str(out_dir / "kept.jsonl")
         write_jsonl(out_dir / "kept.jsonl", (i.record for i in items if i.alive))
-    write_jsonl(out_dir / "rejected.jsonl", (_rejected(i) for i in items if not i.alive))
+    write_jsonl(out_dir / "rejected.jsonl", (_rejected(i) for i in items if i.rejected))
+    failures = FailureLog(out_dir / "failed.jsonl", "filter").start()
+    for item in (i for i in items if i.failed):
+        failures.record(item.record.meta.id, item.judgment.error, judge, item.record.model_dump(mode="json"),
+                        raw=item.judgment.raw, source=item.source)
     write_jsonl(out_dir / "judgments.jsonl", ({"id": i.record.meta.id, "source": i.source, **i.judgment.to_json()}
                                               for i in items if i.judgment is not None))
-    outputs.update(rejected=str(out_dir / "rejected.jsonl"), judgments=str(out_dir / "judgments.jsonl"),
+    outputs.update(rejected=str(out_dir / "rejected.jsonl"), failed=str(out_dir / "failed.jsonl"),
+                   judgments=str(out_dir / "judgments.jsonl"),
                    summary=str(out_dir / "summary.json"))
     summary["outputs"] = outputs
     write_json(out_dir / "summary.json", summary)
@@ -259,21 +275,20 @@ def _rejected(item: Item) -> Record:
 
 
 def run(inputs: list[Path], out_dir: Path, config: FilterConfig, judge: CachedModel | None,
-        per_method: bool = False, max_failure_rate: float = 0.5, progress=None) -> dict:
-    """Filter `inputs` into `out_dir`: the library call behind both `bezoar filter` and the recipe stage."""
+        per_method: bool = False, max_failure_rate: float = 0.05, progress=None) -> dict:
+    """Filter `inputs` into `out_dir`: the library call behind both `bezoar filter` and the recipe stage.
+
+    Outputs are written before the failure-rate check, so a stopped filter still shows what it decided."""
     items = load_inputs(inputs)
     check = None
     if judge is not None and config.judge_check.enabled:
         check = _calibrate(judge, config)
     summary = filter_items(items, config, judge, progress)
     summary["judge_check"] = check
-    summary = write_outputs(items, summary, Path(out_dir), per_method)
-    judged = summary.get("judge", {}).get("judged", 0)
-    errors = summary.get("judge", {}).get("errors", 0)
-    if judged and errors / judged > max_failure_rate:
-        raise BezoarError(f"filter: {errors} of {judged} judge replies could not be read even after a retry "
-                          f"(over max_failure_rate={max_failure_rate}); see {out_dir}/judgments.jsonl for the raw "
-                          "replies, and use a stronger judge or `scoring: logprobs` for a local one")
+    summary = write_outputs(items, summary, Path(out_dir), per_method, judge.identity if judge else "")
+    guard = FailureLog(Path(out_dir) / "failed.jsonl", "filter (judge)", max_failure_rate)
+    guard.tried, guard.failed = summary.get("judge", {}).get("judged", 0), summary["failed_items"]
+    guard.check()
     return summary
 
 

@@ -31,9 +31,14 @@ def generate_command(
     skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Skip malformed seed rows (counted) instead of stopping."),
     require_commercial_use: bool = typer.Option(False, "--require-commercial-use", help="Refuse, before any call, a seed or teacher not clearly usable commercially."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Work items per round."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the items that failed in an earlier run (OUT.failed.jsonl)."),
 ) -> None:
-    """Generate synthetic instruction data (LaMini-LM, Evol-Instruct or Orca), resumably."""
+    """Generate synthetic instruction data (LaMini-LM, Evol-Instruct or Orca), resumably.
+
+    An item the teacher refuses (e.g. HTTP 400) is written to OUT.failed.jsonl and the rest goes on; the
+    run stops only when more than run.max_failure_rate of the items tried failed."""
     from bezoar.generate.stage import generate
+    from bezoar.llm.cache import CallCache, default_cache_path
     from bezoar.llm.specs import open_model
 
     section, models, run = _recipe_parts(recipe, method)
@@ -50,13 +55,14 @@ def generate_command(
     judge_config = None if judge is None else models.judge.model_validate({**models.judge.model_dump(), "spec": judge})
     if judge_config is None and recipe is not None and method == "evol" and config.equality_check:
         judge_config = models.judge  # a recipe names its judge; on the command line it is opt-in
+    cache = CallCache(default_cache_path(), retry_failures=retry_failed)
     summary = generate(
-        method, config, lambda: open_model(teacher_config, role="teacher"), teacher_config.spec, out,
+        method, config, lambda: open_model(teacher_config, role="teacher", cache=cache), teacher_config.spec, out,
         seed=run.seed if seed is None else seed,
-        judge=(lambda: open_model(judge_config, role="judge")) if judge_config else None,
+        judge=(lambda: open_model(judge_config, role="judge", cache=cache)) if judge_config else None,
         judge_spec=judge_config.spec if judge_config else None,
         require_commercial_use=require_commercial_use or run.require_commercial_use,
-        teacher_licence=teacher_config.licence)
+        teacher_licence=teacher_config.licence, max_failure_rate=run.max_failure_rate)
     _print_summary(summary)
 
 
@@ -82,6 +88,7 @@ def _print_summary(summary: dict) -> None:
     rows = [("records", summary["records"]), ("new this run", summary["new_records"]),
             ("candidates tried", summary["attempts"]),
             ("rejected", ", ".join(f"{k} {v}" for k, v in summary["rejected"].items()) or "none"),
+            ("failed items", f"{summary['failed_items']} (in {summary['failures_file']})" if summary["failed_items"] else "none"),
             ("teacher calls / cache hits", f"{usage.get('calls', 0)} / {usage.get('cache_hits', 0)}"),
             ("wall time", f"{summary['wall_s']} s"), ("rejections file", summary["rejections_file"])]
     if summary.get("skipped_seed_rows"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bezoar.generate.config import EvolConfig
 from bezoar.generate.elimination import equal_prompts, leaked_template
-from bezoar.generate.runner import Batching, Context, Outcome, Rejection, Wanted, normalise, response_problem
+from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, normalise, response_problem
 from bezoar.generate.seeds import Seed
 from bezoar.prompts import scheme, template
 from bezoar.records import ChatMessage, Record, RecordMeta
@@ -33,6 +33,8 @@ class Member:
     text: str
     parent_id: str
     generation: int = 0
+    retired: bool = False
+    """Its teacher call failed for this item (e.g. HTTP 400): it is not evolved again in this run."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,11 @@ class EvolInstruct:
                 position = 0
                 while position < len(pool):
                     step = batching.size(wanted())
-                    members = list(zip(pool[position:position + step], draws[position:position + step]))
+                    members = [(m, d) for m, d in zip(pool[position:position + step], draws[position:position + step])
+                               if not m.retired]
                     position += step
+                    if not members:
+                        continue
                     found = self._evolve(members, epoch, pool_index)
                     batching.saw(len(members), sum(isinstance(o, Record) for o in found))
                     yield found
@@ -107,6 +112,9 @@ class EvolInstruct:
         results: list[Outcome | None] = [None] * len(members)
         evolved: dict[int, str] = {}
         for i, ((member, draw), reply) in enumerate(zip(members, replies)):
+            if reply.failed:
+                results[i] = self._fail(member, draw, epoch, "evolution", reply, prompts[i][0])
+                continue
             text = clean_evolution(reply.text)
             reason = self._evolution_problem(member, reply, text)
             if reason:
@@ -130,8 +138,6 @@ class EvolInstruct:
 
     @staticmethod
     def _evolution_problem(member: Member, reply, text: str) -> str | None:
-        if reply.finish_reason == "error":
-            return "teacher_error"
         if not text:
             return "empty_evolution"
         if leaked_template(text):
@@ -155,8 +161,11 @@ class EvolInstruct:
         sampling = self.config.response_sampling.build(self.context.seed)
         conversations = [answer.render(instruction=evolved[i]) for i in indices]
         replies = self.context.teacher.chat(conversations, sampling, self.context.progress)
-        for i, reply in zip(indices, replies):
+        for i, conversation, reply in zip(indices, conversations, replies):
             member, draw = members[i]
+            if reply.failed:
+                results[i] = self._fail(member, draw, epoch, "response", reply, conversation)
+                continue
             reason = response_problem(reply, evolved[i], full_rules=True)
             if reason:
                 results[i] = self._reject(member, draw, epoch, reason, "response", reply.text, evolved[i])
@@ -179,6 +188,12 @@ class EvolInstruct:
                                       "response": self.config.response_sampling.model_dump(),
                                       "seed": self.context.seed, "evolve_seed": self.epoch_seed(details["epoch"])}),
             licence=self.context.lineage([member.seed])).with_id()
+
+    @staticmethod
+    def _fail(member: Member, draw: Draw, epoch: int, stage: str, reply, conversation: list[dict]) -> Failure:
+        member.retired = True
+        details = {"parent_id": member.parent_id, "epoch": epoch, "strategy": draw.strategy, "operation": draw.operation}
+        return Failure.of(METHOD, stage, [member.seed.id], reply, conversation, details)
 
     @staticmethod
     def _reject(member: Member, draw: Draw, epoch: int, reason: str, stage: str, raw: str,

@@ -15,7 +15,7 @@ from pathlib import Path
 from bezoar.errors import DataError
 from bezoar.generate.config import LaMiniConfig
 from bezoar.generate.instruction_list import NearCopies, parse_instruction_list
-from bezoar.generate.runner import Batching, Context, Outcome, Rejection, Wanted, response_problem
+from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, response_problem
 from bezoar.generate.seeds import Seed
 from bezoar.prompts import Template, template, word_list
 from bezoar.records import ChatMessage, Record, RecordMeta
@@ -104,8 +104,8 @@ class LaMini:
     def _candidates(self, prompt: Prompt, reply) -> list[Candidate | Rejection]:
         seed_ids = [s.id for s in prompt.examples]
         details = {"prompt_index": prompt.index, "mode": prompt.mode}
-        if reply.finish_reason == "error":
-            return [Rejection(METHOD, "teacher_error", "instruction_list", seed_ids, reply.text, details)]
+        if reply.failed:
+            return [Failure.of(METHOD, "instruction_list", seed_ids, reply, prompt.conversation, details)]
         parsed = parse_instruction_list(reply.text)
         if reply.finish_reason == "length" and parsed:
             parsed = parsed[:-1]  # the last item of a cut-off reply is probably cut too
@@ -154,14 +154,17 @@ class LaMini:
         answer_template = template(METHOD, "response")
         conversations = [answer_template.render(instruction=c.instruction) for c in candidates]
         replies = iter(self.context.teacher.chat(conversations, sampling, self.context.progress))
-        return [self._record(item, next(replies), answer_template) if isinstance(item, Candidate) else item
-                for item in chunk]
+        asked = iter(conversations)
+        return [self._record(item, next(replies), next(asked), answer_template) if isinstance(item, Candidate)
+                else item for item in chunk]
 
-    def _record(self, candidate: Candidate, reply, answer_template: Template) -> Outcome:
+    def _record(self, candidate: Candidate, reply, conversation: list[dict], answer_template: Template) -> Outcome:
         prompt = candidate.prompt
         seed_ids = [s.id for s in prompt.examples]
         details = {"mode": prompt.mode, "topics": prompt.topics, "prompt_index": prompt.index,
                    "position": candidate.position, "response_template": answer_template.id}
+        if reply.failed:
+            return Failure.of(METHOD, "response", seed_ids, reply, conversation, details)
         reason = response_problem(reply, candidate.instruction)
         if reason:
             return Rejection(METHOD, reason, "response", seed_ids, reply.text, {**details, "instruction": candidate.instruction})

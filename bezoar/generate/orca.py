@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 from bezoar.errors import DataError
 from bezoar.generate.config import OrcaConfig
-from bezoar.generate.runner import Batching, Context, Outcome, Rejection, Wanted, response_problem
+from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, response_problem
 from bezoar.generate.seeds import Seed
 from bezoar.prompts import scheme, template
 from bezoar.records import ChatMessage, Record, RecordMeta
@@ -93,6 +93,8 @@ class Orca:
                    "sub_collection": group, "task": seed.task, "category": seed.category,
                    "multiple_choice": is_multiple_choice(seed.instruction), "gold_target": seed.target,
                    **gold_check(seed.target, reply.text, self.config.gold_max_words)}
+        if reply.failed:
+            return Failure.of(METHOD, "response", [seed.id], reply, conversation, details)
         reason = response_problem(reply, seed.prompt)
         if reason:
             return Rejection(METHOD, reason, "response", [seed.id], reply.text, details)

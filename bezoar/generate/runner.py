@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bezoar.errors import BezoarError, DataError
+from bezoar.failures import FailureLog
 from bezoar.llm.cache import canonical_hash
 from bezoar.records import Lineage, Record, append_jsonl, read_jsonl, repair_tail, write_json
 
@@ -47,7 +48,31 @@ class Rejection:
                 "seed_ids": self.seed_ids, "raw": self.raw, "details": self.details}
 
 
-Outcome = Record | Rejection
+@dataclass
+class Failure:
+    """A candidate whose teacher call failed for this item alone (after the backend's retries).
+
+    It holds its place in the stream (so the file ends with the records an unfailing run would have,
+    minus this one), is written to `<method>.failed.jsonl`, and `bezoar run --retry-failed` asks again."""
+
+    method: str
+    stage: str
+    seed_ids: list[str]
+    error: str
+    conversation: list[dict]
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, method: str, stage: str, seed_ids: list[str], reply: Any, conversation: list[dict],
+           details: dict[str, Any] | None = None) -> "Failure":
+        return cls(method, stage, seed_ids, reply.error or "failed", conversation, details or {})
+
+    @property
+    def id(self) -> str:
+        return canonical_hash([self.method, self.stage, self.seed_ids, self.conversation])[:16]
+
+
+Outcome = Record | Rejection | Failure
 Wanted = Callable[[], int]
 
 
@@ -133,6 +158,10 @@ class OutputFiles:
     def state(self) -> Path:
         return self.records.with_name(self.records.name.removesuffix(".jsonl") + ".generate.json")
 
+    @property
+    def failed(self) -> Path:
+        return self.records.with_name(self.records.name.removesuffix(".jsonl") + ".failed.jsonl")
+
 
 @dataclass
 class _Progress:
@@ -143,18 +172,28 @@ class _Progress:
     done_instructions: set[str]
     known_rejections: set[str]
     accepted: int = 0
+    failed: int = 0
     attempts: int = 0
     new_records: int = 0
     seen: set[str] = field(default_factory=set)
     reasons: Counter = field(default_factory=Counter)
 
-    def take(self, chunk: list[Outcome]) -> tuple[list[Record], list[dict], int]:
-        """New records and new rejections to write from one chunk, and how many rejections it held."""
-        records, rejections, rejected = [], [], 0
+    @property
+    def filled(self) -> int:
+        """Slots of the `n` taken: records, and failed items that keep their place."""
+        return self.accepted + self.failed
+
+    def take(self, chunk: list[Outcome]) -> tuple[list[Record], list[dict], list[Failure], int]:
+        """New records, new rejections and failures to write from one chunk, and how many rejections it held."""
+        records, rejections, failures, rejected = [], [], [], 0
         for outcome in chunk:
-            if self.accepted >= self.n:
+            if self.filled >= self.n:
                 break
             self.attempts += 1
+            if isinstance(outcome, Failure):
+                self.failed += 1
+                failures.append(outcome)
+                continue
             if isinstance(outcome, Record):
                 key = normalise(outcome.instruction)
                 if key not in self.seen:
@@ -170,40 +209,50 @@ class _Progress:
                 self.known_rejections.add(outcome.id)
                 rejections.append(outcome.to_json())
         self.new_records += len(records)
-        return records, rejections, rejected
+        return records, rejections, failures, rejected
 
 
 def generate_to_file(scheme: Scheme, out: Path, n: int, signature: dict, max_attempts: int, meter: Meter,
-                     usage: Callable[[], dict] = dict, extra: dict | None = None, restart: bool = False) -> dict:
-    """Run `scheme` until `out` holds `n` records; returns the summary (also written beside `out`)."""
+                     usage: Callable[[], dict] = dict, extra: dict | None = None, restart: bool = False,
+                     max_failure_rate: float = 0.05, backend: str = "") -> dict:
+    """Run `scheme` until `out` holds `n` records (or failed items in their places); returns the summary
+    (also written beside `out`). `backend` names the teacher in the failures file."""
     files = OutputFiles(Path(out))
     _check_signature(files, signature, restart)
     state = _Progress(n, *_existing(files))
+    failures = FailureLog(files.failed, f"generate {scheme.method}", max_failure_rate).start()
     on_disk = len(state.done)
     started = time.perf_counter()
     try:
         if n > 0:
-            _consume(scheme, files, state, meter, max_attempts)
+            _consume(scheme, files, state, meter, max_attempts, failures, backend)
     finally:
         meter.close()
     if on_disk > n:
         log.warning("%s already holds %d records, more than n=%d; they are left as they are", files.records, on_disk, n)
     summary = {"method": scheme.method, "records": state.accepted, "new_records": state.new_records,
-               "attempts": state.attempts, "rejected": dict(state.reasons.most_common()),
+               "attempts": state.attempts, "rejected": dict(state.reasons.most_common()), **failures.summary(),
                "output": str(files.records), "rejections_file": str(files.rejected),
                "wall_s": round(time.perf_counter() - started, 2), "usage": usage(), **(extra or {})}
     write_json(files.state, {"signature": signature, "n": n, "summary": summary})
     return summary
 
 
-def _consume(scheme: Scheme, files: OutputFiles, state: _Progress, meter: Meter, max_attempts: int) -> None:
-    """Pull chunks until n records; each chunk's new records and rejections are appended at once."""
-    for chunk in scheme.outcomes(lambda: state.n - state.accepted):
-        records, rejections, rejected = state.take(chunk)
+def _consume(scheme: Scheme, files: OutputFiles, state: _Progress, meter: Meter, max_attempts: int,
+             failures: FailureLog, backend: str) -> None:
+    """Pull chunks until n records; each chunk's new records, rejections and failures are appended at once."""
+    for chunk in scheme.outcomes(lambda: state.n - state.filled):
+        attempts = state.attempts
+        records, rejections, failed, rejected = state.take(chunk)
         append_jsonl(files.records, records)
         append_jsonl(files.rejected, rejections)
-        meter.update(state.accepted, rejected)
-        if state.accepted >= state.n:
+        for failure in failed:
+            failures.record(failure.id, failure.error, backend, failure.conversation, method=failure.method,
+                            step=failure.stage, seed_ids=failure.seed_ids, **failure.details)
+        failures.saw(state.attempts - attempts)
+        meter.update(state.filled, rejected)
+        failures.check()
+        if state.filled >= state.n:
             return
         if state.attempts >= max_attempts:
             raise GenerationIncomplete(_incomplete(scheme.method, files, state, "the attempt limit was reached"))
@@ -242,7 +291,7 @@ def _check_signature(files: OutputFiles, signature: dict, restart: bool) -> None
         changed = sorted(k for k in set(earlier) | set(signature) if earlier.get(k) != signature.get(k))
         if changed and restart:
             log.warning("%s: settings changed (%s); generating it again", files.records, ", ".join(changed))
-            for path in (files.records, files.rejected, files.state):
+            for path in (files.records, files.rejected, files.state, files.failed):
                 path.unlink(missing_ok=True)
         elif changed:
             raise DataError(f"{files.records}: was generated with different settings ({', '.join(changed)} changed); "
@@ -280,11 +329,9 @@ class Context:
 
 
 def response_problem(reply: Any, instruction: str, full_rules: bool = False) -> str | None:
-    """Why a teacher reply cannot be a response: a failed call, no content, or (Evol-Instruct) rules 2-4."""
+    """Why a (successful) teacher reply cannot be a response: no content, or (Evol-Instruct) rules 2-4."""
     from bezoar.generate.elimination import heuristic_failure, only_stopwords
 
-    if reply.finish_reason == "error":
-        return "teacher_error"
     if full_rules:
         return heuristic_failure(instruction, reply.text)
     return "only_stopwords" if only_stopwords(reply.text) else None

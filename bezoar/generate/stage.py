@@ -40,7 +40,7 @@ def load_seed_files(seeds: list[SeedFile], skip_bad: bool) -> SeedSet:
 def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str, out: Path | str,
              seed: int = 0, judge: Any = None, judge_spec: str | None = None,
              require_commercial_use: bool = False, teacher_licence: str | None = None,
-             show_progress: bool | None = None, restart_on_change: bool = False) -> dict:
+             show_progress: bool | None = None, restart_on_change: bool = False, max_failure_rate: float = 0.05) -> dict:
     """Generate `config.n` records of one scheme into `out` (resuming it if a run was cut short).
 
     `teacher` and `judge` are CachedModels, or callables returning one: they are opened only after
@@ -68,7 +68,8 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
     summary = generate_to_file(scheme, Path(out), config.n, _signature(method, config, seeds, context.teacher, judge, seed),
                                max_attempts=int(config.n * config.max_attempts_per_record) + 1, meter=meter,
                                usage=lambda: context.teacher.usage.minus(before).to_json(), extra=extra,
-                               restart=restart_on_change)
+                               restart=restart_on_change, max_failure_rate=max_failure_rate,
+                               backend=context.teacher.identity)
     if judge is not None and judge is not context.teacher:
         summary["judge_usage"] = judge.usage.minus(judge_before).to_json()
     return summary
@@ -112,8 +113,10 @@ def run_generate(recipe, run_dir: Path, models: dict) -> dict:
         judge = (lambda: models["judge"]) if method == "evol" and section.evol.equality_check else None
         results[method] = generate(method, section.scheme(method), lambda: models["teacher"], teacher_config.spec, out,
                                    seed=recipe.run.seed, judge=judge, judge_spec=recipe.models.judge.spec,
-                                   teacher_licence=teacher_config.licence, restart_on_change=True)
-    return {"schemes": results, "outputs": {m: str(OutputFiles(Path(r["output"])).records) for m, r in results.items()}}
+                                   teacher_licence=teacher_config.licence, restart_on_change=True,
+                                   max_failure_rate=recipe.run.max_failure_rate)
+    return {"schemes": results, "outputs": {m: str(OutputFiles(Path(r["output"])).records) for m, r in results.items()},
+            "failed_items": sum(r["failed_items"] for r in results.values())}
 
 
 __all__ = ["generate", "run_generate", "check_licences", "EvolConfig", "LaMiniConfig", "OrcaConfig"]

@@ -20,6 +20,9 @@ from bezoar.errors import BudgetExceeded
 from bezoar.llm.protocol import Backend, Conversation, Reply, Sampling
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, reply TEXT NOT NULL, created REAL NOT NULL)"
+# Failed items apart from replies: a failure is never served as a success, but a resumed run replays it
+# (no call) instead of asking again; `retry_failures` (bezoar run --retry-failed) asks again.
+FAILURES = "CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, error TEXT NOT NULL, created REAL NOT NULL)"
 
 
 def canonical_hash(value: object) -> str:
@@ -41,13 +44,16 @@ def call_key(identity: str, sampling: Sampling, messages: Conversation, sample_i
 
 
 class CallCache:
-    """SQLite key → reply store. One connection per thread; every write commits at once."""
+    """SQLite key → reply store, and key → error for failed items. One connection per thread; every
+    write commits at once. With `retry_failures`, recorded failures are not replayed but asked again."""
 
-    def __init__(self, path: Path | str):
+    def __init__(self, path: Path | str, retry_failures: bool = False):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.retry_failures = retry_failures
         self._local = threading.local()
         self._connect().execute(SCHEMA)
+        self._connect().execute(FAILURES)
 
     def _connect(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -69,8 +75,26 @@ class CallCache:
         return found
 
     def put(self, key: str, reply: Reply) -> None:
-        self._connect().execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
-                                (key, json.dumps(reply.to_json(), ensure_ascii=False), time.time()))
+        """A reply, or (`reply.failed`) the failure of its item, replacing what the key held."""
+        conn = self._connect()
+        if reply.failed:
+            conn.execute("INSERT OR REPLACE INTO failures VALUES (?, ?, ?)", (key, reply.error or "failed", time.time()))
+            return
+        conn.execute("INSERT OR REPLACE INTO calls VALUES (?, ?, ?)",
+                     (key, json.dumps(reply.to_json(), ensure_ascii=False), time.time()))
+        conn.execute("DELETE FROM failures WHERE key = ?", (key,))
+
+    def failures_among(self, keys: list[str]) -> dict[str, Reply]:
+        """Recorded failures of these keys, as failed replies (none when retrying failures)."""
+        if self.retry_failures:
+            return {}
+        found: dict[str, Reply] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, error in self._connect().execute(f"SELECT key, error FROM failures WHERE key IN ({marks})", chunk):
+                found[key] = Reply(text="", finish_reason="error", cached=True, error=error)
+        return found
 
     def __len__(self) -> int:
         return self._connect().execute("SELECT COUNT(*) FROM calls").fetchone()[0]
@@ -138,7 +162,9 @@ class CachedModel:
         """`sampling.n` replies per conversation; cached ones are returned without a call."""
         n = max(1, sampling.n)
         keys = [[call_key(self.identity, sampling, conv, i) for i in range(n)] for conv in conversations]
-        found = self.cache.get_many([k for ks in keys for k in ks])
+        flat = [k for ks in keys for k in ks]
+        found = self.cache.get_many(flat)
+        found.update(self.cache.failures_among([k for k in flat if k not in found]))
         results: list[list[Reply] | None] = [None] * len(conversations)
         missing: list[int] = []
         for index, ks in enumerate(keys):
@@ -162,8 +188,7 @@ class CachedModel:
             index = missing[position]
             with lock:
                 for key, reply in zip(keys[index], replies):
-                    if reply.finish_reason != "error":  # failures are retried on the next run, never cached
-                        self.cache.put(key, reply)
+                    self.cache.put(key, reply)  # a failure goes to its own table, never served as a reply
                     self.usage.calls += 1
                     self.usage.prompt_tokens += reply.prompt_tokens
                     self.usage.completion_tokens += reply.completion_tokens
