@@ -22,8 +22,12 @@ def register(app: typer.Typer) -> None:
 def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
                start: Optional[str] = typer.Option(None, "--from", help="Re-run from this stage on."),
                only: Optional[str] = typer.Option(None, "--only", help="Run just this stage."),
-               run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: run.run_dir or runs/NAME.")) -> None:
-    """The whole recipe: generate → filter → sft → sft_hh → dpo → eval → report, resumable."""
+               run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: run.run_dir or runs/NAME."),
+               retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again only the items that failed (each stage's failed.jsonl).")) -> None:
+    """The whole recipe: generate → filter → sft → sft_hh → dpo → eval → report, resumable.
+
+    An item a server refuses becomes a failed item (listed in its stage's failed.jsonl) and the stage goes
+    on; `--retry-failed` asks those again."""
     from bezoar.config import load_recipe
     from bezoar.pipeline import run, stage_named
 
@@ -31,7 +35,7 @@ def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes
         if name:
             stage_named(name)  # an unknown stage is an error before anything is loaded
     loaded = load_recipe(recipe)
-    data = run(loaded, recipe, start=start, only=only, run_dir=run_dir)
+    data = run(loaded, recipe, start=start, only=only, run_dir=run_dir, retry_failed=retry_failed)
     directory = run_dir or loaded.run.directory
     show_status(directory, data)
     report_file = Path(directory) / "report" / "index.html"
@@ -53,8 +57,8 @@ def show_status(run_dir: Path, data: dict) -> None:
     from bezoar.pipeline import STAGE_NAMES
 
     table = Table(title=f"run {data.get('run_name', '?')} ({run_dir})")
-    for column in ("stage", "state", "counts", "time", "calls (hits)", "tokens", "cost"):
-        table.add_column(column, justify="right" if column in ("time", "cost", "tokens") else "left")
+    for column in ("stage", "state", "counts", "failed", "time", "calls (hits)", "tokens", "cost"):
+        table.add_column(column, justify="right" if column in ("failed", "time", "cost", "tokens") else "left")
     total_cost = 0.0
     for name in STAGE_NAMES:
         stage = data.get("stages", {}).get(name, {})
@@ -63,7 +67,9 @@ def show_status(run_dir: Path, data: dict) -> None:
         total_cost += cost
         calls = ", ".join(f"{r} {u['calls']} ({u['cache_hits']})" for r, u in usage.items()) or "-"
         tokens = sum(u.get("prompt_tokens", 0) + u.get("completion_tokens", 0) for u in usage.values())
-        table.add_row(name, _state(stage), _counts(stage.get("summary") or {}), _time(stage), calls,
+        failed = stage.get("failed_items") or 0
+        table.add_row(name, _state(stage), _counts(stage.get("summary") or {}),
+                      f"[red]{failed}[/red]" if failed else "-", _time(stage), calls,
                       f"{tokens:,}" if tokens else "-", f"${cost:.2f}" if cost else "-")
     console.print(table)
     if total_cost:

@@ -45,14 +45,14 @@ class StageOutcome:
 
 
 def run_stage_process(function: str, recipe, run_dir: Path, cache_path: Path,
-                      totals: dict[str, Usage]) -> StageOutcome:
+                      totals: dict[str, Usage], retry_failures: bool = False) -> StageOutcome:
     """Run `module:function` on the recipe in a spawned child; wait for it and return its outcome."""
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and locks
     receiver, sender = context.Pipe(duplex=False)
     recipe_data = (recipe.model_dump(mode="json"), str(getattr(recipe, "source_path", "")))
     child = context.Process(target=_child_main, name=f"bezoar-{function}", daemon=False,
                             args=(function, recipe_data, str(run_dir), str(cache_path), totals,
-                                  logging.getLogger().level, os.getpid(), sender))
+                                  logging.getLogger().level, os.getpid(), sender, retry_failures))
     child.start()
     sender.close()  # so that recv() sees EOF if the child dies without answering
     try:
@@ -72,7 +72,8 @@ def run_stage_process(function: str, recipe, run_dir: Path, cache_path: Path,
 
 
 def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cache_path: str,
-                totals: dict[str, Usage], log_level: int, parent_pid: int, sender) -> None:
+                totals: dict[str, Usage], log_level: int, parent_pid: int, sender,
+                retry_failures: bool = False) -> None:
     _die_with_parent(parent_pid)
     from bezoar.logs import configure_logging
 
@@ -89,7 +90,7 @@ def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cach
         data, source = recipe_data
         recipe = recipe_model().model_validate(data)
         recipe.__dict__["source_path"] = Path(source)
-        models = LazyModels(recipe, CallCache(cache_path), totals)
+        models = LazyModels(recipe, CallCache(cache_path, retry_failures=retry_failures), totals)
         module, _, name = function.partition(":")
         outcome.summary = getattr(import_module(module), name)(recipe, Path(run_dir), models)
     except (errors.BezoarError, KeyboardInterrupt) as error:

@@ -56,17 +56,22 @@ def figure(uri: str, alt: str) -> str:
 
 
 def section_stages(data: RunData) -> str:
-    rows, total = [], 0.0
+    rows, total, failed = [], 0.0, 0
     for name, stage in data.manifest.get("stages", {}).items():
         usage = stage.get("usage", {})
         cost = sum(u.get("cost_usd", 0) for u in usage.values())
         total += cost
         calls = "; ".join(f"{r}: {u['calls']} calls, {u['cache_hits']} cached, "
                           f"{u['prompt_tokens'] + u['completion_tokens']:,} tokens" for r, u in usage.items())
-        rows.append([name, stage.get("status", "?"), float(stage.get("wall_s") or 0), calls or "-", f"${cost:.2f}"])
+        failed += stage.get("failed_items") or 0
+        rows.append([name, stage.get("status", "?"), stage.get("failed_items") or 0, float(stage.get("wall_s") or 0),
+                     calls or "-", f"${cost:.2f}"])
     if not rows:
         return "<p class=muted>No manifest: this directory was not made by <code>bezoar run</code>.</p>"
-    return table(["stage", "status", "wall s", "calls by role", "cost"], rows) + f"<p>Estimated API cost: ${total:.2f}</p>"
+    note = (f"<p>{failed} failed item(s): each stage's <code>failed.jsonl</code> holds them with the server's reason; "
+            "<code>bezoar run RECIPE --retry-failed</code> asks them again.</p>") if failed else ""
+    return (table(["stage", "status", "failed items", "wall s", "calls by role", "cost"], rows)
+            + f"<p>Estimated API cost: ${total:.2f}</p>" + note)
 
 
 def section_funnel(data: RunData) -> str:
