@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bezoar.errors import BackendError, ConfigError
 from bezoar.evaluate.config import HarnessConfig
-from bezoar.evaluate.harness_tasks import LOCAL_TASKS, PREFIX, expand_tasks, render_tasks, short_name
+from bezoar.evaluate.harness_tasks import LOCAL_TASKS, PREFIX, check_offline, expand_tasks, render_tasks, short_name
 from bezoar.evaluate.intervals import bootstrap_mean, normal_interval
 from bezoar.records import write_json
 
@@ -72,12 +72,17 @@ def run_harness(spec: str, config: HarnessConfig, out_dir: Path) -> dict:
     if not local and not other:
         raise ConfigError(f"harness: no tasks to run (none of {config.tasks} has data under {config.data_dir})")
     names = render_tasks(local, config.data_dir, config.data_paths, out_dir / "tasks") + other
-    if not other:  # everything is local: never let datasets or the hub try the network
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # bezoar never downloads at run time: lm-eval's own tasks run only from the local datasets
+    # cache (a user with hub access can say HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0).
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(out_dir / "tasks"))
+    check_offline(other, manager)
     args = model_args(spec, config.dtype)
     started = time.perf_counter()
-    results = _evaluate(args, names, config, out_dir)
+    results = _evaluate(args, names, config, out_dir, manager)
     summary = summarise(results, names)
     summary.update(model=spec, model_args=args, wall_s=round(time.perf_counter() - started, 1),
                    lm_eval_command=cli_command(args, names, config, out_dir / "tasks"))
@@ -86,9 +91,8 @@ def run_harness(spec: str, config: HarnessConfig, out_dir: Path) -> dict:
     return summary
 
 
-def _evaluate(args: dict, names: list[str], config: HarnessConfig, out_dir: Path) -> dict:
+def _evaluate(args: dict, names: list[str], config: HarnessConfig, out_dir: Path, manager) -> dict:
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     from bezoar.llm.weights import content_identity
 
@@ -102,7 +106,7 @@ def _evaluate(args: dict, names: list[str], config: HarnessConfig, out_dir: Path
         num_fewshot=config.num_fewshot, batch_size=config.batch_size, device=args["device"],
         limit=_limit(config.limit), use_cache=str(cache), log_samples=True,
         apply_chat_template=config.apply_chat_template, fewshot_as_multiturn=config.apply_chat_template,
-        task_manager=TaskManager(include_path=str(out_dir / "tasks")))
+        task_manager=manager)
     if results is None:
         raise BackendError("lm-eval returned no results (not the main process?)")
     return results

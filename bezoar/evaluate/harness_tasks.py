@@ -51,11 +51,18 @@ def data_location(task: str, data_dir: Path, overrides: dict[str, Path]) -> Path
     return Path(overrides.get(name) or Path(data_dir) / LOCAL_TASKS[name].path).expanduser().resolve()
 
 
+def local_names() -> str:
+    """The local tasks as a user may name them (for error messages)."""
+    return ", ".join(LOCAL_TASKS) + f" (also as {PREFIX}<name>), or '{LEADERBOARD}'"
+
+
 def expand_tasks(tasks: list[str], data_dir: Path, overrides: dict[str, Path]) -> tuple[list[str], list[str]]:
     """(local task names to render, other names for lm-eval's registry).
 
     `leaderboard` means every local task whose data exists (missing ones are logged, not fatal);
     a local task asked for by name must have its data, or the error says where it was looked for.
+    A standard lm-eval name of a task bezoar ships (`gsm8k`, `arc_challenge`, ...) means the local
+    copy: lm-eval's own config would fetch it from the hub, which bezoar never does at run time.
     """
     local, other = [], []
     for task in tasks:
@@ -66,15 +73,14 @@ def expand_tasks(tasks: list[str], data_dir: Path, overrides: dict[str, Path]) -
                 else:
                     log.warning("harness: no data for %s at %s; skipped (give data_paths.%s)",
                                 name, data_location(name, data_dir, overrides), name)
-        elif task.startswith(PREFIX) and short_name(task) in LOCAL_TASKS:
+        elif short_name(task) in LOCAL_TASKS:
             where = data_location(task, data_dir, overrides)
             if not where.exists():
                 raise DataError(f"{where}: no data for {task}; give its file with data_paths.{short_name(task)}"
                                 f" (--data {short_name(task)}=PATH)")
             local.append(short_name(task))
         elif task.startswith(PREFIX):
-            raise DataError(f"no local task '{task}'; local tasks: "
-                            + ", ".join(PREFIX + n for n in LOCAL_TASKS) + f", or '{LEADERBOARD}'")
+            raise DataError(f"no local task '{task}'; local tasks: {local_names()}")
         else:
             other.append(task)
     return list(dict.fromkeys(local)), other
@@ -112,3 +118,21 @@ def _render_mmlu(shipped, where: Path, out_dir: Path) -> None:
                 .replace("${SUBJECT}", subject))
         (out_dir / f"{PREFIX}mmlu_{subject}.yaml").write_text(text)
     (out_dir / f"{PREFIX}mmlu.yaml").write_text(shipped.joinpath(f"{PREFIX}mmlu.yaml").read_text(encoding="utf-8"))
+
+
+def check_offline(names: list[str], manager) -> None:
+    """Fail in one line, before any model loads, for a task lm-eval does not know or cannot load
+    offline (its data is on the hub and not in the local datasets cache)."""
+    unknown = [name for name in names if name not in manager.all_tasks]
+    if unknown:
+        raise DataError(f"harness: no task '{unknown[0]}' (neither local nor in lm-eval's registry); "
+                        f"local tasks: {local_names()}")
+    from lm_eval.tasks import get_task_dict
+
+    for name in names:
+        try:
+            get_task_dict([name], manager)
+        except (ConnectionError, FileNotFoundError) as error:  # the hub is offline, or the data is absent
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise DataError(f"harness: task '{name}' cannot run offline ({reason}); "
+                            f"local tasks: {local_names()}") from None
