@@ -32,10 +32,13 @@ def _setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show deb
 
 @app.command()
 def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check.")) -> None:
-    """Check a recipe: every unknown key, wrong type or bad value, one line each."""
+    """Check a recipe without a model call: keys and values, input files, HH-RLHF rows, seed counts,
+    API keys, the licence gate and free disk; every problem one line, all at once."""
     from bezoar.config import load_recipe
+    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.preflight import check_recipe
 
-    load_recipe(recipe)
+    check_recipe(load_recipe(recipe), recipe, STAGE_NAMES)
     console.print(f"[green]ok[/green] {recipe}")
 
 
