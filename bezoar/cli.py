@@ -96,16 +96,24 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except BezoarError as error:
-        for line in str(error).splitlines() or [type(error).__name__]:
-            console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _exit_with(error)
     except (typer.Abort, KeyboardInterrupt):
         console.print("aborted")
         sys.exit(130)
     except Exception as error:  # click's usage errors carry their own exit codes
         import click
 
+        from bezoar.errors import disk_full
+
         if isinstance(error, click.exceptions.ClickException):
             error.show()
             sys.exit(error.exit_code)
+        if full := disk_full(error):  # the environment, not a bug: one line like any BezoarError
+            _exit_with(full)
         raise
+
+
+def _exit_with(error: BezoarError) -> None:
+    for line in str(error).splitlines() or [type(error).__name__]:
+        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(2)

@@ -6,6 +6,8 @@ with code 2. Anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
+
 
 class BezoarError(Exception):
     """A problem with the user's input or environment, explained in one line."""
@@ -43,6 +45,41 @@ class BudgetExceeded(BezoarError):
 
 class StageFailed(BezoarError):
     """A stage's process crashed or was killed; its own traceback (if any) is printed above."""
+
+
+class DiskFull(BezoarError):
+    """A write failed for want of space (a full disk, a quota, a file-size limit). What was written before
+    is intact (atomic JSON writes, JSONL torn lines repaired on resume): free space and run again."""
+
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+FULL_TEXTS = ("no space left on device", "database or disk is full", "disk quota exceeded", "file too large",
+              "storagefull", "file write failed", "unexpected pos")
+"""How libraries that drop the errno say it: SQLite, safetensors (Rust's "os error 28"), torch.save (its
+zip writer checks the position after each write: a short write is "unexpected pos N vs M")."""
+
+
+def disk_full(error: BaseException, where: object = None) -> DiskFull | None:
+    """The `DiskFull` that `error` (or an error it was raised from or during) amounts to, else None.
+
+    The path is the one the failing write named, else `where` (the directory being written)."""
+    chain, seen = [], error
+    while seen is not None and seen not in chain:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    if found := next((e for e in chain if isinstance(e, DiskFull)), None):
+        return found  # the first full write, not a bookkeeping write that failed after it
+    full = [e for e in chain if (isinstance(e, OSError) and e.errno in FULL_ERRNOS)
+            or any(text in str(e).lower() for text in FULL_TEXTS)]
+    if not full:
+        return None
+    path = next((e.filename for e in full if isinstance(e, OSError) and e.filename), None) or where or "."
+    first = full[0]
+    said = first.strerror if isinstance(first, OSError) and first.strerror else \
+        (str(first).splitlines() or [type(first).__name__])[0][:160]
+    detail = "" if said.lower().startswith("no space left") else f" ({said})"
+    return DiskFull(f"{path}: no space left on device{detail}; free some space and run the same command "
+                    "again to resume (what was written so far is kept)")
 
 
 def located(path: object, line: int | None, message: str) -> str:

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, TypeVar
 
@@ -152,7 +153,7 @@ def append_jsonl(path: Path | str, items: Iterable[Any]) -> None:
     text = "".join(_dump(item) + "\n" for item in items)
     if not text:
         return
-    with open(path, "a", encoding="utf-8") as handle:
+    with _named(path), open(path, "a", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
@@ -178,7 +179,7 @@ def write_jsonl(path: Path | str, items: Iterable[Any]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     count = 0
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with _removed_on_error(tmp, path), open(tmp, "w", encoding="utf-8") as handle:
         for item in items:
             handle.write(_dump(item) + "\n")
             count += 1
@@ -188,13 +189,34 @@ def write_jsonl(path: Path | str, items: Iterable[Any]) -> int:
     return count
 
 
+@contextmanager
+def _removed_on_error(tmp: Path, path: Path):
+    """A write that fails (a full disk) leaves neither the old file damaged nor a half-written temp file."""
+    try:
+        with _named(path):
+            yield
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def _named(path: Path):
+    """A failed write() says only "No space left on device": name the file, for the one-line error."""
+    try:
+        yield
+    except OSError as error:
+        error.filename = error.filename or str(path)
+        raise
+
+
 def write_json(path: Path | str, value: Any) -> None:
     """Atomic, durable JSON write (manifests, summaries): a crash or power loss leaves the old file or
     the new one, never a torn or empty one (fsync of the file before the rename, of the directory after)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with _removed_on_error(tmp, path), open(tmp, "w", encoding="utf-8") as handle:
         handle.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
         handle.flush()
         os.fsync(handle.fileno())

@@ -96,8 +96,11 @@ def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cach
     except (errors.BezoarError, KeyboardInterrupt) as error:
         outcome.error = _portable(error)
     except BaseException as error:  # noqa: BLE001 - a crash is reported to the parent too
-        traceback.print_exc()
-        outcome.error = (type(error).__name__, str(error))
+        if full := errors.disk_full(error, run_dir):  # a full disk is the environment: one line, no traceback
+            outcome.error = full
+        else:
+            traceback.print_exc()
+            outcome.error = (type(error).__name__, str(error))
     if models is not None:
         outcome.usage, outcome.totals = models.spent(), models.totals()
     outcome.peak_rss_mb = peak_rss_mb()

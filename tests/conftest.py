@@ -42,3 +42,13 @@ def local_model(embedded, cache):
     from bezoar.llm.cache import CachedModel
 
     return CachedModel(embedded, cache, role="test")
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(tmp_path_factory, data_dir):
+    """A smoke-sized `bezoar run` never killed and one SIGKILLed in every stage and resumed (tests/chaos.py);
+    shared by test_chaos.py and test_pipeline.py. ~12 min on a busy 2-core machine: tests using it carry
+    a timeout mark that covers it."""
+    from chaos import smoke_runs as run_both
+
+    return run_both(tmp_path_factory.mktemp("pipeline"), data_dir)

@@ -1,53 +1,19 @@
-"""`bezoar run` end to end on a smoke-sized copy of recipes/tiny.yaml: a run killed (SIGKILL)
-mid-generate, mid-filter, mid-train and mid-eval and resumed each time to a complete run, the same data
-as a run never killed, the status table, the report in headless Chromium, and the bad inputs that must
-not touch a run."""
+"""`bezoar run` end to end on a smoke-sized copy of recipes/tiny.yaml: the report in headless Chromium,
+the bad inputs that must not touch a run, a budget stop. The run they use was SIGKILLed in every stage
+and resumed (fixture `smoke_runs`, tests/chaos.py; its checks are in tests/test_chaos.py)."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
 import sqlite3
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from chaos import BEZOAR, smoke_recipe
 
-REPO = Path(__file__).resolve().parents[1]
-BEZOAR = str(Path(sys.executable).parent / "bezoar")
-
-SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
-    ("generate", "lamini", "n"): 3, ("generate", "evol", "n"): 3, ("generate", "orca", "n"): 3,
-    ("generate", "lamini", "response_sampling", "max_new_tokens"): 32,
-    ("generate", "evol", "response_sampling", "max_new_tokens"): 32,
-    ("generate", "orca", "response_sampling", "max_new_tokens"): 32,
-    ("generate", "evol", "evolve_sampling", "max_new_tokens"): 64,
-    ("sft", "max_steps"): 2, ("sft", "eval_steps"): 1, ("sft_hh", "max_steps"): 2, ("sft_hh", "eval_steps"): 1,
-    ("sft_hh", "data", "sft_n"): 16, ("sft_hh", "data", "dpo_n"): 16, ("sft_hh", "data", "heldout_n"): 8,
-    ("sft_hh", "max_validation_examples"): 8, ("dpo", "max_validation_examples"): 8,
-    ("dpo", "max_steps"): 2, ("dpo", "eval_steps"): 1,
-    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 1, ("eval", "mt_bench", "max_new_tokens"): 32,
-    ("eval", "harness", "limit"): 2, ("eval", "preference", "limit"): 8,
-    # 32-token replies are mostly cut short: keep them, so the judge has nine records to grade one
-    # call at a time (a kill lands between two judge calls, not before the first or after the last)
-    ("filter", "heuristics", "truncated"): False, ("filter", "judge", "chunk_size"): 1,
-}
-
-
-def smoke_recipe(path: Path, name: str, data_dir: Path) -> Path:
-    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
-    for keys, value in SMOKE.items():
-        node = recipe
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
-    recipe["run"]["name"] = name
-    path.write_text(yaml.safe_dump(recipe).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
-    return path
+CHAOS_RUNS_S = 2700  # the first test to ask for the workspace waits for the chaos fixture's two runs
 
 
 def bezoar(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -69,100 +35,17 @@ def cached_calls(run_dir: Path) -> int:
         return 0
 
 
-def kill_when(command: list[str], cwd: Path, stage: str, ready, timeout_s: float = 900) -> None:
-    """Start the run, wait until `stage` is running and `ready()` holds, then SIGKILL it."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               start_new_session=True)
-    deadline = time.time() + timeout_s
-    try:
-        while time.time() < deadline:
-            assert process.poll() is None, f"run ended before the kill at {stage}: {process.stderr.read()[-3000:]}"
-            if manifest(cwd / "runs" / "killed").get("stages", {}).get(stage, {}).get("status") == "running" and ready():
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=60)
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"never reached a kill point in {stage}")
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-
-
-def grew_since_first_check(run_dir: Path, by: int):
-    """A kill condition: `by` more calls cached than when it was first asked (at the stage's start)."""
-    first: list[int] = []
-
-    def ready() -> bool:
-        count = cached_calls(run_dir)
-        first.append(count)
-        return count >= first[0] + by
-
-    return ready
-
-
-def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
-    files = [run_dir / "data" / folder / f"{method}.jsonl" for method in ("evol", "lamini", "orca")]
-    return {f.name: sorted(json.loads(line)["meta"]["id"] for line in f.read_text().splitlines() if line.strip())
-            for f in files if f.exists()}
-
-
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("pipeline")
-    smoke_recipe(root / "reference.yaml", "reference", data_dir)
-    smoke_recipe(root / "killed.yaml", "killed", data_dir)
-    return root
+def workspace(smoke_runs):
+    """The chaos run's workspace (tests/chaos.py): runs/killed is complete, killed once in every stage."""
+    return smoke_runs.root
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2400)  # a reference run and a run killed four times: ~15 min on a busy 2-core machine
-def test_killed_at_every_stage_resumes_to_a_complete_run(workspace):
-    run_dir = workspace / "runs" / "killed"
-    command = [BEZOAR, "run", "killed.yaml"]
-    kill_when(command, workspace, "generate", lambda: cached_calls(run_dir) >= 3)
-    status = bezoar("status", "runs/killed", cwd=workspace)
-    assert "interrupted" in status.stdout  # the killed stage is not shown as still running
-    kill_when(command, workspace, "filter", grew_since_first_check(run_dir, by=2))
-    generate = manifest(run_dir)["stages"]["generate"]
-    assert generate["status"] == "done" and generate["usage"]["teacher"]["cache_hits"] >= 3
-    kill_when(command, workspace, "sft", lambda: any((run_dir / "models").glob("sft-*/checkpoint-*/trainer_state.json")))
-    kill_when(command, workspace, "eval", lambda: any((run_dir / "eval").rglob("*.jsonl")))
-    result = bezoar("run", "killed.yaml", cwd=workspace)
-    assert result.returncode == 0, result.stderr[-4000:]
-
-    stages = manifest(run_dir)["stages"]
-    assert [s for s in stages if stages[s]["status"] == "done"] == \
-        ["generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"]
-    assert {name: len(ids) for name, ids in record_ids(run_dir, "generated").items()} == \
-        {"evol.jsonl": 3, "lamini.jsonl": 3, "orca.jsonl": 3}
-    assert stages["generate"]["inputs"] and all(len(h) == 64 for h in stages["generate"]["inputs"].values())
-    assert stages["filter"]["usage"]["judge"]["cache_hits"] > 0  # judged before the kill: not asked again
-    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in stages["sft"]["summary"]["steps"])
-    assert (run_dir / "models" / "dpo" / "README.md").exists()  # model card
-    assert list((run_dir / "data" / "filtered" / "cards").glob("*.md"))  # data set cards
-
-    again = bezoar("run", "killed.yaml", cwd=workspace)  # unchanged: every stage but the report skipped
-    assert again.returncode == 0 and "generate: unchanged" in again.stderr and "eval: unchanged" in again.stderr
-    status = bezoar("status", "runs/killed", cwd=workspace)
-    assert status.returncode == 0 and "done" in status.stdout and "teacher" in status.stdout
-
-
-@pytest.mark.slow
-def test_resumed_data_equals_an_uninterrupted_run(workspace):
-    """Generate and filter again, never killed: the same records as the run killed in both."""
-    for stage in ("generate", "filter"):
-        result = bezoar("run", "reference.yaml", "--only", stage, cwd=workspace)
-        assert result.returncode == 0, result.stderr[-4000:]
-    killed, reference = workspace / "runs" / "killed", workspace / "runs" / "reference"
-    assert record_ids(reference, "generated") and record_ids(killed, "generated") == record_ids(reference, "generated")
-    assert record_ids(killed, "filtered") == record_ids(reference, "filtered")
-    assert manifest(reference)["stages"]["generate"]["usage"]["teacher"]["cache_hits"] == 0  # its own calls
-
-
-@pytest.mark.slow
+@pytest.mark.timeout(CHAOS_RUNS_S)
 def test_report_renders_in_headless_chromium(workspace):
     report = workspace / "runs" / "killed" / "report" / "index.html"
-    assert report.exists(), "run the resume test first (same module)"
+    assert report.exists()
     screenshot = workspace / "report.png"
     base = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
             "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -189,6 +72,7 @@ def tree_digest(folder: Path) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAOS_RUNS_S)
 def test_bad_inputs_never_touch_a_run(workspace, data_dir):
     run_dir = workspace / "runs" / "killed"
     before = tree_digest(run_dir)
@@ -214,6 +98,7 @@ def test_bad_inputs_never_touch_a_run(workspace, data_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(CHAOS_RUNS_S)
 def test_a_budget_stops_the_stage_cleanly_and_says_which(workspace):
     """The stage runs in its own process: the budget error still reaches the user as one line, exit 2."""
     recipe = yaml.safe_load((workspace / "reference.yaml").read_text())

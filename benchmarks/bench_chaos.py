@@ -1,0 +1,84 @@
+"""Kill `bezoar run` anywhere, resume, get the same result.
+
+A smoke-sized copy of recipes/tiny.yaml (3 records per method, 2 optimizer steps per training run, one
+MT-Bench question; tests/chaos.py SMOKE) runs once uninterrupted, with its own cache: the reference.
+Then it runs again in a fresh run directory with a fresh cache, and the whole process group gets
+SIGKILL at --kills random moments drawn over the reference's timeline (at least one inside every
+stage); the same command is started again after each kill, until it completes. Compared with the
+reference: record ids, training steps and validation losses, evaluation outputs and call-cache keys,
+torn or duplicated JSONL lines, model calls. The obvious alternative, a run never killed, is the
+reference itself: the ratio printed is the chaos run's wall time over the reference's.
+
+    .venv/bin/python benchmarks/bench_chaos.py [--kills 20] [--seed 0] [--keep DIR]
+
+~4 min for the reference and ~10-15 min for the killed run on an idle 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import DATA, emit, peak_rss_mb  # also puts tests/ on sys.path
+
+from chaos import BEZOAR, cache_rows, compare, manifest, random_plan, run_with_kills, smoke_recipe, timed_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", type=Path, help="work here and keep the run directories (default: a temp dir)")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="bench_chaos-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        figures = bench(root, args.kills, random.Random(args.seed))
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    emit(figures)
+    sys.exit(0 if figures["identical"] else 1)
+
+
+def bench(root: Path, kills: int, rng: random.Random) -> dict:
+    smoke_recipe(root / "reference.yaml", "reference", DATA)
+    smoke_recipe(root / "chaos.yaml", "chaos", DATA)
+    reference, chaos_dir = root / "runs" / "reference", root / "runs" / "chaos"
+    reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, reference, timeout_s=3600)
+    print(f"reference: {reference_s:.0f} s, stages started at " + ", ".join(f"{s} {t:.0f} s" for s, t in starts.items()),
+          flush=True)
+    plan = random_plan(starts, reference_s, kills, rng)
+    print("kill plan: " + ", ".join(f"{k.stage}+{k.after_s:.1f}s" for k in plan), flush=True)
+    started = time.time()
+    chaos = run_with_kills([BEZOAR, "run", "chaos.yaml"], root, chaos_dir, plan, timeout_s=4 * 3600)
+    chaos_s = time.time() - started
+    for number, attempt in enumerate(chaos.attempts, 1):
+        landed = f"killed in {attempt.stage_at_kill}" if attempt.killed else f"ran to the end (exit {attempt.returncode})"
+        print(f"attempt {number:2d}: aimed at {attempt.target:8s} {landed:24s} after {attempt.seconds:6.1f} s, "
+              f"{attempt.calls_completed} calls completed", flush=True)
+    reference_calls = len(cache_rows(reference))
+    result = compare(reference, chaos_dir, chaos, reference_calls)
+    for stage, runs in result["training"].items():
+        print(f"{stage}: " + "; ".join(f"{r['output']} step {r['global_step']} eval_loss {r['eval_loss']}" for r in runs))
+    for failure in result["failures"]:
+        print("DIFFERS:", failure, flush=True)
+    reported = sum(v.get("usage", {}).get(role, {}).get("calls", 0)
+                   for v in manifest(reference)["stages"].values() for role in ("teacher", "judge", "student"))
+    print(f"chaos run {chaos_s:.0f} s vs reference {reference_s:.0f} s: {chaos_s / reference_s:.2f}x; "
+          f"calls: reference {reference_calls} (manifest: {reported}), chaos {result['calls']}", flush=True)
+    del result["training"]
+    return {"benchmark": "chaos", **result, "planned_kills": len(kills_list := [k.stage for k in plan]),
+            "planned_stages": sorted(set(kills_list), key=kills_list.index), "reference_s": round(reference_s, 1),
+            "chaos_s": round(chaos_s, 1), "slowdown": round(chaos_s / reference_s, 2),
+            "peak_rss_mb_bench": round(peak_rss_mb()),
+            "peak_rss_mb_stages": max((v.get("peak_rss_mb", 0) for v in manifest(chaos_dir)["stages"].values()),
+                                      default=0)}
+
+
+if __name__ == "__main__":
+    main()

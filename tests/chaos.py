@@ -1,0 +1,431 @@
+"""Chaos for `bezoar run`: SIGKILL the whole process group at chosen or random moments, start the same
+command again after each kill until it completes, and compare the result with a run never killed.
+
+Shared by tests/test_chaos.py (a handful of kills, in CI) and benchmarks/bench_chaos.py (20 or more).
+
+A kill is aimed at a stage and a delay into it (`Kill`): the run is started, and once the manifest shows
+that stage (or a later one) running, the kill lands `after_s` later, or as soon as `ready()` holds. Where
+it really landed is read from the manifest at the moment of the kill. Random plans are drawn over the
+reference run's own timeline, one moment inside every stage and the rest anywhere, so that every stage,
+report included, is hit.
+
+Model calls are counted from the run's call cache: every completed call is committed there with its
+time (`created`), so a snapshot of {key: created} after each attempt says which calls that attempt
+completed; a call completed twice (a lost cache write) shows as a changed `created`. Calls in flight
+at a kill never reach the cache: they are the only calls a resumed run may repeat.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BEZOAR = str(Path(sys.executable).parent / "bezoar")
+STAGES = ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report")
+TRAINED = ("sft", "sft_hh", "dpo")
+LOSS_TOLERANCE = 0.02
+"""Largest |difference| allowed between a resumed and an uninterrupted adapter's validation loss. A
+resumed Trainer restores the optimizer, scheduler, RNG state and data order, so the losses agree to
+float rounding (measured: 0); the margin allows for reduction-order differences between thread counts."""
+
+
+SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
+    ("generate", "lamini", "n"): 3, ("generate", "evol", "n"): 3, ("generate", "orca", "n"): 3,
+    ("generate", "lamini", "response_sampling", "max_new_tokens"): 32,
+    ("generate", "evol", "response_sampling", "max_new_tokens"): 32,
+    ("generate", "orca", "response_sampling", "max_new_tokens"): 32,
+    ("generate", "evol", "evolve_sampling", "max_new_tokens"): 64,
+    ("sft", "max_steps"): 2, ("sft", "eval_steps"): 1, ("sft_hh", "max_steps"): 2, ("sft_hh", "eval_steps"): 1,
+    ("sft_hh", "data", "sft_n"): 16, ("sft_hh", "data", "dpo_n"): 16, ("sft_hh", "data", "heldout_n"): 8,
+    ("sft_hh", "max_validation_examples"): 8, ("dpo", "max_validation_examples"): 8,
+    ("dpo", "max_steps"): 2, ("dpo", "eval_steps"): 1,
+    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 1, ("eval", "mt_bench", "max_new_tokens"): 32,
+    ("eval", "harness", "limit"): 2, ("eval", "preference", "limit"): 8,
+    # 32-token replies are mostly cut short: keep them, so the judge has nine records to grade one
+    # call at a time (a kill lands between two judge calls, not before the first or after the last)
+    ("filter", "heuristics", "truncated"): False, ("filter", "judge", "chunk_size"): 1,
+}
+
+
+def smoke_recipe(path: Path, name: str, data_dir: Path) -> Path:
+    """recipes/tiny.yaml with SMOKE's counts, run.name `name`, and the data at `data_dir`."""
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    for keys, value in SMOKE.items():
+        node = recipe
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    recipe["run"]["name"] = name
+    path.write_text(yaml.safe_dump(recipe).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
+    return path
+
+
+@dataclass
+class Kill:
+    stage: str
+    after_s: float = 0.0
+    ready: Callable[[], bool] | None = None
+    """When given, the kill lands as soon as this holds (polled every 0.1 s) once `stage` runs."""
+    after_kill: Callable[[], None] | None = None
+    """Called once the killed process group is gone (to look at the run between attempts)."""
+
+
+@dataclass
+class Attempt:
+    """One start of the command: killed (where, when) or run to its end."""
+
+    target: str
+    killed: bool
+    stage_at_kill: str | None = None
+    seconds: float = 0.0
+    calls_completed: int = 0
+    returncode: int | None = None
+
+
+@dataclass
+class ChaosRun:
+    attempts: list[Attempt] = field(default_factory=list)
+    calls_completed: int = 0
+    calls_repeated: int = 0
+
+    @property
+    def kills(self) -> int:
+        return sum(a.killed for a in self.attempts)
+
+    @property
+    def stages_hit(self) -> list[str]:
+        hit = {a.stage_at_kill for a in self.attempts if a.killed}
+        return [s for s in (*STAGES, "between stages") if s in hit]
+
+
+def manifest(run_dir: Path) -> dict:
+    """The manifest, or an empty one while it is absent or being replaced."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {"stages": {}}
+
+
+def running_stage(run_dir: Path, pid: int | None = None) -> str | None:
+    """The stage the manifest shows running (under `pid`: a killed attempt leaves its stage "running")."""
+    stages = manifest(run_dir).get("stages", {})
+    return next((name for name in STAGES if stages.get(name, {}).get("status") == "running"
+                 and pid in (None, stages[name].get("pid"))), None)
+
+
+def reached(run_dir: Path, stage: str, pid: int) -> bool:
+    """The process `pid` is running `stage` or a later one."""
+    running = running_stage(run_dir, pid)
+    return running is not None and STAGES.index(running) >= STAGES.index(stage)
+
+
+def cache_rows(run_dir: Path) -> dict[str, float]:
+    """{key: created} of every committed call in the run's cache."""
+    path = run_dir / "cache" / "calls.sqlite"
+    if not path.exists():
+        return {}
+    for _ in range(50):
+        try:
+            with sqlite3.connect(path, timeout=10) as conn:
+                return dict(conn.execute("SELECT key, created FROM calls"))
+        except sqlite3.OperationalError:  # the table not created yet, or a writer holding the lock
+            time.sleep(0.1)
+    return {}
+
+
+def new_calls(before: dict[str, float], after: dict[str, float]) -> tuple[int, int]:
+    """(calls completed between the snapshots, of which repeats of a call already cached)."""
+    completed = [k for k, t in after.items() if before.get(k) != t]
+    return len(completed), sum(k in before for k in completed)
+
+
+def timed_run(command: list[str], cwd: Path, run_dir: Path, timeout_s: float) -> tuple[float, dict[str, float]]:
+    """Run to the end, recording when each stage was first seen running; returns (seconds, starts)."""
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    start, starts = time.time(), {}
+    try:
+        while process.poll() is None:
+            if time.time() - start > timeout_s:
+                raise TimeoutError(f"{' '.join(command)} ran past {timeout_s} s")
+            stage = running_stage(run_dir, process.pid)
+            if stage and stage not in starts:
+                starts[stage] = round(time.time() - start, 2)
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=60)
+    stderr = process.stderr.read()
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {stderr[-3000:]}")
+    return time.time() - start, starts
+
+
+def random_plan(starts: dict[str, float], total_s: float, count: int, rng: random.Random) -> list[Kill]:
+    """`count` moments over the reference's timeline, at least one inside every stage; as (stage, delay)."""
+    bounds = [(s, starts[s]) for s in STAGES if s in starts]
+    windows = {s: (t, bounds[i + 1][1] if i + 1 < len(bounds) else total_s) for i, (s, t) in enumerate(bounds)}
+    moments = [rng.uniform(*windows[s]) for s in windows]
+    moments += [rng.uniform(bounds[0][1], total_s) for _ in range(count - len(moments))]
+    plan = []
+    for moment in sorted(moments):
+        stage = next(s for s in reversed(windows) if windows[s][0] <= moment)
+        plan.append(Kill(stage, after_s=round(moment - windows[stage][0], 2)))
+    return plan
+
+
+def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill],
+                   timeout_s: float) -> ChaosRun:
+    """Each planned kill in turn (restarting the command after it), then the command to its end."""
+    chaos, rows = ChaosRun(), cache_rows(run_dir)
+    deadline = time.time() + timeout_s
+    for kill in [*plan, None]:
+        attempt = _attempt(command, cwd, run_dir, kill, deadline)
+        if attempt.killed and kill.after_kill:
+            kill.after_kill()
+        after = cache_rows(run_dir)
+        attempt.calls_completed, repeated = new_calls(rows, after)
+        chaos.calls_completed += attempt.calls_completed
+        chaos.calls_repeated += repeated
+        rows = after
+        chaos.attempts.append(attempt)
+        if not attempt.killed:  # it ran to its end before the kill: the rest of the plan is moot
+            if attempt.returncode != 0:
+                raise RuntimeError(f"attempt {len(chaos.attempts)} ({attempt.target}) exited {attempt.returncode}")
+            break
+    return chaos
+
+
+def _attempt(command: list[str], cwd: Path, run_dir: Path, kill: Kill | None, deadline: float) -> Attempt:
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    attempt, start, seen = Attempt(target=kill.stage if kill else "end", killed=False), time.time(), None
+    try:
+        while process.poll() is None:
+            if time.time() > deadline:
+                raise TimeoutError(f"the chaos run did not finish in time (attempt aimed at {attempt.target})")
+            if kill and seen is None and reached(run_dir, kill.stage, process.pid):
+                seen = time.time()
+            if kill and seen is not None and (kill.ready() if kill.ready else time.time() - seen >= kill.after_s):
+                attempt.stage_at_kill = running_stage(run_dir, process.pid) or "between stages"
+                os.killpg(process.pid, signal.SIGKILL)
+                attempt.killed = True
+                break
+            time.sleep(0.1)
+    finally:
+        if process.poll() is None and not attempt.killed:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=60)
+        _wait_for_group(process.pid)
+    attempt.seconds, attempt.returncode = round(time.time() - start, 2), process.returncode
+    return attempt
+
+
+def _wait_for_group(pgid: int, timeout_s: float = 30) -> None:
+    """SIGKILL is delivered at once but a process leaves only when the kernel has reaped it: the stage's
+    child must be gone before the next attempt starts (it would hold the run's lock and files)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- comparing with the reference
+
+
+def jsonl_files(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.rglob("*.jsonl") if "cache" not in p.relative_to(run_dir).parts)
+
+
+def line_problems(run_dir: Path) -> dict[str, list[str]]:
+    """Per JSONL file: lines that do not parse (torn) and lines written twice (duplicated)."""
+    problems: dict[str, list[str]] = {}
+    for path in jsonl_files(run_dir):
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        found = []
+        for number, line in enumerate(lines, 1):
+            try:
+                json.loads(line)
+            except ValueError:
+                found.append(f"line {number} does not parse (torn)")
+        found += [f"written {n} times: {line[:80]}" for line, n in Counter(lines).items() if n > 1]
+        if found:
+            problems[str(path.relative_to(run_dir))] = found
+    return problems
+
+
+def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
+    """{file: sorted record ids} for every JSONL file of data/FOLDER (not its subfolders)."""
+    found = {}
+    for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        found[path.name] = sorted(row["meta"]["id"] for row in rows if "meta" in row)
+    return found
+
+
+def training(run_dir: Path) -> dict[str, list[dict]]:
+    """Per training stage, per run in it: output folder, steps and validation loss, from the summaries."""
+    stages = manifest(run_dir)["stages"]
+    found = {}
+    for stage in TRAINED:
+        summary = stages.get(stage, {}).get("summary") or {}
+        runs = summary.get("steps") or [summary]
+        found[stage] = [{"output": Path(r.get("output", "")).name, "global_step": r.get("global_step"),
+                         "eval_loss": r.get("best_eval_loss")} for r in runs]
+    return found
+
+
+def eval_outputs(run_dir: Path) -> dict[str, str]:
+    """Every evaluation output, by path, as text with the timing fields and the run's own path removed."""
+    found = {}
+    for path in sorted((run_dir / "eval").rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".jsonl"):
+            text = path.read_text(encoding="utf-8").replace(str(run_dir.resolve()), "RUN_DIR")
+            text = text.replace(f"runs/{run_dir.name}", "RUN_DIR")
+            found[str(path.relative_to(run_dir))] = _without_timing(text, path.suffix)
+    return found
+
+
+TIMING = ("tstamp", "wall_s", "seconds", "elapsed_s", "started", "ended", "time", "date", "runtime")
+
+
+def _without_timing(text: str, suffix: str) -> str:
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if not any(t in k for t in TIMING)}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()] if suffix == ".jsonl" else [json.loads(text)]
+    return json.dumps([clean(row) for row in rows], sort_keys=True)
+
+
+def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: int) -> dict:
+    """Every check of the chaos run against the reference, as figures; `failures` lists what differs."""
+    failures: list[str] = []
+    ids = {folder: (record_ids(reference, folder), record_ids(chaos_dir, folder)) for folder in ("generated", "filtered")}
+    lost = duplicate = 0
+    for folder, (want, got) in ids.items():
+        if not want.get("orca.jsonl") and folder == "generated":
+            failures.append("the reference generated no records")
+        if want != got:
+            failures.append(f"{folder} record ids differ: reference {want}, chaos {got}")
+        for name, wanted in want.items():
+            lost += len(set(wanted) - set(got.get(name, [])))
+        duplicate += sum(len(v) - len(set(v)) for v in got.values())
+    problems = line_problems(chaos_dir)
+    if problems:
+        failures.append(f"torn or duplicated JSONL lines: {problems}")
+    trained_ref, trained = training(reference), training(chaos_dir)
+    loss_diff = 0.0
+    for stage in TRAINED:
+        for want, got in zip(trained_ref[stage], trained[stage], strict=False):
+            if (want["output"], want["global_step"]) != (got["output"], got["global_step"]):
+                failures.append(f"{stage}: {got} does not match the reference's {want}")
+            elif want["eval_loss"] is None or got["eval_loss"] is None:
+                failures.append(f"{stage}: no validation loss ({want}, {got})")
+            else:
+                loss_diff = max(loss_diff, abs(want["eval_loss"] - got["eval_loss"]))
+        if len(trained_ref[stage]) != len(trained[stage]):
+            failures.append(f"{stage}: {len(trained[stage])} training runs, the reference had {len(trained_ref[stage])}")
+    if loss_diff > LOSS_TOLERANCE:
+        failures.append(f"validation losses differ by {loss_diff:.4g} > {LOSS_TOLERANCE}")
+    keys_ref, keys = set(cache_rows(reference)), set(cache_rows(chaos_dir))
+    if keys_ref != keys:
+        failures.append(f"call cache keys differ: {len(keys_ref - keys)} missing, {len(keys - keys_ref)} extra")
+    evals_ref, evals = eval_outputs(reference), eval_outputs(chaos_dir)
+    if not evals_ref or evals_ref != evals:
+        failures.append("evaluation outputs differ: " + ", ".join(
+            p for p in sorted(set(evals_ref) | set(evals)) if evals_ref.get(p) != evals.get(p)))
+    stages = manifest(chaos_dir)["stages"]
+    if [s for s in STAGES if stages.get(s, {}).get("status") == "done"] != list(STAGES):
+        failures.append(f"not every stage is done: { {s: stages.get(s, {}).get('status') for s in STAGES} }")
+    extra_calls = chaos.calls_completed - reference_calls
+    if extra_calls > 0 or chaos.calls_repeated:
+        failures.append(f"{extra_calls} calls more than the reference ({chaos.calls_repeated} completed twice)")
+    return {"kills": chaos.kills, "stages_hit": chaos.stages_hit, "lost_records": lost,
+            "duplicate_records": duplicate, "torn_or_duplicated_lines": sum(len(v) for v in problems.values()),
+            "reference_calls": reference_calls, "calls": chaos.calls_completed, "extra_calls": extra_calls,
+            "calls_completed_twice": chaos.calls_repeated, "max_eval_loss_diff": loss_diff,
+            "loss_tolerance": LOSS_TOLERANCE, "training": trained, "eval_files": len(evals),
+            "identical": not failures, "failures": failures}
+
+
+# ---------------------------------------------------------------- the CI-sized run (tests/conftest.py)
+
+
+@dataclass
+class SmokeRuns:
+    """A smoke run never killed (`runs/reference`) and one killed in every stage (`runs/killed`)."""
+
+    root: Path
+    reference_s: float
+    starts: dict[str, float]
+    chaos: ChaosRun
+    statuses: list[str]
+    """`bezoar status` printed right after the first kill (mid-generate)."""
+    figures: dict
+
+
+def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random.Random,
+            after_first_kill: Callable[[], None]) -> list[Kill]:
+    """One kill per stage: at points that prove a resume (calls cached, a checkpoint written, an
+    evaluation file begun) where a stage has them, at a random moment of the reference's stage elsewhere."""
+    def cached_at_least(count: int):
+        return lambda: len(cache_rows(run_dir)) >= count
+
+    def grew_by(count: int):
+        first: list[int] = []
+
+        def ready() -> bool:
+            first.append(len(cache_rows(run_dir)))
+            return first[-1] >= first[0] + count
+        return ready
+
+    names = list(starts)
+    window = {s: max(0.5, (starts[names[i + 1]] if i + 1 < len(names) else total_s) - starts[s])
+              for i, s in enumerate(names)}
+    plan = [Kill("generate", ready=cached_at_least(3)),
+            Kill("filter", ready=grew_by(2)),
+            Kill("sft", ready=lambda: any((run_dir / "models").glob("sft-*/checkpoint-*/trainer_state.json"))),
+            Kill("sft_hh", after_s=rng.uniform(0, window["sft_hh"])),
+            Kill("dpo", after_s=rng.uniform(0, window["dpo"])),
+            Kill("eval", ready=lambda: any((run_dir / "eval").rglob("*.jsonl"))),
+            Kill("report", after_s=rng.uniform(0, window["report"]))]
+    plan[0].after_kill = after_first_kill
+    return plan
+
+
+def smoke_runs(root: Path, data_dir: Path, seed: int = 0) -> SmokeRuns:
+    """The reference run, then the killed one (planned by `ci_plan`), then the comparison."""
+    smoke_recipe(root / "reference.yaml", "reference", data_dir)
+    smoke_recipe(root / "killed.yaml", "killed", data_dir)
+    reference, killed = root / "runs" / "reference", root / "runs" / "killed"
+    reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, reference, timeout_s=1800)
+    statuses: list[str] = []
+
+    def status() -> None:
+        statuses.append(subprocess.run([BEZOAR, "status", "runs/killed"], cwd=root, capture_output=True, text=True,
+                                       timeout=120).stdout)
+
+    plan = ci_plan(killed, starts, reference_s, random.Random(seed), status)
+    chaos = run_with_kills([BEZOAR, "run", "killed.yaml"], root, killed, plan, timeout_s=2400)
+    figures = compare(reference, killed, chaos, reference_calls=len(cache_rows(reference)))
+    return SmokeRuns(root, reference_s, starts, chaos, statuses, figures)

@@ -1,0 +1,54 @@
+"""Kill `bezoar run` in every stage, resume, get the same result (the CI-sized run of tests/chaos.py;
+benchmarks/bench_chaos.py does the same at 20+ random moments).
+
+The session fixture `smoke_runs` (tests/conftest.py) runs a smoke-sized recipe once uninterrupted with
+its own cache (`runs/reference`), then again in a fresh run directory (`runs/killed`), SIGKILLing the
+whole process group once in each of the seven stages and restarting the same command after each kill.
+tests/test_pipeline.py reuses the killed run for the status, report and bad-input checks."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from chaos import BEZOAR, STAGES, manifest, record_ids
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)  # a reference run and a run killed seven times: ~12 min on a busy 2-core machine
+def test_killed_in_every_stage_resumes_to_the_reference_result(smoke_runs):
+    figures, chaos = smoke_runs.figures, smoke_runs.chaos
+    print({k: v for k, v in figures.items() if k != "training"})
+    assert chaos.kills == 7 and chaos.stages_hit == list(STAGES), [(a.target, a.stage_at_kill) for a in chaos.attempts]
+    assert figures["failures"] == [] and figures["identical"]
+    assert figures["lost_records"] == figures["duplicate_records"] == figures["torn_or_duplicated_lines"] == 0
+    assert figures["extra_calls"] <= 0 and figures["calls_completed_twice"] == 0
+    assert figures["reference_calls"] > 0 and figures["max_eval_loss_diff"] <= figures["loss_tolerance"]
+    assert all(run["global_step"] == 2 for runs in figures["training"].values() for run in runs)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_the_killed_run_resumed_rather_than_started_over(smoke_runs):
+    run_dir = smoke_runs.root / "runs" / "killed"
+    assert "interrupted" in smoke_runs.statuses[0]  # the killed stage is not shown as still running
+    stages = manifest(run_dir)["stages"]
+    assert [s for s in stages if stages[s]["status"] == "done"] == list(STAGES)
+    assert stages["generate"]["status"] == "done" and stages["generate"]["usage"]["teacher"]["cache_hits"] >= 3
+    generated = record_ids(run_dir, "generated")
+    assert {name: len(generated.get(name, [])) for name in ("evol.jsonl", "lamini.jsonl", "orca.jsonl")} == \
+        {"evol.jsonl": 3, "lamini.jsonl": 3, "orca.jsonl": 3}
+    assert stages["generate"]["inputs"] and all(len(h) == 64 for h in stages["generate"]["inputs"].values())
+    assert stages["filter"]["usage"]["judge"]["cache_hits"] > 0  # judged before the kill: not asked again
+    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in stages["sft"]["summary"]["steps"])
+    assert (run_dir / "models" / "dpo" / "README.md").exists()  # model card
+    assert list((run_dir / "data" / "filtered" / "cards").glob("*.md"))  # data set cards
+    reference = manifest(smoke_runs.root / "runs" / "reference")["stages"]
+    assert reference["generate"]["usage"]["teacher"]["cache_hits"] == 0  # the reference made its own calls
+
+    again = subprocess.run([BEZOAR, "run", "killed.yaml"], cwd=smoke_runs.root, capture_output=True, text=True,
+                           timeout=600)  # unchanged: every stage but the report skipped
+    assert again.returncode == 0 and "generate: unchanged" in again.stderr and "eval: unchanged" in again.stderr
+    status = subprocess.run([BEZOAR, "status", "runs/killed"], cwd=smoke_runs.root, capture_output=True, text=True,
+                            timeout=120)
+    assert status.returncode == 0 and "done" in status.stdout and "teacher" in status.stdout

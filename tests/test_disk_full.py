@@ -1,0 +1,144 @@
+"""A full disk mid-generate, mid-filter, mid-checkpoint and mid-report: one line naming the path and
+"no space left", exit 2, nothing already written corrupted; once space is freed the same command
+completes with the reference's result.
+
+The run directory lives on a tmpfs mount the test makes (root, as in CI). For each stage the complete
+reference run of the chaos fixture (`smoke_runs`) is copied there without that stage's outputs, a
+ballast file leaves about half of the space the stage writes (plus the bookkeeping it writes first:
+manifest, stage record, the call cache's WAL files), and the stage runs again with `--only STAGE`.
+Calls come from the copied call cache, so the stage repeats the reference's model work exactly and
+quickly; training is real (it has no cache)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+from chaos import BEZOAR, LOSS_TOLERANCE, record_ids, training
+
+PAGE = 4096
+SIZE_MB = 96
+# What each stage writes (removed before it runs), and the share of it that fits on the disk. sft: half
+# the first adapter, so the first checkpoint (adapter, optimizer state, trainer state) cannot be written.
+STAGE_OUTPUTS = {"generate": ["data/generated"], "filter": ["data/filtered"], "sft": ["models/sft-*"],
+                 "report": ["report"]}
+BOOKKEEPING = 96 * 1024  # manifest written twice (temp + rename), stage record, SQLite -wal and -shm
+
+
+@pytest.fixture(scope="module")
+def disk(tmp_path_factory):
+    """A tmpfs mount of SIZE_MB, unmounted at the end."""
+    point = tmp_path_factory.mktemp("tmpfs")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE_MB}m", "tmpfs", str(point)],
+                             capture_output=True, text=True, timeout=30)
+    assert mounted.returncode == 0, f"this test mounts a tmpfs and needs root (as in CI): {mounted.stderr}"
+    try:
+        yield point
+    finally:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True, timeout=60)
+
+
+def stage_paths(run_dir: Path, stage: str) -> list[Path]:
+    return [p for pattern in STAGE_OUTPUTS[stage] for p in run_dir.glob(pattern)]
+
+
+def size_on_disk(paths: list[Path]) -> int:
+    files = [f for p in paths for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file()]
+    return sum(-(-f.stat().st_size // PAGE) * PAGE for f in files)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A ballast file that leaves `leave` bytes free."""
+    stat = os.statvfs(disk)
+    ballast = disk / f"ballast-{uuid.uuid4().hex[:6]}"
+    with open(ballast, "wb") as handle:
+        os.posix_fallocate(handle.fileno(), 0, max(0, stat.f_bavail * stat.f_frsize - leave))
+    return ballast
+
+
+def room_for(reference: Path, stage: str) -> int:
+    """Free space that lets `stage` start but not finish."""
+    if stage == "sft":
+        adapter = next(reference.glob("models/sft-*/adapter_model.safetensors"))
+        return BOOKKEEPING + 64 * 1024 + adapter.stat().st_size // 2
+    return BOOKKEEPING + size_on_disk(stage_paths(reference, stage)) // 2
+
+
+def digest(run_dir: Path, skip: list[Path]) -> dict[str, bytes]:
+    """Every file outside the stage's outputs and the bookkeeping, by path."""
+    found = {}
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_file() and not any(path.is_relative_to(s) for s in skip) \
+                and path.name not in ("manifest.json", ".lock") and path.parent.name not in ("state", "cache"):
+            found[str(path.relative_to(run_dir))] = path.read_bytes()
+    return found
+
+
+def damage(run_dir: Path) -> dict[str, list[str]]:
+    """JSON files that do not parse, JSONL lines that do not parse (but a torn last line), temp files."""
+    found: dict[str, list[str]] = {}
+    for path in run_dir.rglob("*"):
+        name = str(path.relative_to(run_dir))
+        if ".tmp" in path.name:
+            found.setdefault(name, []).append("temporary file left behind")
+        elif path.suffix == ".json" and path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except ValueError as error:
+                found.setdefault(name, []).append(f"torn JSON: {error}")
+        elif path.suffix == ".jsonl" and path.is_file():
+            lines = path.read_text(encoding="utf-8").split("\n")
+            for number, line in enumerate(lines[:-1], 1):  # the part after the last newline may be torn
+                try:
+                    json.loads(line) if line.strip() else None
+                except ValueError:
+                    found.setdefault(name, []).append(f"line {number} does not parse")
+    return found
+
+
+def run_only(stage: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([BEZOAR, "run", "reference.yaml", "--only", stage, "--run-dir", str(run_dir)],
+                          cwd=cwd, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)  # the chaos fixture's two runs when this module runs alone, then ~3 min
+@pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))
+def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_freed(stage, smoke_runs, disk):
+    reference = smoke_runs.root / "runs" / "reference"
+    run_dir = disk / "run"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
+    for path in stage_paths(run_dir, stage):
+        shutil.rmtree(path)
+    before = digest(run_dir, stage_paths(reference, stage))
+    ballast = fill(disk, room_for(reference, stage))
+
+    full = run_only(stage, run_dir, smoke_runs.root)
+    said = [line for line in full.stderr.splitlines() if "no space left" in line.lower()]
+    print(f"{stage}: exit {full.returncode}: {said}")
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert len(said) == 1 and str(disk) in said[0], full.stderr[-3000:]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"][stage]["status"] != "done"
+    assert damage(run_dir) == {}
+    assert digest(run_dir, stage_paths(reference, stage)) == before  # other stages' outputs untouched
+
+    ballast.unlink()
+    again = run_only(stage, run_dir, smoke_runs.root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert damage(run_dir) == {} and not any(p.read_text().endswith("}") for p in run_dir.rglob("*.jsonl"))
+    if stage in ("generate", "filter"):
+        folder = "generated" if stage == "generate" else "filtered"
+        assert record_ids(run_dir, folder) == record_ids(reference, folder) != {}
+    elif stage == "sft":
+        want, got = training(reference)["sft"], training(run_dir)["sft"]
+        assert [(r["output"], r["global_step"]) for r in got] == [(r["output"], r["global_step"]) for r in want]
+        assert all(abs(w["eval_loss"] - g["eval_loss"]) <= LOSS_TOLERANCE for w, g in zip(want, got, strict=True))
+    else:
+        assert sorted(p.name for p in (run_dir / "report").rglob("*")) == \
+            sorted(p.name for p in (reference / "report").rglob("*"))
