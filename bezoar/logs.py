@@ -17,6 +17,9 @@ def configure_logging(level: int = logging.INFO) -> None:
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)])
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on every import on a CPU without its optional 4-bit kernels: QLoRA on CPU is
+    # not a bezoar path (MACHINE-NOTES), so the warning is noise above a user's one-line error.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         from transformers.utils import logging as hf_logging
 

@@ -157,6 +157,9 @@ def _training(summary: dict, short: bool = False) -> str:
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/NAME).")) -> None:
     """Write RUN_DIR/report/index.html: data funnel, samples, licences, losses, scores, costs."""
+    from bezoar.errors import DataError
     from bezoar.report.html import write_report
 
+    if not (run_dir / "manifest.json").exists():  # else a report of nothing lands in any folder
+        raise DataError(f"{run_dir}: no manifest.json here (not a bezoar run directory)")
     console.print(f"report: [bold]{write_report(run_dir)}[/bold]")

@@ -48,7 +48,7 @@ def filter_command(
         config.contamination.eval_paths = list(config.contamination.eval_paths) + list(eval_paths)
     if check_pairs:
         config.judge_check.enabled, config.judge_check.pairs = True, check_pairs
-    model = None if no_judge else open_model(ModelConfig(spec=judge), role="judge")
+    model = None if no_judge else open_model(ModelConfig.from_option("--judge", judge), role="judge")
     summary = run(list(inputs) + list(more or []), out, config, model, progress=_progress() if model else None)
     _print_summary(summary)
 
@@ -65,7 +65,11 @@ def judge_check_command(
     from bezoar.filter.calibration import judge_check
     from bezoar.llm.specs import open_model
 
-    model = open_model(ModelConfig(spec=judge), role="judge")
+    from bezoar.errors import DataError
+
+    if not pairs.is_file():  # before the judge loads (seconds to minutes)
+        raise DataError(f"{pairs}: no such file")
+    model = open_model(ModelConfig.from_option("--judge", judge), role="judge")
     figures = judge_check(model, pairs, n, scoring, progress=_progress())
     if as_json:
         print(json.dumps(figures, ensure_ascii=False))

@@ -51,8 +51,8 @@ def generate_command(
     if batch_size is not None:
         changes["batch_size"] = batch_size
     config = type(section).model_validate({**section.model_dump(), **changes})
-    teacher_config = models.teacher if teacher is None else models.teacher.model_validate({**models.teacher.model_dump(), "spec": teacher})
-    judge_config = None if judge is None else models.judge.model_validate({**models.judge.model_dump(), "spec": judge})
+    teacher_config = models.teacher if teacher is None else models.teacher.from_option("--teacher", teacher, **_settings(models.teacher))
+    judge_config = None if judge is None else models.judge.from_option("--judge", judge, **_settings(models.judge))
     if judge_config is None and recipe is not None and method == "evol" and config.equality_check:
         judge_config = models.judge  # a recipe names its judge; on the command line it is opt-in
     cache = CallCache(default_cache_path(), retry_failures=retry_failed)
@@ -64,6 +64,11 @@ def generate_command(
         require_commercial_use=require_commercial_use or run.require_commercial_use,
         teacher_licence=teacher_config.licence, max_failure_rate=run.max_failure_rate)
     _print_summary(summary)
+
+
+def _settings(role) -> dict:
+    """A recipe role's settings other than its spec (which the command line replaces)."""
+    return role.model_dump(exclude={"spec"})
 
 
 def _recipe_parts(recipe: Path | None, method: str):
