@@ -54,7 +54,7 @@ def chat(prompt: str = typer.Argument(..., help="What to ask."),
     from bezoar.llm.protocol import Sampling
     from bezoar.llm.specs import open_model
 
-    llm = open_model(ModelConfig(spec=model), role="chat")
+    llm = open_model(ModelConfig.from_option("--model", model), role="chat")
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     reply = llm.chat([messages], Sampling(temperature=temperature, max_new_tokens=max_new_tokens))[0]
     if as_json:
@@ -70,8 +70,10 @@ def serve(model: str = ModelOption,
           batch_size: int = typer.Option(32, help="Most requests decoded together (continuous batching)."),
           dtype: str = typer.Option("auto", help="auto (measured; fp32 on CPU), float32, bfloat16.")) -> None:
     """An OpenAI-compatible chat-completions server over the local backend (requests are batched)."""
+    from bezoar.config import ModelConfig
     from bezoar.llm.serve import serve as run_server
 
+    ModelConfig.from_option("--model", model)  # a bad spec is one line, before any model loads
     run_server(model, host=host, port=port, batch_size=batch_size, dtype=dtype)
 
 

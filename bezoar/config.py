@@ -61,6 +61,15 @@ class ModelConfig(StrictModel):
         parse_spec(value)
         return value
 
+    @classmethod
+    def from_option(cls, option: str, spec: str, **settings: Any) -> "ModelConfig":
+        """A role given on the command line (`--model SPEC`): a bad spec is one line naming the option."""
+        try:
+            return cls.model_validate({**settings, "spec": spec})
+        except ValidationError as error:
+            reasons = "; ".join(p["msg"].removeprefix("Value error, ") for p in error.errors())
+            raise ConfigError(f"{option}: {reasons}") from None
+
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:
