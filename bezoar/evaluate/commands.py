@@ -152,6 +152,39 @@ def preference_command(
     out.print(table)
 
 
+@eval_app.command("ifeval")
+def ifeval_command(
+        out_dir: Path = typer.Option(..., "--out", help="Folder for answers.jsonl and summary.json."),
+        model: str = typer.Option("local", "--model", "-m", help="Model to evaluate (any model spec; default the embedded one)."),
+        prompts: Optional[Path] = typer.Option(None, help="IFEval input_data.jsonl (default: $BEZOAR_DATA/eval/ifeval)."),
+        limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
+        max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer (default 512)."),
+) -> None:
+    """IFEval offline: greedy answers, scored by lm-eval's instruction checkers (strict and loose)."""
+    from bezoar.config import ModelConfig
+    from bezoar.evaluate.config import IFEvalConfig
+    from bezoar.evaluate.ifeval import load_prompts, run_ifeval
+    from bezoar.evaluate.mt_bench_files import spec_label
+    from bezoar.llm.cache import CallCache, default_cache_path
+    from bezoar.llm.specs import open_model
+
+    config = _config(IFEvalConfig, enabled=True, prompts=prompts, limit=limit, max_new_tokens=max_new_tokens)
+    load_prompts(config.prompts, config.limit)  # a bad prompt file fails before the model loads
+    answerer = open_model(_model_config(ModelConfig, model), role="student", cache=CallCache(default_cache_path()))
+    summary = run_ifeval(answerer, config, out_dir, spec_label(model))
+    out.print(ifeval_table(summary))
+    out.print(f"answers: {summary['files']['answers']}")
+
+
+def ifeval_table(summary: dict) -> Table:
+    table = Table(title=f"IFEval: {summary['model_id']} on {summary['prompts']} prompts")
+    for column in ("metric", "accuracy", "95% CI", "n"):
+        table.add_column(column)
+    for name, row in summary["metrics"].items():
+        table.add_row(name, _num(row["value"], 3), _ci(row["ci95"], 3), str(row["n"]))
+    return table
+
+
 @eval_app.command("run")
 def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; evaluates its run directory's checkpoints.")) -> None:
     """The eval stage alone: every checkpoint under the run's models/, then the comparison."""

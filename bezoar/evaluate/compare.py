@@ -1,7 +1,7 @@
 """One table of every checkpoint of a run across every metric, with intervals and deltas.
 
 Rows are checkpoints in training order (base, sft-1.., sft-hh, dpo); columns are the metrics found
-under run_dir/eval/{mt_bench,harness,preference}/<checkpoint>/summary.json. A delta is against the
+under run_dir/eval/{mt_bench,harness,preference,ifeval}/<checkpoint>/summary.json. A delta is against the
 base (and, in the JSON, against the previous checkpoint), computed over the items both scored
 (paired bootstrap), so its interval reflects the change rather than the spread of the items.
 """
@@ -15,7 +15,7 @@ from bezoar.errors import DataError
 from bezoar.evaluate.intervals import paired_bootstrap_delta
 from bezoar.records import write_json
 
-KINDS = ("mt_bench", "harness", "preference")
+KINDS = ("mt_bench", "harness", "preference", "ifeval")
 
 
 def checkpoint_order(name: str) -> tuple:
@@ -44,6 +44,9 @@ def metrics_of(kind: str, summary: dict) -> dict[str, dict]:
             found[f"mt_bench_winrate_vs_{pair.get('against')}"] = _cell(pair["overall"]["score"],
                                                                          pair["overall"]["ci95"], pair.get("items"))
         return found
+    if kind == "ifeval":
+        return {f"ifeval_{name}": _cell(row["value"], row["ci95"], row.get("items"))
+                for name, row in summary["metrics"].items()}
     if kind == "harness":
         return {name: _cell(row["value"], row["ci95"], row.get("items")) for name, row in summary["tasks"].items()}
     found = {"preference_loglik": _cell(summary["loglik"]["accuracy"], summary["loglik"]["ci95"],

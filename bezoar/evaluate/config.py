@@ -49,6 +49,9 @@ class MTBenchConfig(StrictModel):
     """Grade each item K times and report the median and the spread (judge variance)."""
     repeat_temperature: float = Field(0.7, ge=0)
     """Judge temperature when judge_repeats > 1 (K = 1 judges greedily, as FastChat)."""
+    judge_prefill: str | None = None
+    """`generate` mode: start the judge's reply with this text (e.g. `"Rating: [["`) so a judge that drifts
+    from the format is put on it (local models, `bezoar serve`, vLLM, Anthropic; not api.openai.com)."""
     judge_retries: int = Field(2, ge=0)
     """Extra attempts for a judge reply with no readable [[rating]]; then it is recorded as an error."""
     retry_temperature: float = Field(0.7, ge=0)
@@ -106,10 +109,26 @@ class PreferenceConfig(StrictModel):
     """Tokens per sequence; longer prompts are cut from the left so the reply is always scored whole."""
 
 
+class IFEvalConfig(StrictModel):
+    enabled: bool = False
+    """Off by default: 541 prompts take a while on a CPU (recipes/verifiable.yaml turns it on)."""
+    prompts: Path = Field(default_factory=lambda: data_path("eval/ifeval/input_data.jsonl"))
+    """IFEval's input_data.jsonl (key, prompt, instruction_id_list, kwargs)."""
+    limit: int | None = Field(None, ge=1)
+    """Only the first N prompts (smoke runs); None is all 541."""
+    max_new_tokens: int = Field(512, ge=1)
+    """Longest answer (lm-eval: 1280). Length instructions ask for up to ~800 words; on CPU, 256-512
+    keeps the run short and cuts few answers of a small model."""
+    bootstrap_samples: int = Field(1000, ge=0)
+    """Resamples for the instruction-level intervals (prompts are resampled whole)."""
+    seed: int = 0
+
+
 class EvalConfig(StrictModel):
     mt_bench: MTBenchConfig = Field(default_factory=MTBenchConfig)
     harness: HarnessConfig = Field(default_factory=HarnessConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    ifeval: IFEvalConfig = Field(default_factory=IFEvalConfig)
     checkpoints: list[str] | None = None
     """Which of run_dir/models/* to evaluate (e.g. [sft-3, dpo]); None is every checkpoint found."""
     include_base: bool = True

@@ -4,6 +4,7 @@
     run_dir/eval/mt_bench/<checkpoint>/ FastChat answer and judgment files, summary.json
     run_dir/eval/harness/<checkpoint>/  rendered task YAMLs, lm-eval results, summary.json
     run_dir/eval/preference/<checkpoint>/summary.json
+    run_dir/eval/ifeval/<checkpoint>/   answers.jsonl (with the checkers' verdicts), summary.json
     run_dir/eval/comparison.json        one table across checkpoints (bezoar compare)
 
 Each summary.json is written last and carries a signature of what produced it (settings, model
@@ -17,9 +18,10 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from bezoar.errors import BezoarError, ConfigError
+from bezoar.errors import ConfigError
 from bezoar.evaluate.compare import checkpoint_order, compare
 from bezoar.evaluate.config import EvalConfig
+from bezoar.failures import FailureLog
 from bezoar.llm.cache import CachedModel, canonical_hash
 from bezoar.records import write_json
 
@@ -72,6 +74,8 @@ def run_eval(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
         summary["comparison"] = str(run_dir / "eval" / "comparison.json")
         summary["metrics"] = comparison["metrics"]
     summary["usage"][judge.role] = judge.usage.to_json()
+    summary["failed_items"] = sum(done.get("mt_bench", {}).get("failed_items", 0)
+                                  for done in summary["checkpoints"].values())
     return summary
 
 
@@ -113,7 +117,27 @@ def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: Cach
             done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, reference],
                                        lambda out: _preference(spec, preference, out, reference))
             free()
+    if config.ifeval.enabled:
+        done["ifeval"] = _once(run_dir / "eval" / "ifeval" / name, [config.ifeval, identity],
+                               lambda out: _ifeval(recipe, name, spec, judge, model, out))
+        free()
     return done
+
+
+def _ifeval(recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
+    from bezoar.evaluate.ifeval import run_ifeval
+
+    model = model or _open_checkpoint(recipe, name, spec, judge)
+    return run_ifeval(model, recipe.eval.ifeval, out, name)
+
+
+def _open_checkpoint(recipe, name: str, spec: str, judge: CachedModel) -> CachedModel:
+    """The checkpoint with the student's settings, sharing the judge's call cache."""
+    from bezoar.config import ModelConfig
+    from bezoar.llm.specs import open_model
+
+    settings = recipe.models.student.model_dump() | {"spec": spec}
+    return open_model(ModelConfig(**settings), role=f"student:{name}", cache=judge.cache)
 
 
 def _once(out_dir: Path, inputs: list, work) -> dict:
@@ -138,7 +162,10 @@ def _headline(summary: dict) -> dict:
     """The few numbers the stage summary carries (the files hold the rest)."""
     if "single" in summary:
         overall = summary["single"]["overall"]
-        return {"score": overall["score"], "ci95": overall["ci95"], "errors": summary["single"]["errors"]}
+        return {"score": overall["score"], "ci95": overall["ci95"], "errors": summary["single"]["errors"],
+                "failed_items": summary.get("failed_items", 0)}
+    if summary.get("kind") == "ifeval":
+        return {name: {"value": row["value"], "ci95": row["ci95"]} for name, row in summary["metrics"].items()}
     if "tasks" in summary:
         return {name: {"metric": row["metric"], "value": row["value"], "ci95": row["ci95"]}
                 for name, row in summary["tasks"].items()}
@@ -156,12 +183,9 @@ def _mt_bench(recipe, name: str, spec: str, judge: CachedModel, model: CachedMod
         settings = student.model_dump() | {"spec": spec}
         model = open_model(ModelConfig(**settings), role=f"student:{name}", cache=judge.cache)
     result = run_mt_bench(model, judge, out, recipe.eval.mt_bench, name, spec_label(recipe.models.judge.spec))
-    items = result["questions"] * 2 * recipe.eval.mt_bench.judge_repeats
-    rate = result["single"]["errors"] / max(items, 1)
-    if rate > recipe.run.max_failure_rate:
-        raise BezoarError(f"eval: the judge gave no readable rating for {rate:.0%} of {name}'s MT-Bench items "
-                          f"(over run.max_failure_rate={recipe.run.max_failure_rate}); see "
-                          f"{result['files']['single']} — use a judge that follows the [[rating]] format")
+    guard = FailureLog(Path(result["failures_file"]), f"eval mt-bench {name}", recipe.run.max_failure_rate)
+    guard.tried, guard.failed = result["tried_items"], result["failed_items"]
+    guard.check()
     return result
 
 
