@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, ValidationError, field_serializer,
+                      field_validator, model_validator)
 
 from bezoar.errors import ConfigError, located
 
@@ -37,6 +38,8 @@ class ModelConfig(StrictModel):
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(6, ge=0)
     """Remote: retries on 429/5xx/timeouts/connection errors, with exponential backoff and jitter."""
+    retry_backoff_s: float = Field(0.5, ge=0)
+    """Remote: backoff base; retry k waits a random time up to base * 2**k (a server's Retry-After wins)."""
     api_key_env: str | None = None
     """Name of the environment variable holding the API key (the key itself never goes in a recipe)."""
     licence: str | None = None
@@ -69,6 +72,14 @@ class ModelConfig(StrictModel):
         except ValidationError as error:
             reasons = "; ".join(p["msg"].removeprefix("Value error, ") for p in error.errors())
             raise ConfigError(f"{option}: {reasons}") from None
+
+    @field_serializer("spec")
+    def _public_spec(self, value: str, info: SerializationInfo) -> str:
+        """Dumps (manifest, fingerprints, summaries) show the spec without URL credentials; only the hand-over
+        to a stage process asks for them, with `context={"credentials": True}`."""
+        from bezoar.llm.endpoints import public_spec
+
+        return value if (info.context or {}).get("credentials") else public_spec(value)
 
     @field_validator("api_key_env")
     @classmethod
@@ -183,6 +194,10 @@ def _message(problem: dict) -> str:
     message = message.removeprefix("Value error, ")
     got = problem.get("input")
     secret = any("key" in str(part) for part in problem["loc"])  # never echo what might be a secret
+    if problem["loc"] and problem["loc"][-1] == "spec" and isinstance(got, str):
+        from bezoar.llm.endpoints import public_spec
+
+        got = public_spec(got)  # a URL in a spec may carry a credential
     if not secret and not isinstance(got, (dict, list)) and got is not None:
         message += f" (got {got!r})"
     return message

@@ -49,7 +49,8 @@ def run_stage_process(function: str, recipe, run_dir: Path, cache_path: Path,
     """Run `module:function` on the recipe in a spawned child; wait for it and return its outcome."""
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and locks
     receiver, sender = context.Pipe(duplex=False)
-    recipe_data = (recipe.model_dump(mode="json"), str(getattr(recipe, "source_path", "")))
+    # The child needs the URL credentials the recipe's specs may carry (every other dump strips them).
+    recipe_data = (recipe.model_dump(mode="json", context={"credentials": True}), str(getattr(recipe, "source_path", "")))
     child = context.Process(target=_child_main, name=f"bezoar-{function}", daemon=False,
                             args=(function, recipe_data, str(run_dir), str(cache_path), totals,
                                   logging.getLogger().level, os.getpid(), sender, retry_failures))

@@ -1,6 +1,8 @@
-"""The `anthropic` backend: the Messages API (Claude 2.1 was the paper's MT-Bench judge)."""
+"""The `anthropic` backend: the Messages API (Claude 2.1 was the paper's MT-Bench judge), at
+api.anthropic.com or any server speaking it (`bezoar serve` does, at /v1/messages)."""
 from __future__ import annotations
 
+from bezoar.llm.endpoints import PROVIDER_URLS, Endpoint
 from bezoar.llm.protocol import Conversation, Reply, Sampling
 from bezoar.llm.remote import MalformedReply, RemoteBackend, RetryPolicy
 
@@ -8,15 +10,14 @@ API_VERSION = "2023-06-01"
 
 
 class AnthropicDialect:
-    def __init__(self, model: str, api_key: str | None):
+    def __init__(self, model: str):
         self.model = model
-        self._api_key = api_key
 
     def url(self, base: str) -> str:
         return f"{base}/v1/messages"
 
-    def headers(self) -> dict[str, str]:
-        return {"x-api-key": self._api_key or "", "anthropic-version": API_VERSION}
+    def headers(self, api_key: str | None) -> dict[str, str]:
+        return {"anthropic-version": API_VERSION, **({"x-api-key": api_key} if api_key else {})}
 
     def body(self, conversation: Conversation, sampling: Sampling, sample_index: int) -> dict:
         # The Messages API takes the system prompt apart from the turns.
@@ -32,9 +33,13 @@ class AnthropicDialect:
         return body
 
     def parse(self, payload: dict) -> Reply:
-        blocks = [b.get("text", "") for b in payload["content"] if b.get("type") == "text"]
         if payload.get("type") == "error" or not isinstance(payload["content"], list):
             raise MalformedReply("no content blocks")
+        if payload.get("stop_reason") == "refusal":  # a refusal: asking again gets the same answer
+            return Reply.failure("refused by the server's safety filter (stop_reason: refusal)")
+        blocks = [b["text"] for b in payload["content"] if b.get("type") == "text"]
+        if not all(isinstance(b, str) for b in blocks):
+            raise MalformedReply("a text block holds no text")
         usage = payload.get("usage") or {}
         return Reply(text="".join(blocks),
                      finish_reason="length" if payload.get("stop_reason") == "max_tokens" else "stop",
@@ -43,8 +48,10 @@ class AnthropicDialect:
 
 
 class AnthropicBackend(RemoteBackend):
-    def __init__(self, model: str, url: str, api_key: str | None, concurrency: int = 4,
-                 timeout_s: float = 120.0, max_retries: int = 6):
-        super().__init__(f"anthropic:{model}", AnthropicDialect(model, api_key), (url,), concurrency,
-                         RetryPolicy(max_retries, timeout_s))
-        self.identity = f"anthropic:{model}"
+    def __init__(self, model: str, endpoints: tuple[Endpoint, ...], concurrency: int = 4,
+                 policy: RetryPolicy | None = None):
+        super().__init__(f"anthropic:{model}", AnthropicDialect(model), endpoints, concurrency, policy or RetryPolicy())
+        # Anthropic's own API keeps the identity it always had (existing caches stay valid); any other
+        # server is named by its URL, as for openai.
+        urls = sorted(e.public for e in endpoints)
+        self.identity = f"anthropic:{model}" + ("" if urls == [PROVIDER_URLS["anthropic"]] else f"@{','.join(urls)}")

@@ -1,4 +1,6 @@
-"""`bezoar serve`: an OpenAI-compatible chat-completions server over the local backend.
+"""`bezoar serve`: an OpenAI-compatible chat-completions server over the local backend, which also speaks
+Anthropic's Messages API (`POST /v1/messages`), so that an `anthropic:NAME@http://HOST:PORT` role can be
+rehearsed on this machine.
 
 Requests are continuously batched: each joins the running batch as soon as a slot is free and
 leaves it as soon as it is done (batching is where the speed is on CPU: ~10x one-by-one). Users serve a trained student with it; the judge and MT-Bench stages then talk to it over HTTP.
@@ -13,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +51,45 @@ class ChatRequest(BaseModel):
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return Sampling(temperature=self.temperature, top_p=self.top_p, n=self.n, stop=tuple(stop),
                         max_new_tokens=self.max_completion_tokens or self.max_tokens or 512, seed=self.seed or 0)
+
+
+class TextBlock(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["text"] = "text"
+    text: str
+
+
+def _text(content: str | list[TextBlock]) -> str:
+    return content if isinstance(content, str) else "".join(block.text for block in content)
+
+
+class AnthropicMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["user", "assistant"]
+    content: str | list[TextBlock]
+
+
+class MessagesRequest(BaseModel):
+    """The subset of Anthropic's Messages request that a local model can honour; other fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = ""
+    system: str | list[TextBlock] | None = None
+    messages: list[AnthropicMessageIn] = Field(min_length=1)
+    max_tokens: int = Field(ge=1)
+    temperature: float = Field(1.0, ge=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop_sequences: list[str] | None = None
+    stream: Literal[False] = False
+    """Streaming is not offered: a client that asks for it gets a 400, not a body it cannot read."""
+
+    def conversation(self) -> list[dict]:
+        system = [{"role": "system", "content": _text(self.system)}] if self.system else []
+        return system + [{"role": m.role, "content": _text(m.content)} for m in self.messages]
+
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_tokens,
+                        stop=tuple(self.stop_sequences or ()))
 
 
 class QueueSource:
@@ -123,11 +165,15 @@ def create_app(engine: Engine, model_name: str):
     app = FastAPI(title="bezoar serve")
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, error: RequestValidationError):
+    async def _invalid(request: Request, error: RequestValidationError):
         problem = error.errors()[0]
         where = ".".join(str(p) for p in problem["loc"] if p != "body")
+        message = f"{where}: {problem['msg']}" if where else problem["msg"]
+        if request.url.path.endswith("/messages"):  # each API's own error shape
+            return JSONResponse(status_code=400, content={"type": "error", "error": {
+                "type": "invalid_request_error", "message": message}})
         return JSONResponse(status_code=400, content={"error": {
-            "message": f"{where}: {problem['msg']}", "type": "invalid_request_error", "param": where}})
+            "message": message, "type": "invalid_request_error", "param": where}})
 
     @app.get("/v1/models")
     async def models():
@@ -150,7 +196,23 @@ def create_app(engine: Engine, model_name: str):
             return StreamingResponse(_as_stream(body), media_type="text/event-stream")
         return body
 
+    @app.post("/v1/messages")
+    async def messages(request: MessagesRequest):
+        try:
+            replies = await engine.submit(request.conversation(), request.sampling())
+        except Exception as error:
+            return JSONResponse(status_code=500, content={"type": "error", "error": {"type": "api_error", "message": str(error)}})
+        return _message(replies[0], model_name)
+
     return app
+
+
+def _message(reply: Reply, model_name: str) -> dict:
+    """An Anthropic Messages API reply."""
+    return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": model_name,
+            "content": [{"type": "text", "text": reply.text}],
+            "stop_reason": "max_tokens" if reply.finish_reason == "length" else "end_turn", "stop_sequence": None,
+            "usage": {"input_tokens": reply.prompt_tokens, "output_tokens": reply.completion_tokens}}
 
 
 def _completion(replies: list[Reply], model_name: str) -> dict:

@@ -4,8 +4,13 @@
     local:PATH                 a transformers directory, a LoRA adapter directory, or a .gguf file
     local:ORG/NAME             a hub id, for users with hub access
     openai:MODEL@URL[,URL...]  any OpenAI-compatible server (vLLM, TGI, llama.cpp, bezoar serve, OpenAI);
-                               several URLs spread the load; without @URL, api.openai.com
-    anthropic:MODEL            the Anthropic Messages API (e.g. anthropic:claude-2.1, the paper's judge)
+                               several URLs spread the load and fail over; without @URL, api.openai.com
+    anthropic:MODEL[@URL,...]  the Anthropic Messages API (e.g. anthropic:claude-2.1, the paper's judge),
+                               or any server speaking it (bezoar serve: anthropic:NAME@http://HOST:PORT)
+
+Keys: OPENAI_API_KEY / ANTHROPIC_API_KEY go only to api.openai.com / api.anthropic.com; any other URL
+gets a key only from the variable the role names in `api_key_env`. Credentials written into a URL are
+used on the wire and stripped everywhere else (see `bezoar.llm.endpoints`).
 """
 from __future__ import annotations
 
@@ -15,12 +20,13 @@ from typing import TYPE_CHECKING
 
 from bezoar.errors import ConfigError
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
+from bezoar.llm.endpoints import PROVIDER_KEY_ENV, PROVIDER_URLS, Endpoint, provider_host, public_spec, public_url
 
 if TYPE_CHECKING:
     from bezoar.config import ModelConfig
 
-OPENAI_URL = "https://api.openai.com/v1"
-ANTHROPIC_URL = "https://api.anthropic.com"
+OPENAI_URL = PROVIDER_URLS["openai"]
+ANTHROPIC_URL = PROVIDER_URLS["anthropic"]
 KINDS = ("local", "openai", "anthropic")
 
 
@@ -31,27 +37,28 @@ class Spec:
     urls: tuple[str, ...] = field(default_factory=tuple)
 
     def __str__(self) -> str:
+        """The spec without the credentials its URLs may carry."""
         text = self.kind + (f":{self.model}" if self.model else "")
-        return text + (f"@{','.join(self.urls)}" if self.urls and self.kind != "local" else "")
+        return text + (f"@{','.join(public_url(u) for u in self.urls)}" if self.urls and self.kind != "local" else "")
 
 
 def parse_spec(text: str) -> Spec:
     """Parse a spec string; raises ValueError with the accepted forms when it is not one."""
     text = (text or "").strip()
+    shown = public_spec(text)  # messages never echo a credential
     kind, _, rest = text.partition(":")
     if kind not in KINDS:
-        raise ValueError(f"model spec '{text}' must start with one of {', '.join(KINDS)} "
+        raise ValueError(f"model spec '{shown}' must start with one of {', '.join(KINDS)} "
                          "(e.g. local, local:PATH, openai:MODEL@URL, anthropic:MODEL)")
     if kind == "local":
         return Spec("local", rest or None)
     model, _, urls = rest.partition("@")
     if not model:
-        raise ValueError(f"model spec '{text}' names no model: write {kind}:MODEL")
-    default = OPENAI_URL if kind == "openai" else ANTHROPIC_URL
-    url_list = tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip()) or (default,)
+        raise ValueError(f"model spec '{shown}' names no model: write {kind}:MODEL")
+    url_list = tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip()) or (PROVIDER_URLS[kind],)
     for url in url_list:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"model spec '{text}': '{url}' is not an http(s) URL")
+            raise ValueError(f"model spec '{shown}': '{public_url(url)}' is not an http(s) URL")
     return Spec(kind, model, url_list)
 
 
@@ -62,26 +69,36 @@ def build_backend(config: "ModelConfig"):
         from bezoar.llm.local import LocalBackend
 
         return LocalBackend(spec.model, batch_size=config.batch_size, dtype=config.dtype)
-    api_key = _api_key(config, spec)
+    from bezoar.llm.remote import RetryPolicy
+
+    endpoints = endpoints_for(config, spec)
+    policy = RetryPolicy(config.max_retries, config.timeout_s, config.retry_backoff_s)
     if spec.kind == "openai":
         from bezoar.llm.openai_compat import OpenAIBackend
 
-        return OpenAIBackend(spec.model, spec.urls, api_key, concurrency=config.concurrency,
-                             timeout_s=config.timeout_s, max_retries=config.max_retries)
+        return OpenAIBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
     from bezoar.llm.anthropic_api import AnthropicBackend
 
-    return AnthropicBackend(spec.model, spec.urls[0], api_key, concurrency=config.concurrency,
-                            timeout_s=config.timeout_s, max_retries=config.max_retries)
+    return AnthropicBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
 
 
-def _api_key(config: "ModelConfig", spec: Spec) -> str | None:
-    """The key is read from the environment variable the recipe names; the key itself is never stored."""
-    name = config.api_key_env or ("OPENAI_API_KEY" if spec.kind == "openai" else "ANTHROPIC_API_KEY")
-    key = os.environ.get(name)
-    needs_key = spec.kind == "anthropic" or any("api.openai.com" in u for u in spec.urls)
-    if needs_key and not key:
-        raise ConfigError(f"model '{spec}': environment variable {name} is not set (it must hold the API key)")
-    return key
+def endpoints_for(config: "ModelConfig", spec: Spec) -> tuple[Endpoint, ...]:
+    """Each URL with the key it may carry: the variable named by `api_key_env` goes to every URL of
+    the role; a provider's default variable only to that provider's own host; other URLs get none.
+    Raises ConfigError when a key the role needs is not set (the key itself is never stored)."""
+    found = []
+    for url in spec.urls:
+        name = config.api_key_env or (PROVIDER_KEY_ENV[spec.kind] if provider_host(spec.kind, url) else None)
+        key = os.environ.get(name) if name else None
+        if name and not key:
+            raise ConfigError(f"model '{spec}': environment variable {name} is not set (it must hold the API key)")
+        found.append(Endpoint.parse(url, api_key=key, key_source=name))
+    return tuple(found)
+
+
+def _api_key(config: "ModelConfig", spec: Spec) -> None:
+    """Check that every key the role needs is set (raises ConfigError naming the variable)."""
+    endpoints_for(config, spec)
 
 
 _BACKENDS: dict[tuple, object] = {}
@@ -99,7 +116,9 @@ def release_models(keep: list[CachedModel]) -> None:
 
 def open_model(config: "ModelConfig", role: str = "model", cache: CallCache | None = None) -> CachedModel:
     """A role-bound, cached model. Roles with the same config share one backend (and its weights)."""
-    key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env)
+    names = [config.api_key_env, *PROVIDER_KEY_ENV.values()]  # a changed key builds a new backend
+    key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,
+           config.max_retries, config.retry_backoff_s, tuple(os.environ.get(n) for n in names if n))
     if key not in _BACKENDS:
         _BACKENDS[key] = build_backend(config)
     budget = Budget(max_calls=config.max_calls, max_cost=config.max_cost,
