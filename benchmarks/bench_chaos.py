@@ -16,6 +16,7 @@ reference itself: the ratio printed is the chaos run's wall time over the refere
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import sys
@@ -46,6 +47,7 @@ def main() -> None:
 
 
 def bench(root: Path, kills: int, rng: random.Random) -> dict:
+    os.environ.setdefault("BEZOAR_DATA", str(DATA))  # defaults not in the recipe (e.g. eval.ifeval) read it
     smoke_recipe(root / "reference.yaml", "reference", DATA)
     smoke_recipe(root / "chaos.yaml", "chaos", DATA)
     reference, chaos_dir = root / "runs" / "reference", root / "runs" / "chaos"

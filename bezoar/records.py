@@ -213,11 +213,16 @@ def _named(path: Path):
 def write_json(path: Path | str, value: Any) -> None:
     """Atomic, durable JSON write (manifests, summaries): a crash or power loss leaves the old file or
     the new one, never a torn or empty one (fsync of the file before the rename, of the directory after)."""
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def write_text(path: Path | str, text: str) -> None:
+    """Atomic, durable text write (JSON, the report, cards); see `write_json`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with _removed_on_error(tmp, path), open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(value, indent=2, ensure_ascii=False, default=str) + "\n")
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)

@@ -153,8 +153,10 @@ def new_calls(before: dict[str, float], after: dict[str, float]) -> tuple[int, i
 
 def timed_run(command: list[str], cwd: Path, run_dir: Path, timeout_s: float) -> tuple[float, dict[str, float]]:
     """Run to the end, recording when each stage was first seen running; returns (seconds, starts)."""
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    log = run_dir.parent / f"{run_dir.name}.log"  # a file, not a pipe: nobody reads a pipe while it runs
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as stderr:
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     start, starts = time.time(), {}
     try:
         while process.poll() is None:
@@ -168,9 +170,8 @@ def timed_run(command: list[str], cwd: Path, run_dir: Path, timeout_s: float) ->
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=60)
-    stderr = process.stderr.read()
     if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(command)} exited {process.returncode}: {log.read_text()[-3000:]}")
     return time.time() - start, starts
 
 
@@ -204,14 +205,15 @@ def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill
         chaos.attempts.append(attempt)
         if not attempt.killed:  # it ran to its end before the kill: the rest of the plan is moot
             if attempt.returncode != 0:
-                raise RuntimeError(f"attempt {len(chaos.attempts)} ({attempt.target}) exited {attempt.returncode}")
+                log = (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
+                raise RuntimeError(f"attempt {len(chaos.attempts)} ({attempt.target}) exited {attempt.returncode}: {log}")
             break
     return chaos
 
 
 def _attempt(command: list[str], cwd: Path, run_dir: Path, kill: Kill | None, deadline: float) -> Attempt:
-    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+    with open(run_dir.parent / f"{run_dir.name}.log", "ab") as stderr:  # every attempt's log, one after another
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     attempt, start, seen = Attempt(target=kill.stage if kill else "end", killed=False), time.time(), None
     try:
         while process.poll() is None:
@@ -415,6 +417,7 @@ def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random
 
 def smoke_runs(root: Path, data_dir: Path, seed: int = 0) -> SmokeRuns:
     """The reference run, then the killed one (planned by `ci_plan`), then the comparison."""
+    os.environ.setdefault("BEZOAR_DATA", str(data_dir))  # defaults not in the recipe (e.g. eval.ifeval) read it
     smoke_recipe(root / "reference.yaml", "reference", data_dir)
     smoke_recipe(root / "killed.yaml", "killed", data_dir)
     reference, killed = root / "runs" / "reference", root / "runs" / "killed"

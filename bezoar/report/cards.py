@@ -6,23 +6,19 @@ and its licence lineage with the commercial-use verdict, so it can be shared wit
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import yaml
 
-from bezoar.records import Lineage, Record
+from bezoar.records import Lineage, Record, write_text
 from bezoar.report.run_data import RunData
 
 STAGE_OF_CHECKPOINT = {"sft-hh": "sft_hh", "dpo": "dpo"}
 
 
 def _write(path: Path, front: dict, body: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
 
 
 def _licence_lines(lineage: Lineage) -> str:

@@ -177,17 +177,13 @@ def render(data: RunData) -> str:
 
 def write_report(run_dir: Path) -> Path:
     """Write run_dir/report/index.html (atomically) and the data set and model cards; returns the path."""
-    import os
-
+    from bezoar.records import write_text
     from bezoar.report.cards import write_cards
 
     data = load(Path(run_dir))
     write_cards(data)
     out = Path(run_dir) / "report" / "index.html"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(render(data), encoding="utf-8")
-    os.replace(tmp, out)
+    write_text(out, render(data))
     return out
 
 
