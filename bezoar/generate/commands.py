@@ -18,7 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def generate_command(
-    method: str = typer.Option(..., "--method", help="lamini, evol or orca."),
+    method: str = typer.Option(..., "--method", help="lamini, evol, orca, or constraints (verifiable constraint prompts, no teacher)."),
     out: Path = typer.Option(..., "--out", help="Output JSONL; rejections go to OUT.rejected.jsonl beside it."),
     seeds: Optional[list[Path]] = typer.Option(None, "--seeds", help="Seed files (JSONL(.gz), JSON array, FLAN TSV(.gz)); several may follow one --seeds."),
     more_seeds: Optional[list[Path]] = typer.Argument(None, hidden=True),
@@ -77,8 +77,8 @@ def _recipe_parts(recipe: Path | None, method: str):
     from bezoar.generate.config import GenerateConfig
     from bezoar.generate.stage import METHODS
 
-    if method not in METHODS:
-        raise ConfigError(f"--method: '{method}' is not one of {', '.join(METHODS)}")
+    if method not in (*METHODS, "constraints"):
+        raise ConfigError(f"--method: '{method}' is not one of {', '.join(METHODS)}, constraints")
     if recipe is None:
         return GenerateConfig().scheme(method), ModelsConfig(), RunConfig()
     from bezoar.config import load_recipe
@@ -88,6 +88,11 @@ def _recipe_parts(recipe: Path | None, method: str):
 
 
 def _print_summary(summary: dict) -> None:
+    if summary["method"] == "constraints":
+        console.print(f"{summary['records']} constraint prompts from {summary['seed_rows']} seed rows; "
+                      f"instruction types: {', '.join(f'{k} {v}' for k, v in summary['types'].items())}")
+        print(summary["output"])
+        return
     table = Table(title=f"generate {summary['method']}", show_header=False)
     usage = summary.get("usage", {})
     rows = [("records", summary["records"]), ("new this run", summary["new_records"]),

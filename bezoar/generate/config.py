@@ -140,12 +140,32 @@ class OrcaConfig(SchemeConfig):
         return self
 
 
+class ConstraintsConfig(SchemeConfig):
+    """Constraint prompts (Tulu 3's verifiable rewards): seed instructions plus 1-3 constraints from
+    bezoar's catalogue of IFEval's 25 instruction types, which lm-eval's checkers verify. No teacher."""
+
+    n: int = Field(0, ge=0)
+    types: list[str] | None = None
+    """Instruction ids to draw from (e.g. `punctuation:no_comma`); None is the whole catalogue."""
+    min_constraints: int = Field(1, ge=1, le=3)
+    max_constraints: int = Field(3, ge=1, le=3)
+    """Constraints per prompt, drawn uniformly in [min, max] (compatible ones only)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ConstraintsConfig":
+        if self.min_constraints > self.max_constraints:
+            raise ValueError(f"min_constraints ({self.min_constraints}) is above max_constraints ({self.max_constraints})")
+        return self
+
+
 class GenerateConfig(StrictModel):
     """The generate stage: writes data/generated/{lamini,evol,orca}.jsonl under the run directory."""
 
     lamini: LaMiniConfig = Field(default_factory=LaMiniConfig)
     evol: EvolConfig = Field(default_factory=EvolConfig)
     orca: OrcaConfig = Field(default_factory=OrcaConfig)
+    constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
+    """Written to data/prompts/constraints.jsonl (prompts only: the preferences stage answers them)."""
 
     def scheme(self, method: str) -> SchemeConfig:
         return getattr(self, method)

@@ -47,8 +47,16 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
     the licence gate and the seed files have passed, so a refused run costs nothing. An `out` made
     with other settings is an error, or with `restart_on_change` is generated again from scratch.
     """
+    if method == "constraints":  # prompts from a program: no teacher, no judge
+        from bezoar.generate.constraints import generate_constraints
+
+        if require_commercial_use:
+            for seed_file in config.seeds:
+                dataset, licence = dataset_licence(str(seed_file.path), seed_file.licence)
+                require_commercial("seed", f"{seed_file.path} ({dataset})", licence)
+        return generate_constraints(config, out, seed)
     if method not in METHODS:
-        raise ConfigError(f"generate: unknown method '{method}' (choose one of {', '.join(METHODS)})")
+        raise ConfigError(f"generate: unknown method '{method}' (choose one of {', '.join(METHODS)}, constraints)")
     if not config.seeds:
         raise ConfigError(f"generate.{method}.seeds: no seed files given (use --seeds PATH or the recipe)")
     if require_commercial_use:
@@ -115,8 +123,13 @@ def run_generate(recipe, run_dir: Path, models: dict) -> dict:
                                    seed=recipe.run.seed, judge=judge, judge_spec=recipe.models.judge.spec,
                                    teacher_licence=teacher_config.licence, restart_on_change=True,
                                    max_failure_rate=recipe.run.max_failure_rate)
-    return {"schemes": results, "outputs": {m: str(OutputFiles(Path(r["output"])).records) for m, r in results.items()},
-            "failed_items": sum(r["failed_items"] for r in results.values())}
+    outputs = {m: str(OutputFiles(Path(r["output"])).records) for m, r in results.items()}
+    if section.constraints.n > 0:  # prompts only, outside data/generated: the filter stage never sees them
+        out = Path(run_dir) / "data" / "prompts" / "constraints.jsonl"
+        results["constraints"] = generate("constraints", section.constraints, None, "", out, seed=recipe.run.seed,
+                                          require_commercial_use=recipe.run.require_commercial_use)
+        outputs["constraints"] = str(out)
+    return {"schemes": results, "outputs": outputs, "failed_items": sum(r["failed_items"] for r in results.values())}
 
 
 __all__ = ["generate", "run_generate", "check_licences", "EvolConfig", "LaMiniConfig", "OrcaConfig"]
