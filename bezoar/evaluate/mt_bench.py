@@ -157,12 +157,14 @@ def grade(judge: CachedModel, conversations: list[list[dict]], read: Callable[[s
         for key in pending:
             groups[_judge_sampling(config, key[1], attempt)].append(key)
         pending = []
+        prefill = config.judge_prefill or ""
+        opened = [{"role": "assistant", "content": prefill}] if prefill else []
         for sampling, keys in groups.items():
-            replies = judge.chat([conversations[item] for item, _ in keys], sampling, progress)
+            replies = judge.chat([conversations[item] + opened for item, _ in keys], sampling, progress)
             for key, reply in zip(keys, replies):
-                value = read(reply.text) if not reply.failed else None
+                value = read(prefill + reply.text) if not reply.failed else None
                 error = None if value is not None else _why(reply, attempt + 1)
-                results[key] = Graded(value, reply.text, attempt + 1, error)
+                results[key] = Graded(value, prefill + reply.text, attempt + 1, error)
                 if value is None:
                     pending.append(key)
         if not pending:
@@ -194,17 +196,18 @@ def judges_for(judge: CachedModel, mode: str) -> tuple[CachedModel, CachedModel,
     """
     from bezoar.llm.local import LocalBackend
 
-    local = judge.backend if isinstance(judge.backend, LocalBackend) else None
-    if mode == "generate" or (mode == "auto" and local is None):
+    local = isinstance(judge.backend, LocalBackend)
+    if mode == "generate" or (mode == "auto" and not local):
         return judge, judge, "generate"
-    if local is None:
-        raise ConfigError(f"judge_mode next_token needs a local judge (got {judge.identity}); use generate")
+    if judge.identity.startswith("anthropic:"):
+        raise ConfigError(f"judge_mode next_token needs a local or OpenAI-compatible judge (got {judge.identity}: "
+                          "the Messages API returns no log-probabilities); use generate")
     from bezoar.filter.next_token import pair_scorer, rating_scorer
 
     def wrap(backend) -> CachedModel:
         return CachedModel(backend, judge.cache, role=judge.role, usage=judge.usage, budget=judge.budget)
 
-    return wrap(rating_scorer(local)), wrap(pair_scorer(local)), "next_token"
+    return wrap(rating_scorer(judge.backend)), wrap(pair_scorer(judge.backend)), "next_token"
 
 
 # --- the whole benchmark -------------------------------------------------------------------------
@@ -297,6 +300,8 @@ def run_mt_bench(model: CachedModel, judge: CachedModel, out_dir: Path, config: 
     write_jsonl(answer_file, records)
     answers = load_answers(answer_file)
     rater, comparer, mode = judges_for(judge, config.judge_mode)
+    if mode != "generate":  # a next-token judge has its own prefix
+        config = config.model_copy(update={"judge_prefill": None})
     summary = {"model_id": model_id, "judge_id": judge_id, "model": model.identity, "judge": rater.identity,
                "judge_mode": mode, "questions": len(questions), "files": {"answers": str(answer_file)}}
     items = sum(min(2, len(q.turns)) for q in questions) * config.judge_repeats

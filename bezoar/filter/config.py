@@ -97,8 +97,9 @@ class JudgeConfig(StrictModel):
     enabled: bool = True
     scoring: Literal["auto", "generate", "logprobs"] = "auto"
     """`generate`: the judge writes its answer and we parse it. `logprobs`: the rating is the expected value of
-    the next-token distribution over 1..10 after "Rating: [[" (local models only; small models that ignore
-    formats still give a usable distribution). `auto`: logprobs for local judges, generate for remote ones."""
+    the next-token distribution over 1..10 after "Rating: [[" (small models that ignore formats still give a
+    usable distribution): local models, and OpenAI-compatible servers returning `top_logprobs` with an
+    assistant prefill (vLLM, `bezoar serve`). `auto`: logprobs for local judges, generate for remote ones."""
     rule: Literal["auto", "rating", "verdict", "both", "top_fraction"] = "auto"
     """Accept when rating >= threshold (`rating`), when the verdict says accept (`verdict`; falls back to the
     rating if there is no verdict), when both hold (`both`), or the best-rated `keep_fraction` of the judged
@@ -114,6 +115,10 @@ class JudgeConfig(StrictModel):
     """The stricter prompt used once when a reply cannot be read."""
     max_new_tokens: int = Field(96, ge=1)
     """Longest judge reply (generate scoring)."""
+    prefill: str | None = None
+    """Generate scoring: start the judge's reply with this text (e.g. `"Rating: [["`), so a judge that drifts
+    from the format is put on it. Works with local models, `bezoar serve`, vLLM (`continue_final_message`)
+    and Anthropic; not with api.openai.com, which does not continue an assistant message."""
     max_chars: int = Field(6000, ge=100)
     """Instruction and response are each cut to this many characters before judging."""
     chunk_size: int = Field(64, ge=1)

@@ -81,13 +81,14 @@ class JudgeResult:
 
 
 def scoring_mode(model: CachedModel, requested: str) -> str:
-    """`auto` → next-token scoring for local judges, generated replies for remote ones."""
+    """`auto` → next-token scoring for local judges, generated replies for remote ones (`logprobs` works
+    with OpenAI-compatible servers that return `top_logprobs`: vLLM, `bezoar serve`; not Anthropic)."""
     from bezoar.llm.local import LocalBackend
 
     local = isinstance(model.backend, LocalBackend)
-    if requested == "logprobs" and not local:
-        raise ConfigError(f"filter.judge.scoring: logprobs needs a local judge, but the judge is {model.identity}; "
-                          "use scoring: generate (or auto)")
+    if requested == "logprobs" and model.identity.startswith("anthropic:"):
+        raise ConfigError(f"filter.judge.scoring: logprobs needs a local or OpenAI-compatible judge, but the judge "
+                          f"is {model.identity} (the Messages API returns no log-probabilities); use scoring: generate")
     return "logprobs" if requested == "logprobs" or (requested == "auto" and local) else "generate"
 
 
@@ -124,15 +125,17 @@ def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig
     prompt, strict = load_prompt(config.prompt), load_prompt(config.strict_prompt)
     pairs = [(_cut(r.instruction, config.max_chars), _cut(r.response, config.max_chars)) for r in records]
     sampling = Sampling(temperature=0.0, max_new_tokens=config.max_new_tokens)
-    first = _chat(caller, [prompt.render(instruction=i, response=r) for i, r in pairs], sampling, config, progress)
-    results = [_result(reply, config, mode, caller.identity, prompt.id) for reply in first]
+    prefill = config.prefill if mode == "generate" and config.prefill else None
+    ask = (lambda conversation: conversation + [{"role": "assistant", "content": prefill}]) if prefill else (lambda c: c)
+    first = _chat(caller, [ask(prompt.render(instruction=i, response=r)) for i, r in pairs], sampling, config, progress)
+    results = [_result(_prefilled(reply, prefill), config, mode, caller.identity, prompt.id) for reply in first]
     retry = [i for i, result in enumerate(results) if result.error]
     if retry:
         log.info("judge: %d of %d replies unreadable, asking again with the strict prompt", len(retry), len(records))
         again = _chat(caller, [strict.render(instruction=pairs[i][0], response=pairs[i][1]) for i in retry],
                       sampling, config, None)
         for index, reply in zip(retry, again):
-            second = _result(reply, config, mode, caller.identity, strict.id)
+            second = _result(reply, config, mode, caller.identity, strict.id)  # the strict prompt asks for JSON
             second.attempts, second.raw = 2, results[index].raw + second.raw
             if second.error == "unreadable":
                 second.error = "judge_error"
@@ -140,6 +143,13 @@ def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig
     if config.rule == "top_fraction":
         _keep_top(results, config.keep_fraction)
     return results
+
+
+def _prefilled(reply: Reply, prefill: str | None) -> Reply:
+    """The judge's reply as the rubric asks for it: the prefill it was started on, then its continuation."""
+    if not prefill or reply.failed:
+        return reply
+    return Reply(prefill + reply.text, reply.finish_reason, reply.prompt_tokens, reply.completion_tokens, reply.cached)
 
 
 def _keep_top(results: list[JudgeResult], fraction: float) -> None:

@@ -1,4 +1,4 @@
-"""Judging by next-token probabilities: a backend wrapper for local judges that ignore output formats.
+"""Judging by next-token probabilities: backend wrappers for judges that ignore output formats.
 
 SmolLM2-135M asked to "reply with only the number" starts "The response..." (MACHINE-NOTES §2b), but
 its distribution over the next token after "Rating: [[" still ranks 1..10. This wrapper speaks the
@@ -11,6 +11,11 @@ resumable), and it answers in the very format the rubric asks for, followed by t
 so the judge's parser reads it exactly as it reads a remote judge's reply. The rating is the expected
 value over the choices (G-Eval's probability-weighted score), which separates records far better than
 the argmax digit.
+
+A local judge is scored in one forward pass (`NextTokenScorer`); an OpenAI-compatible one (vLLM,
+`bezoar serve`) through the API: the prefix as an assistant prefill, one token, `top_logprobs: 20`
+(`TopLogprobScorer`). The API shows only the first token, so there "10" counts as "1" (the two share
+it in most tokenizers): a slight pull towards 1 that the ranking of records survives.
 """
 from __future__ import annotations
 
@@ -88,16 +93,7 @@ class NextTokenScorer:
         return exact
 
     def _reply(self, raw: dict[str, float], prompt_tokens: int) -> Reply:
-        mass = sum(raw.values())
-        probabilities = {c: (p / mass if mass > 0 else 1.0 / len(raw)) for c, p in raw.items()}
-        if self.expected_value:
-            value = f"{sum(float(c) * p for c, p in probabilities.items()):.2f}"
-        else:
-            value = max(probabilities, key=probabilities.get)
-        evidence = json.dumps({"probabilities": {c: round(p, 4) for c, p in probabilities.items()},
-                               "mass": round(mass, 4)})
-        return Reply(text=f"{self.prefix}{value}]]\n{evidence}", finish_reason="stop",
-                     prompt_tokens=prompt_tokens, completion_tokens=0)
+        return _as_reply(self.prefix, raw, self.expected_value, prompt_tokens)
 
 
 def _batches(order: list[int], lengths: list[int], max_rows: int, max_tokens: int = TOKENS_PER_BATCH):
@@ -114,11 +110,69 @@ def _batches(order: list[int], lengths: list[int], max_rows: int, max_tokens: in
         yield batch
 
 
-def rating_scorer(local) -> NextTokenScorer:
+class TopLogprobScorer:
+    """Wraps a remote (OpenAI-compatible) backend; replies in `NextTokenScorer`'s format, from the API's
+    `top_logprobs` of the first token after the prefix."""
+
+    TOP = 20  # the most OpenAI's API returns
+
+    def __init__(self, remote, prefix: str, choices: tuple[str, ...], expected_value: bool):
+        self.remote, self.prefix, self.choices, self.expected_value = remote, prefix, choices, expected_value
+        tag = canonical_hash({"prefix": prefix, "choices": choices, "ev": expected_value, "v": VERSION})[:12]
+        self.identity = f"{remote.identity}|top-logprobs:{tag}"
+
+    def generate(self, conversations: list[Conversation], sampling: Sampling,
+                 on_reply: OnReply | None = None) -> list[list[Reply]]:
+        asked = [c + [{"role": "assistant", "content": self.prefix}] for c in conversations]
+        one_token = Sampling(temperature=0.0, max_new_tokens=1, top_logprobs=self.TOP, seed=sampling.seed)
+
+        results: dict[int, list[Reply]] = {}
+
+        def scored(index: int, replies: list[Reply]) -> None:
+            results[index] = [self._reply(r) for r in replies]
+            if on_reply:
+                on_reply(index, results[index])
+
+        self.remote.generate(asked, one_token, on_reply=scored)
+        return [results[i] for i in range(len(conversations))]
+
+    def _reply(self, reply: Reply) -> Reply:
+        if reply.failed:
+            return reply
+        if not reply.top_logprobs:
+            return Reply.failure(f"{self.remote.identity} returned no top_logprobs: it cannot be scored by "
+                                 "logprobs (use scoring: generate)")
+        raw = {c: 0.0 for c in self.choices}
+        for token, logprob in reply.top_logprobs.items():
+            if token.strip() in raw:
+                raw[token.strip()] += math.exp(logprob)
+        return _as_reply(self.prefix, raw, self.expected_value, reply.prompt_tokens)
+
+
+def _as_reply(prefix: str, raw: dict[str, float], expected_value: bool, prompt_tokens: int) -> Reply:
+    mass = sum(raw.values())
+    probabilities = {c: (p / mass if mass > 0 else 1.0 / len(raw)) for c, p in raw.items()}
+    if expected_value:
+        value = f"{sum(float(c) * p for c, p in probabilities.items()):.2f}"
+    else:
+        value = max(probabilities, key=probabilities.get)
+    evidence = json.dumps({"probabilities": {c: round(p, 4) for c, p in probabilities.items()}, "mass": round(mass, 4)})
+    return Reply(text=f"{prefix}{value}]]\n{evidence}", finish_reason="stop", prompt_tokens=prompt_tokens,
+                 completion_tokens=0)
+
+
+def _scorer(backend, prefix: str, choices: tuple[str, ...], expected_value: bool):
+    from bezoar.llm.local import LocalBackend
+
+    kind = NextTokenScorer if isinstance(backend, LocalBackend) else TopLogprobScorer
+    return kind(backend, prefix, choices, expected_value)
+
+
+def rating_scorer(backend) -> NextTokenScorer | TopLogprobScorer:
     """Expected 1-10 rating after the rubric's "Rating: [[" (see bezoar/prompts/judge_rubric.txt)."""
-    return NextTokenScorer(local, "Rating: [[", RATINGS, expected_value=True)
+    return _scorer(backend, "Rating: [[", RATINGS, expected_value=True)
 
 
-def pair_scorer(local) -> NextTokenScorer:
+def pair_scorer(backend) -> NextTokenScorer | TopLogprobScorer:
     """The likeliest of [[A]] / [[B]] / [[C]] (tie) after "Verdict: [[" (see judge_pairwise.txt)."""
-    return NextTokenScorer(local, "Verdict: [[", PAIR_CHOICES, expected_value=False)
+    return _scorer(backend, "Verdict: [[", PAIR_CHOICES, expected_value=False)

@@ -108,7 +108,10 @@ class LocalBackend:
         return self.loaded.tokenizer
 
     def render(self, conversation: Conversation) -> str:
-        """The prompt exactly as the model sees it: its chat template plus the assistant header."""
+        """The prompt exactly as the model sees it: its chat template plus the assistant header, or, when
+        the conversation ends with an assistant message, that message left open (a prefill the reply continues)."""
+        if conversation and conversation[-1]["role"] == "assistant":
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False, continue_final_message=True)
         return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
 
     def generate(self, conversations: list[Conversation], sampling: Sampling,

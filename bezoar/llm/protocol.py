@@ -19,6 +19,8 @@ class Sampling:
     stop: tuple[str, ...] = ()
     seed: int = 0
     n: int = 1
+    top_logprobs: int = 0
+    """Also return the `top_logprobs` likeliest first tokens with their log-probabilities (0: none)."""
 
     @property
     def greedy(self) -> bool:
@@ -26,8 +28,11 @@ class Sampling:
 
     def cache_fields(self) -> dict:
         """The fields that change a reply (an explicit allow-list: `n` is not one, the sample index is)."""
-        return {"temperature": self.temperature, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens, "stop": list(self.stop), "seed": self.seed}
+        fields = {"temperature": self.temperature, "top_p": self.top_p,
+                  "max_new_tokens": self.max_new_tokens, "stop": list(self.stop), "seed": self.seed}
+        if self.top_logprobs:  # only when asked, so every earlier key stays valid
+            fields["top_logprobs"] = self.top_logprobs
+        return fields
 
     def with_(self, **changes) -> "Sampling":
         values = asdict(self)
@@ -48,6 +53,8 @@ class Reply:
     completion_tokens: int = 0
     cached: bool = field(default=False, compare=False)
     error: str | None = field(default=None, compare=False)
+    top_logprobs: dict[str, float] | None = None
+    """The first token's likeliest alternatives (token text → log-probability), when Sampling asked."""
 
     @property
     def failed(self) -> bool:
@@ -58,8 +65,11 @@ class Reply:
         return cls(text="", finish_reason="error", error=error)
 
     def to_json(self) -> dict:
-        return {"text": self.text, "finish_reason": self.finish_reason,
-                "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        found = {"text": self.text, "finish_reason": self.finish_reason,
+                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens}
+        if self.top_logprobs is not None:
+            found["top_logprobs"] = self.top_logprobs
+        return found
 
 
 class Backend(Protocol):

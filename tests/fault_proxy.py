@@ -1,0 +1,143 @@
+"""A fault-injecting reverse proxy in front of a real model server, run as a process of its own.
+
+    python tests/fault_proxy.py --upstream http://127.0.0.1:8100 --port 8101 --log calls.jsonl \
+        --faults 429,500,hang --poison "a text only one seed's requests contain"
+
+Each POST takes the next scripted fault, if any is left; a request whose body contains a poison text is
+always refused with HTTP 400 (the server-side "context length exceeded" a real API gives one item);
+everything else is forwarded to the upstream server and its answer relayed. Every answer the proxy
+*delivered* is logged (one JSON line: request number, body hash, status, fault), so a test can count
+successful calls made twice. Being a process, it can be SIGKILLed mid-run like a dead endpoint.
+
+Faults: 429 (Retry-After in seconds), 429-date (Retry-After as an HTTP date), 500, 502, 503, 529,
+reset (the connection is closed with no answer), hang (no answer for --hang-s seconds), truncated
+(a 200 whose JSON body is cut short), wrong-shape (a 200 with well-formed JSON of another shape).
+"""
+from __future__ import annotations
+
+import argparse
+import email.utils
+import hashlib
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+
+FAULTS = ("429", "429-date", "500", "502", "503", "529", "reset", "hang", "truncated", "wrong-shape")
+RETRY_AFTER_S = 2
+
+
+class Proxy:
+    def __init__(self, upstream: str, faults: list[str], poison: list[str], log_path: str, hang_s: float):
+        unknown = [f for f in faults if f not in FAULTS]
+        if unknown:
+            raise SystemExit(f"unknown fault(s) {unknown}; known: {', '.join(FAULTS)}")
+        self.upstream, self.faults, self.poison, self.hang_s = upstream.rstrip("/"), list(faults), poison, hang_s
+        self.client = httpx.Client(timeout=600)
+        self.lock = threading.Lock()
+        self.count = 0
+        self.log = open(log_path, "a", encoding="utf-8")
+
+    def next_action(self, body: bytes) -> tuple[int, str]:
+        with self.lock:
+            self.count += 1
+            if any(p.encode() in body for p in self.poison):
+                return self.count, "poison"
+            return self.count, self.faults.pop(0) if self.faults else "forward"
+
+    def delivered(self, number: int, path: str, body: bytes, status: int, action: str) -> None:
+        line = {"n": number, "path": path, "sha": hashlib.sha256(body).hexdigest(), "status": status, "action": action,
+                "t": round(time.time(), 3)}
+        with self.lock:
+            self.log.write(json.dumps(line) + "\n")
+            self.log.flush()
+
+
+def handler_for(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):  # keep the test's output clean
+            pass
+
+        def do_GET(self):
+            response = proxy.client.get(proxy.upstream + self.path)
+            self.reply(response.status_code, response.content)
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            number, action = proxy.next_action(body)
+            if action in ("reset", "hang"):
+                if action == "hang":
+                    time.sleep(proxy.hang_s)
+                self.reset()
+                return
+            status, payload, headers = self.answer(action, body)
+            if self.reply(status, payload, headers):
+                proxy.delivered(number, self.path, body, status, action)
+
+        def answer(self, action: str, body: bytes) -> tuple[int, bytes, dict]:
+            if action == "forward":
+                response = proxy.client.post(proxy.upstream + self.path, content=body,
+                                             headers={"content-type": "application/json"})
+                return response.status_code, response.content, {}
+            if action == "poison":
+                return 400, b'{"error": {"type": "invalid_request_error", "message": "context length exceeded"}}', {}
+            if action in ("429", "429-date"):
+                later = email.utils.formatdate(time.time() + RETRY_AFTER_S + 1, usegmt=True)
+                return 429, b'{"error": {"message": "rate limited"}}', {
+                    "Retry-After": str(RETRY_AFTER_S) if action == "429" else later}
+            if action == "truncated":
+                return 200, b'{"id": "x", "choices": [{"index": 0, "message": {"role": "assis', {}
+            if action == "wrong-shape":
+                return 200, b'{"id": "x", "object": "chat.completion", "result": {"text": "not here"}}', {}
+            return int(action), b'{"error": {"message": "injected server error"}}', {}
+
+        def reply(self, status: int, payload: bytes, headers: dict | None = None) -> bool:
+            try:
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+                self.wfile.flush()
+                return True
+            except (BrokenPipeError, ConnectionResetError):
+                return False  # the client gave up (its timeout): nothing was delivered
+
+        def reset(self) -> None:
+            """Close with RST: the client sees a reset connection, not an answer."""
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+
+    return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--upstream", required=True, help="base URL of the real server, e.g. http://127.0.0.1:8100")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log", required=True, help="JSONL file of delivered answers")
+    parser.add_argument("--faults", default="", help=f"comma-separated, in order: {', '.join(FAULTS)}")
+    parser.add_argument("--poison", action="append", default=[], help="a request containing this text gets HTTP 400")
+    parser.add_argument("--hang-s", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    proxy = Proxy(args.upstream, [f for f in args.faults.split(",") if f], args.poison, args.log, args.hang_s)
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), handler_for(proxy))
+    server.daemon_threads = True
+    print(f"fault proxy on 127.0.0.1:{args.port} -> {args.upstream}", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
