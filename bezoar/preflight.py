@@ -288,10 +288,12 @@ def roles_for(recipe, stages: set[str]) -> dict[str, tuple[tuple, object]]:
 def check_keys(recipe, stages: set[str], found: Findings) -> None:
     from bezoar.llm.specs import _api_key, parse_spec
 
+    checked = set()
     for _role, (key, config) in roles_for(recipe, stages).items():
         spec = parse_spec(config.spec)
-        if spec.kind == "local":
-            continue
+        if spec.kind == "local" or key in checked:
+            continue  # a config shared by two roles (judge, MT-Bench judge) is one problem, not two
+        checked.add(key)
         try:
             _api_key(config, spec)
         except ConfigError as error:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -18,6 +17,7 @@ from bezoar.llm.protocol import Sampling
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 10.0
+"""To connect. An answer may take as long as the role's own `timeout_s`: a busy server prefills a queue first."""
 
 
 class RoleUnreachable(BackendError):
@@ -27,63 +27,56 @@ class RoleUnreachable(BackendError):
 @dataclass(frozen=True)
 class ProbeResult:
     url: str
+    """The endpoint's public URL (no credential)."""
     ok: bool
     cause: str = ""
 
 
-def public_url(url: str) -> str:
-    """The URL without user-info or query: what may appear in a message (credentials never do)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def _headers(dialect, url: str) -> dict[str, str]:
-    """The dialect's headers for this endpoint (dialects that decide per URL whether a key goes there take it)."""
-    try:
-        return dialect.headers(url)
-    except TypeError:
-        return dialect.headers()
-
-
-def probe_endpoint(backend, url: str, client: httpx.Client) -> ProbeResult:
+def probe_endpoint(backend, endpoint, client: httpx.Client) -> ProbeResult:
     """One endpoint of a remote backend: ok, or why not (status and the server's words, or the transport error)."""
-    dialect, headers = backend.dialect, _headers(backend.dialect, url)
+    args = backend.request_args(endpoint)  # url, params, headers, auth: exactly what a real call carries
+    wire = {"params": args["params"], "headers": args["headers"], "auth": args["auth"]}
     try:
         if not backend.name.startswith("anthropic:"):
-            response = client.get(f"{url}/models", headers=headers)
+            response = client.get(f"{endpoint.base}/models", **wire)
             if response.status_code == 200:
-                return ProbeResult(url, True)
-            if response.status_code not in (404, 405):
-                return ProbeResult(url, False, _cause(response))
-        body = dialect.body([{"role": "user", "content": "ping"}], Sampling(temperature=0.0, max_new_tokens=1), 0)
-        response = client.post(dialect.url(url), json=body, headers=headers)
+                return ProbeResult(endpoint.public, True)
+            if response.status_code not in (404, 405, 501):  # 404/405/501: no such route, ask for one token
+                return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response))
+        body = backend.dialect.body([{"role": "user", "content": "ping"}], Sampling(temperature=0.0, max_new_tokens=1), 0)
+        response = client.post(args["url"], json=body, **wire)
+    except httpx.ConnectTimeout:
+        return ProbeResult(endpoint.public, False, f"no connection within {PROBE_TIMEOUT_S:.0f} s")
     except httpx.TimeoutException:
-        return ProbeResult(url, False, f"no answer within {PROBE_TIMEOUT_S:.0f} s")
+        return ProbeResult(endpoint.public, False, f"no answer within the role's timeout_s ({client.timeout.read:.0f} s)")
     except httpx.TransportError as error:
-        return ProbeResult(url, False, f"unreachable ({type(error).__name__}: {error})")
-    return ProbeResult(url, True) if response.status_code == 200 else ProbeResult(url, False, _cause(response))
+        return ProbeResult(endpoint.public, False, f"unreachable ({type(error).__name__})")
+    if response.status_code == 200:
+        return ProbeResult(endpoint.public, True)
+    return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response))
 
 
-def _cause(response: httpx.Response) -> str:
-    what = {401: "unauthorised: the key was refused", 403: "forbidden: the key may not use this"}.get(
-        response.status_code, "refused")
-    text = " ".join(response.text.split())[:160]
-    return f"HTTP {response.status_code} {what} ({text})"
+def _cause(backend, endpoint, response: httpx.Response) -> str:
+    from bezoar.llm.remote import server_message
+
+    said = backend._scrub(server_message(response))  # servers echo keys back in 401 messages
+    if response.status_code in (401, 403):
+        what = "unauthorised" if response.status_code == 401 else "forbidden"
+        return f"HTTP {response.status_code} {what} ({said}); {endpoint.credential_hint()}"
+    return f"HTTP {response.status_code} ({said})"
 
 
 def probe_role(role: str, backend) -> list[ProbeResult]:
     """Every endpoint of one role; raises RoleUnreachable when none answers, logs the dead ones otherwise."""
-    with httpx.Client(timeout=PROBE_TIMEOUT_S) as client:
-        results = [probe_endpoint(backend, url, client) for url in backend.urls]
+    with httpx.Client(timeout=httpx.Timeout(backend.policy.timeout_s, connect=PROBE_TIMEOUT_S)) as client:
+        results = [probe_endpoint(backend, endpoint, client) for endpoint in backend.endpoints]
     dead = [r for r in results if not r.ok]
     if dead and len(dead) == len(results):
         first = dead[0]
-        raise RoleUnreachable(f"role '{role}' ({backend.name}): endpoint {public_url(first.url)} {first.cause}"
+        raise RoleUnreachable(f"role '{role}' ({backend.name}): endpoint {first.url}: {first.cause}"
                               + (f" (and {len(dead) - 1} more endpoint(s) down)" if len(dead) > 1 else "")
-                              + "; start the server or fix the URL/key, or run with --no-probe to skip this check")
+                              + "; start the server or fix the URL or key (or skip this check with --no-probe)")
     for result in dead:
         log.warning("role '%s': endpoint %s is down (%s); the other endpoints take its calls",
-                    role, public_url(result.url), result.cause)
+                    role, result.url, result.cause)
     return results
