@@ -80,10 +80,13 @@ def digest(run_dir: Path, skip: list[Path]) -> dict[str, bytes]:
 
 
 def damage(run_dir: Path) -> dict[str, list[str]]:
-    """JSON files that do not parse, JSONL lines that do not parse (but a torn last line), temp files."""
+    """JSON files that do not parse, JSONL lines that do not parse (but a torn last line), temp files.
+    A Trainer checkpoint is written file by file: a torn one (no trainer_state.json) is deleted on resume."""
     found: dict[str, list[str]] = {}
     for path in run_dir.rglob("*"):
         name = str(path.relative_to(run_dir))
+        if any(part.startswith("checkpoint-") for part in path.relative_to(run_dir).parts):
+            continue
         if ".tmp" in path.name:
             found.setdefault(name, []).append("temporary file left behind")
         elif path.suffix == ".json" and path.is_file():
