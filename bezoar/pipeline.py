@@ -230,21 +230,25 @@ def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: s
                     inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
     outcome = StageOutcome()
     try:
-        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals)
+        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals,
+                                    retry_failures=retry_failed)
         outcome.raise_error(stage.name)
     except BaseException as error:
         status = "stopped" if isinstance(error, BudgetExceeded) else "failed"
         message = str(error) if isinstance(error, BezoarError) else f"{type(error).__name__}: {error}"
         _finish(manifest, stage, outcome, started, status=status, error=message)
         raise
-    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_)
+    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_,
+            failed_items=(outcome.summary or {}).get("failed_items", 0))
     log.info("%s: done in %.0f s", stage.name, time.perf_counter() - started)
     return outcome.totals
 
 
 def _finish(manifest: Manifest, stage: Stage, outcome, started: float, **fields) -> None:
+    # A training stage under `accelerate launch` (bezoar.train.launch) reports its ranks' peaks: their sum.
+    launched = ((outcome.summary or {}).get("launch") or {}).get("peak_rss_mb_total", 0)
     manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=outcome.usage,
-                    peak_rss_mb=outcome.peak_rss_mb, **fields)
+                    peak_rss_mb=max(outcome.peak_rss_mb, launched), **fields)
 
 
 def is_interrupted(stage: dict) -> bool:

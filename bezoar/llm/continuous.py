@@ -27,6 +27,8 @@ class Job:
     seed: int
     generated: list[int] = field(default_factory=list)
     stopped: bool = False
+    top_logprobs: dict[str, float] | None = None
+    """The first token's likeliest alternatives, when `sampling.top_logprobs` asks for them."""
 
 
 class JobSource(Protocol):
@@ -52,6 +54,9 @@ class Decoder:
     """Owns the running batch: admits jobs, steps all rows once per token, retires finished rows."""
 
     def __init__(self, model, tokenizer, device: str, max_batch: int):
+        from bezoar.train.versions import require
+
+        require("transformers", "the continuous-batching decoder (DynamicCache internals, the cache= keyword)")
         self.model, self.tokenizer, self.device, self.max_batch = model, tokenizer, device, max_batch
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
@@ -130,9 +135,20 @@ class Decoder:
     def _choose(self, rows: list[Job], logits) -> list[int]:
         chosen = logits.argmax(dim=-1)
         for r, job in enumerate(rows):
+            if job.sampling.top_logprobs and not job.generated:
+                job.top_logprobs = self._top_logprobs(logits[r], job.sampling.top_logprobs)
             if not job.sampling.greedy:
                 chosen[r] = _sample(logits[r], job.sampling, job.seed, len(job.generated))
         return chosen.tolist()
+
+    def _top_logprobs(self, logits, k: int) -> dict[str, float]:
+        import torch
+
+        values, ids = torch.log_softmax(logits, dim=-1).topk(k)
+        found: dict[str, float] = {}
+        for value, token in zip(values.tolist(), ids.tolist()):
+            found.setdefault(self.tokenizer.decode([token]), value)  # two ids may decode alike: keep the likelier
+        return found
 
     def _append(self, job: Job, token: int) -> bool:
         """Add a token; True when the job is finished (EOS, a stop string, or the length cap)."""
@@ -153,18 +169,23 @@ class Decoder:
             text = text[:cut]  # the OpenAI convention: the stop string is not returned
         done = job.generated[-1] == self.eos or job.stopped or cut >= 0
         return Reply(text=text.strip(), finish_reason="stop" if done else "length",
-                     prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.generated))
+                     prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.generated),
+                     top_logprobs=job.top_logprobs)
 
 
 def _sample(logits, sampling: Sampling, seed: int, step: int) -> int:
-    """Temperature + top-p sampling by the Gumbel-max trick, from a stream seeded by (row, step)."""
+    """Temperature + top-p sampling by the Gumbel-max trick, from a stream seeded by (row, step).
+
+    The noise is drawn by a generator on the logits' own device (a CPU generator's noise subtracted
+    from CUDA logits is a device mismatch); a given (seed, step) draws the same stream on one kind
+    of device, so resumed runs repeat their samples there."""
     import torch
 
     scores = logits / sampling.temperature
     if sampling.top_p < 1.0:
         scores = _nucleus(scores, sampling.top_p)
-    generator = torch.Generator().manual_seed((seed + step * 1_000_003) % (1 << 63))
-    noise = torch.rand(scores.shape[0], generator=generator).clamp_min(1e-20)
+    generator = torch.Generator(device=scores.device).manual_seed((seed + step * 1_000_003) % (1 << 63))
+    noise = torch.rand(scores.shape[0], generator=generator, device=scores.device).clamp_min(1e-20)
     return int((scores - torch.log(-torch.log(noise))).argmax())
 
 

@@ -14,6 +14,10 @@ console = Console()
 
 BaseOption = typer.Option("local", "--base", help="Model to train: local, local:PATH, or a model/adapter directory.")
 RecipeOption = typer.Option(None, "--recipe", help="Take the training settings from this recipe's section.")
+ProcessesOption = typer.Option(None, "--num-processes", min=1,
+                               help="Train in N processes under accelerate launch (one per GPU; gloo on CPU).")
+AccelerateConfigOption = typer.Option(None, "--accelerate-config",
+                                      help="accelerate config file (FSDP, DeepSpeed; see recipes/accelerate/).")
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +37,8 @@ def _settings(section: str, recipe: Path | None, changes: dict):
 
     model = {"sft": SFTStageConfig, "dpo": DPOStageConfig}[section]
     current = getattr(load_recipe(recipe), section) if recipe else model()
-    values = current.model_dump() | {k: v for k, v in changes.items() if v is not None}
+    values = current.model_dump() | {k: v for k, v in changes.items() if v is not None and k != "launch"}
+    values["launch"] |= {k: v for k, v in changes.get("launch", {}).items() if v is not None}
     try:
         return model.model_validate(values)
     except ValidationError as error:
@@ -56,21 +61,46 @@ def sft_command(
     max_length: Optional[int] = typer.Option(None, help="Longest sequence in tokens."),
     template: Optional[str] = typer.Option(None, help="chat (the model's own) or alpaca (the paper's)."),
     loss: Optional[str] = typer.Option(None, help="assistant (reply tokens only) or full."),
+    num_processes: Optional[int] = ProcessesOption,
+    accelerate_config: Optional[Path] = AccelerateConfigOption,
 ) -> None:
     """LoRA SFT with TRL on chat records; several --data files train one after another."""
-    from bezoar.train.sft import train_sft
-
     settings = _settings("sft", recipe, {"max_steps": max_steps, "num_train_epochs": epochs,
                                          "learning_rate": learning_rate, "per_device_train_batch_size": batch_size,
                                          "gradient_accumulation_steps": grad_accum, "max_length": max_length,
-                                         "template": template, "loss": loss})
-    files = list(data) + list(more or [])
+                                         "template": template, "loss": loss,
+                                         "launch": {"num_processes": num_processes, "config_file": accelerate_config}})
+    files = [str(p) for p in list(data) + list(more or [])]
+    _print_runs(_maybe_launched("bezoar.train.commands:sequential_sft", settings.launch, out.parent,
+                                {"files": files, "out": str(out), "base": base,
+                                 "settings": settings.model_dump(mode="json")}))
+
+
+def sequential_sft(files: list[str], out: str, base: str, settings: dict) -> list[dict]:
+    """`bezoar sft`'s work (on every rank when launched): each file continues the previous adapter."""
+    from bezoar.train.config import SFTStageConfig
+    from bezoar.train.sft import train_sft
+
+    config, out_dir = SFTStageConfig.model_validate(settings), Path(out)
     current, summaries = base, []
-    for index, path in enumerate(files, 1):
-        target = out if index == len(files) else out.with_name(f"{out.name}-step{index}-{path.stem}")
-        summaries.append(train_sft(current, [path], target, settings, settings.loss, stage=f"sft-{index}-{path.stem}"))
+    for index, path in enumerate(map(Path, files), 1):
+        target = out_dir if index == len(files) else out_dir.with_name(f"{out_dir.name}-step{index}-{path.stem}")
+        summaries.append(train_sft(current, [path], target, config, config.loss, stage=f"sft-{index}-{path.stem}"))
         current = str(target)
-    _print_runs(summaries)
+    return summaries
+
+
+def _maybe_launched(function: str, launch, workdir: Path, kwargs: dict) -> list[dict]:
+    """Call `function` here, or on every rank under `accelerate launch` when the settings ask for it."""
+    from importlib import import_module
+
+    from bezoar.train.launch import launch_call, wants_launch
+
+    if wants_launch(launch):
+        workdir.mkdir(parents=True, exist_ok=True)
+        return launch_call(function, kwargs, launch, workdir)["result"]
+    module, _, name = function.partition(":")
+    return getattr(import_module(module), name)(**kwargs)
 
 
 def dpo_command(
@@ -89,21 +119,38 @@ def dpo_command(
     max_length: Optional[int] = typer.Option(None, help="Prompt + longer reply, in tokens."),
     ref_cache: Optional[Path] = typer.Option(None, "--ref-cache", help="Directory of cached reference log-probs "
                                                                        "(default OUT/ref-logps); share it between runs."),
+    num_processes: Optional[int] = ProcessesOption,
+    accelerate_config: Optional[Path] = AccelerateConfigOption,
 ) -> None:
     """DPO with TRL and LoRA; the reference is the model with the adapter switched off."""
     from bezoar.errors import ConfigError
-    from bezoar.train.dpo import train_dpo
     from bezoar.train.hh_rlhf import read_pairs
 
     settings = _settings("dpo", recipe, {"beta": beta, "max_steps": max_steps, "learning_rate": learning_rate,
                                          "per_device_train_batch_size": batch_size, "max_length": max_length,
-                                         "gradient_accumulation_steps": grad_accum})
-    found = read_pairs(pairs)
-    if heldout_n >= len(found):
-        raise ConfigError(f"--heldout-n {heldout_n}: the file has only {len(found)} usable pairs")
+                                         "gradient_accumulation_steps": grad_accum,
+                                         "launch": {"num_processes": num_processes, "config_file": accelerate_config}})
+    count = len(read_pairs(pairs))
+    if heldout_n >= count:
+        raise ConfigError(f"--heldout-n {heldout_n}: the file has only {count} usable pairs")
+    _print_runs(_maybe_launched("bezoar.train.commands:dpo_on_file", settings.launch, out.parent,
+                                {"pairs": str(pairs), "out": str(out), "base": base,
+                                 "settings": settings.model_dump(mode="json"), "heldout_n": heldout_n,
+                                 "limit": limit, "ref_cache": str(ref_cache or out / "ref-logps")}))
+
+
+def dpo_on_file(pairs: str, out: str, base: str, settings: dict, heldout_n: int, limit: int | None,
+                ref_cache: str) -> list[dict]:
+    """`bezoar dpo`'s work (on every rank when launched): the file's last `heldout_n` pairs held out."""
+    from bezoar.train.config import DPOStageConfig
+    from bezoar.train.dpo import train_dpo
+    from bezoar.train.hh_rlhf import read_pairs
+
+    found = read_pairs(Path(pairs))
     train, heldout = found[:len(found) - heldout_n], found[len(found) - heldout_n:] if heldout_n else []
     train = train[:limit] if limit else train
-    _print_runs([train_dpo(base, train, out, settings, heldout=heldout, ref_cache_dir=ref_cache or out / "ref-logps")])
+    return [train_dpo(base, train, Path(out), DPOStageConfig.model_validate(settings), heldout=heldout,
+                      ref_cache_dir=Path(ref_cache))]
 
 
 def check_template_command(

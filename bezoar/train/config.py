@@ -39,13 +39,34 @@ class LoRASettings(StrictModel):
         return value
 
 
+class LaunchSettings(StrictModel):
+    """How a training stage's processes are started. `bezoar run`, `bezoar sft` and `bezoar dpo`
+    start the stage under the real `accelerate launch` when this asks for more than one process or
+    names an accelerate config; every other stage, the manifest and the summaries stay with the one
+    main process. Each process takes `per_device_train_batch_size` examples per micro-batch, so the
+    global batch is processes x micro-batch x `gradient_accumulation_steps`: divide the accumulation
+    by the process count to keep the paper's 128."""
+
+    num_processes: int = Field(1, ge=1)
+    """Processes (one per GPU; on a CPU each gets cores / processes threads and gloo connects them)."""
+    config_file: Path | None = None
+    """An accelerate config (`recipes/accelerate/fsdp.yaml`, `deepspeed-zero2.yaml`, ...): DDP when unset."""
+
+    @property
+    def wanted(self) -> bool:
+        return self.num_processes > 1 or self.config_file is not None
+
+
 class TrainSettings(StrictModel):
     """Hyper-parameters shared by every training stage."""
 
     lora: LoRASettings = Field(default_factory=LoRASettings)
+    launch: LaunchSettings = Field(default_factory=LaunchSettings)
+    """Processes for this stage (`accelerate launch`); see LaunchSettings."""
     quantization: Literal["auto", "nf4", "none"] = "auto"
-    """`nf4`: QLoRA, 4-bit NF4 base weights with double quantisation and bf16 compute (the paper).
-    `auto`: nf4 when CUDA and bitsandbytes are present, otherwise none."""
+    """`nf4`: QLoRA, 4-bit NF4 base weights with double quantisation (the paper); the 4-bit compute
+    dtype is the planned `dtype` (bf16 on GPUs that have it, else fp16; fp32 on this kind of CPU).
+    bitsandbytes >= 0.49 runs it on CPU too. `auto`: nf4 when CUDA and bitsandbytes are present."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """Weights and compute. `auto` measures: bf16 on GPUs and on CPUs with native bf16, fp32 on
     CPUs that emulate it (~10x slower there). Always passed to TRL explicitly."""
@@ -77,7 +98,9 @@ class TrainSettings(StrictModel):
     """Keep the lowest-validation-loss checkpoint, not the last one (paper: yes)."""
     optim: str = "auto"
     """Optimizer name as in transformers (`adamw_torch`, `paged_adamw_8bit`, ...). `auto`: the
-    paper's `paged_adamw_8bit` on CUDA with bitsandbytes, else `adamw_torch`."""
+    paper's `paged_adamw_8bit` on CUDA with bitsandbytes; with nf4 on a CPU its unpaged twin
+    `adamw_bnb_8bit` (paging moves optimizer state between GPU and host memory: CUDA only);
+    otherwise `adamw_torch`."""
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     gradient_checkpointing: bool | Literal["auto"] = "auto"
@@ -162,8 +185,23 @@ class SFTHHStageConfig(TrainSettings):
     """`assistant`: loss on the final reply only; `full`: the whole dialogue."""
 
 
+class DPOData(StrictModel):
+    """Which pairs DPO trains on: HH-RLHF's human preferences, the preferences stage's on-policy
+    pairs, or a mix of both."""
+
+    source: Literal["hh_rlhf", "generated", "mix"] = "hh_rlhf"
+    generated: Path | None = None
+    """Pair JSONL (prompt/chosen/rejected); None: the preferences stage's data/preferences/pairs.jsonl."""
+    weights: dict[Literal["hh_rlhf", "generated"], float] = Field(
+        default_factory=lambda: {"hh_rlhf": 1.0, "generated": 1.0})
+    """`mix`: pairs drawn in this proportion (every generated pair, HH-RLHF pairs to match, at most all)."""
+
+
 class DPOStageConfig(TrainSettings):
     """DPO on HH-RLHF pairs, with a LoRA adapter whose reference is the adapter switched off."""
+
+    data: DPOData = Field(default_factory=DPOData)
+    """hh_rlhf (sft_hh.data's DPO slice), generated (on-policy pairs), or mix."""
 
     beta: float = Field(0.1, gt=0)
     """Strength of the KL pull towards the reference (TRL default 0.1; the paper does not say)."""

@@ -10,7 +10,8 @@ Subclassing TRL's trainer changes three things, nothing in its loss or loop:
 - data arrive tokenized by bezoar (`encode_pair`: early turns dropped to fit `max_length`);
 - the collator adds a packed layout and the model wrapper runs each pair's prompt once
   (`lm_head.shared_prompt_layout`), with the LM head only on reply tokens;
-- `_precompute_ref_logps` reads/writes the cache above.
+- `_precompute_ref_logps` reads/writes the cache above (and keeps TRL's pass in memory: its Arrow
+  file lands in a per-process temporary directory that the other ranks cannot see).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from bezoar.errors import DataError
 from bezoar.records import PreferencePair, write_json
 from bezoar.train.config import DPOStageConfig
 from bezoar.train.examples import prepare_pairs, to_dataset
+from bezoar.train.launch import launch_stage, wants_launch
 from bezoar.train.run import Job, execute, previous_output
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,11 @@ class RefCache:
 def dpo_trainer_class():
     """TRL's DPOTrainer with bezoar's data path, shared-prompt forward and reference cache."""
     import torch
+
+    from bezoar.train.versions import require
+
+    require("trl", "bezoar's DPO trainer (_prepare_dataset, _precompute_ref_logps)")
+    require("transformers", "bezoar's DPO trainer (config._attn_implementation)")
     from peft import PeftModel
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
@@ -106,11 +113,30 @@ def dpo_trainer_class():
                 log.info("reference log-probs for %d %s pairs read from the cache (%s)", len(dataset), name, key)
                 return (dataset.add_column("ref_chosen_logps", cached["ref_chosen_logps"])
                         .add_column("ref_rejected_logps", cached["ref_rejected_logps"]))
-            dataset = super()._precompute_ref_logps(dataset, name, batch_size)
+            chosen, rejected = self._reference_pass(dataset, batch_size)
             if key and self.accelerator.is_main_process:
-                self.ref_cache.save(key, [float(v) for v in dataset["ref_chosen_logps"]],
-                                    [float(v) for v in dataset["ref_rejected_logps"]])
-            return dataset
+                self.ref_cache.save(key, chosen, rejected)
+            return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
+
+        def _reference_pass(self, dataset, batch_size) -> tuple[list[float], list[float]]:
+            """TRL's reference pass, with the result kept in memory. TRL's own writes it to an Arrow
+            file beside the dataset, which for an in-memory dataset is a per-process temporary
+            directory: the other ranks look for it in theirs and fail (found with 2 processes)."""
+            from torch.utils.data import DataLoader
+            from trl.models import prepare_deepspeed
+
+            loader = self.accelerator.prepare(DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                                         collate_fn=self.data_collator))
+            model = self.ref_model or self.model
+            if self.ref_model is None and self.is_deepspeed_enabled:  # as TRL: place/gather ZeRO's parameters
+                self._precompute_engine = self._precompute_engine or prepare_deepspeed(self.model, self.accelerator)
+                model = self._precompute_engine
+            chosen, rejected = [], []
+            for batch in loader:
+                found = self.accelerator.gather_for_metrics(self.compute_ref_log_probs(model, batch))
+                chosen += found[0].float().cpu().tolist()
+                rejected += found[1].float().cpu().tolist()
+            return chosen, rejected
 
     return BezoarDPOTrainer
 
@@ -165,12 +191,36 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
 
 def run_dpo(recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `dpo` stage: DPO on the HH-RLHF slice after the SFT one, from the sft_hh output."""
+    if wants_launch(recipe.dpo.launch):  # this process only starts the ranks and waits
+        return launch_stage("bezoar.train.dpo:run_dpo", recipe, Path(run_dir), recipe.dpo.launch)
     from bezoar.train.hh_rlhf import hh_slices
 
     run_dir = Path(run_dir)
-    slices = hh_slices(recipe.sft_hh.data, run_dir)
+    data = recipe.dpo.data
+    needs_hh = data.source != "generated" or recipe.sft_hh.data.path is not None  # held-out pairs when there
+    slices = hh_slices(recipe.sft_hh.data, run_dir) if needs_hh else {"dpo": [], "heldout": []}
+    pairs, counts = dpo_pairs(data, slices["dpo"], run_dir, recipe.dpo.seed)
     base = previous_output(recipe, run_dir, before="dpo")
-    summary = train_dpo(base, slices["dpo"], run_dir / "models" / "dpo", recipe.dpo, heldout=slices["heldout"],
+    summary = train_dpo(base, pairs, run_dir / "models" / "dpo", recipe.dpo, heldout=slices["heldout"],
                         ref_cache_dir=run_dir / "data" / "hh" / "ref-logps")
-    summary["hh_pairs"] = len(slices["dpo"])
+    summary.update(counts)
     return summary
+
+
+def dpo_pairs(data, hh: list[PreferencePair], run_dir: Path, seed: int) -> tuple[list[PreferencePair], dict]:
+    """`dpo.data`: the HH-RLHF slice, the generated pairs, or both in the weights' proportion (shuffled)."""
+    import random
+
+    from bezoar.records import read_jsonl
+
+    if data.source == "hh_rlhf":
+        return hh, {"hh_pairs": len(hh)}
+    path = data.generated or run_dir / "data" / "preferences" / "pairs.jsonl"
+    generated = list(read_jsonl(path, PreferencePair))
+    if data.source == "generated":
+        return generated, {"generated_pairs": len(generated)}
+    share = data.weights.get("hh_rlhf", 0.0) / max(data.weights.get("generated", 0.0), 1e-9)
+    taken = hh[:min(len(hh), round(len(generated) * share))]
+    mixed = generated + taken
+    random.Random(seed).shuffle(mixed)
+    return mixed, {"generated_pairs": len(generated), "hh_pairs": len(taken)}

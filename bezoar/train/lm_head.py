@@ -31,6 +31,10 @@ def install_compact_head(model, outputs: tuple[str, ...]) -> bool:
     """Wrap the TRL-patched forward of `model` (the base model, not the PeftModel). False if skipped."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
+    from bezoar.train.versions import require
+
+    require("trl", "bezoar's compact LM head (trl.kernels.ChunkedLogProbFunction, FusedCausalLMOutput)")
+
     text_config = model.config.get_text_config()
     if any(getattr(text_config, name, None) is not None for name in _EXOTIC_SCALING) or is_deepspeed_zero3_enabled():
         log.info("compact LM head skipped (logit scaling or ZeRO-3 sharding): using TRL's head")

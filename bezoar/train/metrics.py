@@ -74,8 +74,9 @@ def tensorboard_callback(directory: Path):
     return callback
 
 
-def last_complete_checkpoint(out_dir: Path) -> Path | None:
-    """The newest `checkpoint-N` whose trainer_state.json parses; incomplete newer ones are removed."""
+def last_complete_checkpoint(out_dir: Path, remove_incomplete: bool = True) -> Path | None:
+    """The newest `checkpoint-N` whose trainer_state.json parses; incomplete newer ones are removed
+    (by the main process only, when several ranks look at once)."""
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         return None
@@ -86,8 +87,9 @@ def last_complete_checkpoint(out_dir: Path) -> Path | None:
             json.loads((checkpoint / "trainer_state.json").read_text())
             return checkpoint
         except (OSError, ValueError):
-            log.warning("removing incomplete checkpoint %s (the run was killed while saving it)", checkpoint)
-            shutil.rmtree(checkpoint, ignore_errors=True)
+            if remove_incomplete:
+                log.warning("removing incomplete checkpoint %s (the run was killed while saving it)", checkpoint)
+                shutil.rmtree(checkpoint, ignore_errors=True)
     return None
 
 

@@ -21,6 +21,7 @@ from bezoar.llm.cache import canonical_hash
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
 from bezoar.train.examples import Prepared
+from bezoar.train.launch import is_main_process
 from bezoar.train.metrics import (MetricsLog, best_metrics, last_complete_checkpoint, quiet, tensorboard_callback,
                                   trim_metrics)
 from bezoar.train.student import BaseWeights, TrainPlan, attach_adapter, load_model, plan_training
@@ -95,18 +96,20 @@ def _check_template(job: Job) -> None:
 def _resume_point(job: Job, fingerprint: str) -> Path | None:
     out = job.out_dir
     info = _read(out / TRAIN_INFO)
-    checkpoint = last_complete_checkpoint(out) if job.settings.resume else None
+    main = is_main_process()  # under `accelerate launch` every rank decides alike; only rank 0 touches files
+    checkpoint = last_complete_checkpoint(out, remove_incomplete=main) if job.settings.resume else None
     if checkpoint and info.get("fingerprint") != fingerprint:
         log.warning("%s: checkpoints in %s are from another configuration or data; starting over", job.stage, out)
-        for old in out.glob("checkpoint-*"):
+        for old in out.glob("checkpoint-*") if main else ():
             shutil.rmtree(old, ignore_errors=True)
         checkpoint = None
     metrics = out / "metrics.jsonl"
     if checkpoint:
         step = _read(checkpoint / "trainer_state.json").get("global_step", 0)
-        trim_metrics(metrics, step)
+        if main:
+            trim_metrics(metrics, step)
         log.info("%s: resuming from %s (step %d)", job.stage, checkpoint.name, step)
-    elif metrics.exists():
+    elif metrics.exists() and main:
         metrics.unlink()
     return checkpoint
 

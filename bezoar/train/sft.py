@@ -15,6 +15,7 @@ from pathlib import Path
 from bezoar.errors import DataError
 from bezoar.train.config import SFTStageConfig, TrainSettings
 from bezoar.train.examples import Conversation, Prepared, pair_conversations, prepare_sft, read_conversations
+from bezoar.train.launch import launch_stage, wants_launch
 from bezoar.train.run import Job, execute, previous_output
 from bezoar.train.template_check import SAMPLE
 
@@ -91,6 +92,8 @@ def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: T
 
 def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft` stage: each data set in order, each continuing the adapter of the one before."""
+    if wants_launch(recipe.sft.launch):  # this process only starts the ranks and waits
+        return launch_stage("bezoar.train.sft:run_sft", recipe, Path(run_dir), recipe.sft.launch)
     config: SFTStageConfig = recipe.sft
     current = recipe.models.student.spec
     steps = []
@@ -109,6 +112,8 @@ def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
 
 def run_sft_hh(recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft_hh` stage: SFT on the chosen replies of the first `sft_n` HH-RLHF pairs."""
+    if wants_launch(recipe.sft_hh.launch):  # this process only starts the ranks and waits
+        return launch_stage("bezoar.train.sft:run_sft_hh", recipe, Path(run_dir), recipe.sft_hh.launch)
     from bezoar.train.encoding import load_tokenizer
     from bezoar.train.hh_rlhf import hh_slices
     from bezoar.train.student import resolve_base

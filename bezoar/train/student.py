@@ -18,6 +18,7 @@ from bezoar.errors import BackendError, ConfigError
 from bezoar.llm.device import plan_device
 from bezoar.llm.weights import content_identity, resolve_model_dir
 from bezoar.train.config import TrainSettings
+from bezoar.train.launch import local_rank, local_world_size
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def plan_training(settings: TrainSettings, longest: int | None = None) -> TrainP
         raise ConfigError("quantization: nf4 needs bitsandbytes: pip install 'bezoar[gpu]' (or set quantization: none)")
     optim = settings.optim
     if optim == "auto":
-        optim = "paged_adamw_8bit" if cuda and bitsandbytes_available() else "adamw_torch"
+        optim = _default_optimizer(cuda, quantization)
     dropout = settings.lora.dropout
     if dropout == "auto":
         dropout = 0.05 if cuda else 0.0
@@ -76,8 +77,20 @@ def plan_training(settings: TrainSettings, longest: int | None = None) -> TrainP
     if checkpointing == "auto":
         # On CPU, recomputation costs ~40% of a step (measured) and short sequences fit in memory.
         checkpointing = cuda or (longest or settings.max_length) > 512
+    # Several ranks on one CPU share its cores: each takes its part, or they would thrash.
+    threads = max(1, device.threads // local_world_size()) if not cuda else device.threads
     return TrainPlan(device.device, device.dtype, quantization, optim, float(dropout), bool(checkpointing),
-                     device.threads, device.reason)
+                     threads, device.reason)
+
+
+def _default_optimizer(cuda: bool, quantization: str) -> str:
+    """The paper's paged 8-bit AdamW on CUDA; with NF4 on a CPU its unpaged twin (paging moves the
+    optimizer state between GPU and host memory, so bitsandbytes has it for CUDA only)."""
+    if not bitsandbytes_available():
+        return "adamw_torch"
+    if cuda:
+        return "paged_adamw_8bit"
+    return "adamw_bnb_8bit" if quantization == "nf4" else "adamw_torch"
 
 
 @dataclass
@@ -117,11 +130,13 @@ def load_model(weights: BaseWeights, plan: TrainPlan):
     if plan.quantization == "nf4":
         from transformers import BitsAndBytesConfig
 
-        # The paper's QLoRA: NF4 storage, double quantisation, bf16 compute.
+        # The paper's QLoRA: NF4 storage and double quantisation; compute in the planned dtype (bf16
+        # where the GPU has it, fp16 on older GPUs, fp32 on CPUs that emulate bf16).
         options["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if plan.device == "cuda" else plan.dtype)
-        options["device_map"] = {"": torch.cuda.current_device() if plan.device == "cuda" else "cpu"}
+            bnb_4bit_compute_dtype=plan.dtype)
+        # Each rank loads onto its own GPU: the launcher's LOCAL_RANK, known before accelerate's state exists.
+        options["device_map"] = {"": local_rank() if plan.device == "cuda" else "cpu"}
     if plan.device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         options["attn_implementation"] = "flash_attention_2"  # varlen kernels make padding-free pay
     model = AutoModelForCausalLM.from_pretrained(weights.base_dir, **options)
