@@ -129,16 +129,23 @@ def _context(recipe):
 
 def plan_lamini(recipe, config) -> list[tuple[str, int, float, int]]:
     """(role, calls, prompt tokens per call, completion tokens per call) for each kind of call."""
-    from bezoar.generate.lamini import LaMini
+    from bezoar.generate.lamini import _one_line, load_topics
     from bezoar.prompts import template
 
-    scheme = LaMini(_context(recipe), _seeds(config), config)
+    # Rendered as LaMini.plan renders them, without building its near-copy index (seconds, not needed here).
+    seeds, topics, rng = _seeds(config), load_topics(config.topics_file), random.Random(recipe.run.seed)
+    lists = []
+    for i in range(PROMPT_SAMPLE):
+        mode = "topic_guided" if rng.random() < config.topic_guided_fraction else "example_guided"
+        examples = rng.sample(seeds, min(config.examples_per_prompt, len(seeds)))
+        listed = "\n".join(f"{k}. {_one_line(seed.instruction)}" for k, seed in enumerate(examples, 1))
+        chosen = rng.sample(topics, min(config.topics_per_prompt, len(topics))) if mode == "topic_guided" else []
+        lists.append(template("lamini", mode).render(examples=listed, count=str(config.instructions_per_prompt),
+                                                     topics=", ".join(chosen)))
     per_prompt = config.instructions_per_prompt * YIELDS["lamini_candidates_per_prompt"]
     answers, _ = replay(config.n, config.batch_size, 1.0, YIELDS["lamini_records_per_answer"])
     prompts, _ = replay(answers, config.batch_size, 2.0, per_prompt)
-    lists = [scheme.plan(i).conversation for i in range(PROMPT_SAMPLE)]
-    sample = _sample(scheme.by_source[scheme.sources[0]], recipe.run.seed)
-    responses = [template("lamini", "response").render(instruction=s.instruction) for s in sample]
+    responses = [template("lamini", "response").render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
     return [("teacher", prompts, mean_tokens(lists), config.instruction_sampling.max_new_tokens),
             ("teacher", answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
 

@@ -1,0 +1,94 @@
+"""`bezoar plan`: calls, tokens, cost and wall time per stage and role, before anything runs. The plan's
+call counts are compared with a real run's in tests/test_pipeline.py (the reference run it makes anyway)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BEZOAR = str(Path(sys.executable).parent / "bezoar")
+
+
+def recipe_with(tmp_path: Path, data_dir: Path, **models) -> Path:
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text().replace("${BEZOAR_DATA:-../shared/data}",
+                                                                                  str(data_dir)))
+    recipe["models"].update(models)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_plan_json_of_the_tiny_recipe(data_dir):
+    from conftest import DATA
+
+    result = subprocess.run([BEZOAR, "plan", "recipes/tiny.yaml", "--json"], capture_output=True, text=True,
+                            cwd=REPO, timeout=120, env={**os.environ, "BEZOAR_DATA": str(DATA)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    plan = json.loads(result.stdout)
+    rows = {(line["stage"], line["role"]): line for line in plan["lines"]}
+    assert set(rows) == {("generate", "teacher"), ("generate", "judge"), ("filter", "judge"),
+                         ("eval", "student"), ("eval", "judge")}
+    # every record needs at least one teacher call; evol's equality check asks the judge
+    assert rows["generate", "teacher"]["calls"] >= 6 + 6 + 8 and rows["generate", "judge"]["calls"] > 0
+    # MT-Bench: (base + dpo) x 8 questions (per_category 1) x 2 turns, answered and graded
+    assert rows["eval", "student"]["calls"] == rows["eval", "judge"]["calls"] == 2 * 8 * 2
+    assert rows["eval", "judge"]["completion_tokens"] == 32  # a local judge rates by next token: 1 each
+    assert plan["cost_usd"] == 0 and all(line["wall_s"] > 0 for line in plan["lines"])
+    assert plan["tokens_counted_with"] in ("the embedded SmolLM2 tokenizer", "chars/4")
+
+
+def test_cost_and_remote_wall_time_follow_the_recipe(tmp_path, data_dir):
+    from bezoar.config import load_recipe
+    from bezoar.plan import REMOTE_STREAM_TOK_S, make_plan
+
+    teacher = {"spec": "openai:big@http://127.0.0.1:9/v1", "input_price_per_mtok": 2.0,
+               "output_price_per_mtok": 6.0, "concurrency": 4}
+    plan = make_plan(load_recipe(recipe_with(tmp_path, data_dir, teacher=teacher)), ["generate"])
+    line = next(line for line in plan.lines if line.role == "teacher")
+    assert line.cost_usd == round((line.prompt_tokens * 2.0 + line.completion_tokens * 6.0) / 1e6, 2) > 0
+    assert line.wall_s == round(line.completion_tokens / (REMOTE_STREAM_TOK_S * 4))
+    assert "30 tok/s per request, 4 in flight" in line.note
+
+
+def test_prompt_tokens_are_measured_on_the_seeds(tmp_path, data_dir):
+    """Longer seeds make longer prompts: Orca's per-call prompt grows with the seed rows it renders."""
+    from bezoar.config import load_recipe
+    from bezoar.plan import plan_orca
+
+    recipe = load_recipe(recipe_with(tmp_path, data_dir))
+    short = plan_orca(recipe, recipe.generate.orca)[0][2]
+    padded = tmp_path / "long.jsonl"
+    padded.write_text("".join(json.dumps({"inputs": f"Question {i}: " + "why is the sky blue? " * 50,
+                                          "targets": "yes"}) + "\n" for i in range(40)))
+    long = plan_orca(recipe, recipe.generate.orca.model_copy(update={
+        "seeds": [recipe.generate.orca.seeds[0].model_copy(update={"path": padded})], "mix": {"other": 1}}))[0][2]
+    assert short > 20 and long > short + 200  # 50 x 6 words each
+
+
+def test_replay_follows_the_generate_batching():
+    """The plan replays bezoar.generate.runner.Batching: n=3 at one record per item is one round of 3."""
+    from bezoar.plan import replay
+
+    assert replay(3, 16, 1.0, 1.0) == (3, 3.0)
+    sent, made = replay(100, 16, 1.0, 0.5)
+    assert 200 <= sent <= 216 and made >= 100  # about n / yield, never more than one batch over
+
+
+def test_status_shows_planned_against_done(tmp_path):
+    from bezoar.pipeline_commands import console, show_status
+
+    data = {"run_name": "x", "plan": {"calls_by_stage": {"generate": 40, "filter": 16}},
+            "stages": {"generate": {"status": "done", "usage": {"teacher": {"calls": 30, "cache_hits": 7}}}}}
+    width, console.width = console.width, 200  # every column whole
+    try:
+        with console.capture() as captured:
+            show_status(tmp_path, data)
+    finally:
+        console.width = width
+    row = next(line for line in captured.get().splitlines() if "generate" in line)
+    assert "done/planned" in captured.get() and "37/~40" in row  # 30 calls + 7 cache hits of ~40 planned
