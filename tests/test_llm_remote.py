@@ -75,7 +75,7 @@ def test_anthropic_backend_against_bezoar_serve(embedded, served, monkeypatch):
     """`bezoar serve` speaks the Messages API over the same decoder: same greedy text as the local backend."""
     monkeypatch.setenv("ANTHROPIC_API_KEY", "must-not-be-needed-here")
     root = served.removesuffix("/v1")
-    backend = build_backend(ModelConfig(spec=f"anthropic:smollm2@{root}", **FAST))
+    backend = build_backend(ModelConfig(spec=f"anthropic:smollm2@{root}", retry_backoff_s=0.01))  # a real decode: no short timeout
     assert backend.identity == f"anthropic:smollm2@{root}" and backend.endpoints[0].api_key is None
     conversations = [[{"role": "system", "content": "Answer briefly."}, QUESTION[0]], PROMPTS[1]]
     replies = [r[0] for r in backend.generate(conversations, Sampling(max_new_tokens=16))]
