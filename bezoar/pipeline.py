@@ -110,6 +110,8 @@ class LazyModels(Mapping):
 def input_files(section: Any) -> list[Path]:
     """Every file path a config section names (seeds, pairs, question files, ...)."""
     found: list[Path] = []
+    if isinstance(section, BaseModel) and getattr(section, "enabled", True) is False:
+        return found  # a switched-off evaluation's default data path need not exist (eval.ifeval)
     if isinstance(section, BaseModel):
         for name in type(section).model_fields:
             found += input_files(getattr(section, name))
@@ -136,18 +138,21 @@ class Manifest:
     """runs/NAME/manifest.json, rewritten atomically at every change."""
 
     def __init__(self, run_dir: Path):
-        import json
+        from bezoar.run_state import load_manifest
 
         self.path = run_dir / "manifest.json"
-        self.data: dict = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.data: dict = load_manifest(run_dir)  # a corrupt one is moved aside and rebuilt
         self.data.setdefault("stages", {})
 
     def stage(self, name: str) -> dict:
         return self.data["stages"].get(name, {})
 
     def update(self, name: str, **fields) -> None:
+        from bezoar.run_state import save_stage_record
+
         self.data["stages"].setdefault(name, {}).update(fields)
         self.save()
+        save_stage_record(self.path.parent, name, self.data["stages"][name])  # what a rebuild reads
 
     def save(self) -> None:
         write_json(self.path, self.data)
@@ -172,14 +177,26 @@ def fingerprint(recipe, stage: Stage, previous: str) -> tuple[str, dict[str, str
     return canonical_hash(basis), inputs
 
 
+def refuse_foreign(recipe, run_dir: Path, source: Path, data: dict | None = None) -> None:
+    """Refuses a directory that another recipe made; reads only, so a refusal touches nothing (not even the lock)."""
+    if data is None:
+        from bezoar.run_state import ManifestCorrupt, read_manifest
+
+        try:
+            data = read_manifest(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
+        except ManifestCorrupt:
+            return  # rebuilt by open_run, under the lock
+    made_by = data.get("run_name")
+    if made_by is not None and made_by != recipe.run.name:
+        raise ConfigError(f"{run_dir}: this run directory was made by recipe '{data.get('recipe_path')}' "
+                          f"(run.name '{made_by}'), not by {source} (run.name '{recipe.run.name}'); "
+                          "use another --run-dir or that recipe")
+
+
 def open_run(recipe, run_dir: Path, source: Path) -> Manifest:
     """The run's manifest; refuses a directory that another recipe made."""
     manifest = Manifest(run_dir)
-    made_by = manifest.data.get("run_name")
-    if made_by is not None and made_by != recipe.run.name:
-        raise ConfigError(f"{run_dir}: this run directory was made by recipe '{manifest.data.get('recipe_path')}' "
-                          f"(run.name '{made_by}'), not by {source} (run.name '{recipe.run.name}'); "
-                          "use another --run-dir or that recipe")
+    refuse_foreign(recipe, run_dir, source, manifest.data)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest.data.update(run_name=recipe.run.name, recipe_path=str(source), versions=versions(),
                          recipe=recipe.model_dump(mode="json"))
@@ -197,25 +214,35 @@ def select(start: str | None, only: str | None) -> tuple[list[Stage], set[str]]:
 
 
 def run(recipe, source: Path, start: str | None = None, only: str | None = None,
-        run_dir: Path | None = None) -> dict:
+        run_dir: Path | None = None, probe: bool = True) -> dict:
     """Run the recipe; returns the manifest's data. Raises BezoarError on bad input or a budget stop."""
+    from bezoar.plan import make_plan
+    from bezoar.preflight import probe_remote_roles, refuse_before_spending
+    from bezoar.run_state import RunLock
+
     stages, forced = select(start, only)
     run_dir = Path(run_dir or recipe.run.directory)
     check_inputs(recipe, stages, source)
-    manifest = open_run(recipe, run_dir, source)
-    totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
-    previous = ""
-    for stage in STAGES:
-        print_, inputs = fingerprint(recipe, stage, previous)
-        previous = print_
-        if stage not in stages:
-            continue
-        record = manifest.stage(stage.name)
-        if stage.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
-            log.info("%s: unchanged since %s, skipped", stage.name, record.get("ended"))
-            continue
-        totals = run_stage(stage, recipe, run_dir, manifest, print_, inputs, totals)
-    return manifest.data
+    refuse_foreign(recipe, run_dir, source)
+    refuse_before_spending(recipe, source, [s.name for s in stages], run_dir)
+    with RunLock(run_dir):  # a second `bezoar run` here refuses at once, naming this PID
+        if probe:
+            probe_remote_roles(recipe, [s.name for s in stages])
+        manifest = open_run(recipe, run_dir, source)
+        manifest.data["plan"] = make_plan(recipe, [s.name for s in stages]).to_json()
+        totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
+        previous = ""
+        for stage in STAGES:
+            print_, inputs = fingerprint(recipe, stage, previous)
+            previous = print_
+            if stage not in stages:
+                continue
+            record = manifest.stage(stage.name)
+            if stage.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
+                log.info("%s: unchanged since %s, skipped", stage.name, record.get("ended"))
+                continue
+            totals = run_stage(stage, recipe, run_dir, manifest, print_, inputs, totals)
+        return manifest.data
 
 
 def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
