@@ -257,16 +257,14 @@ def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: s
                     inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
     outcome = StageOutcome()
     try:
-        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals,
-                                    retry_failures=retry_failed)
+        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals)
         outcome.raise_error(stage.name)
     except BaseException as error:
         status = "stopped" if isinstance(error, BudgetExceeded) else "failed"
         message = str(error) if isinstance(error, BezoarError) else f"{type(error).__name__}: {error}"
         _finish(manifest, stage, outcome, started, status=status, error=message)
         raise
-    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_,
-            failed_items=(outcome.summary or {}).get("failed_items", 0))
+    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_)
     log.info("%s: done in %.0f s", stage.name, time.perf_counter() - started)
     return outcome.totals
 
