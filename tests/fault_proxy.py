@@ -5,9 +5,9 @@
 
 Each POST takes the next scripted fault, if any is left; a request whose body contains a poison text is
 always refused with HTTP 400 (the server-side "context length exceeded" a real API gives one item);
-everything else is forwarded to the upstream server and its answer relayed. Every answer the proxy
-*delivered* is logged (one JSON line: request number, body hash, status, fault), so a test can count
-successful calls made twice. Being a process, it can be SIGKILLed mid-run like a dead endpoint.
+everything else is forwarded to the upstream server and its answer relayed. Every request is logged
+(one JSON line: number, body hash, action, status, whether the answer reached the client), so a test can
+count faults and successful calls made twice. Being a process, it can be SIGKILLed like a dead endpoint.
 
 Faults: 429 (Retry-After in seconds), 429-date (Retry-After as an HTTP date), 500, 502, 503, 529,
 reset (the connection is closed with no answer), hang (no answer for --hang-s seconds), truncated
@@ -50,9 +50,12 @@ class Proxy:
                 return self.count, "poison"
             return self.count, self.faults.pop(0) if self.faults else "forward"
 
-    def delivered(self, number: int, path: str, body: bytes, status: int, action: str) -> None:
-        line = {"n": number, "path": path, "sha": hashlib.sha256(body).hexdigest(), "status": status, "action": action,
-                "t": round(time.time(), 3)}
+    def note(self, number: int, path: str, body: bytes, status: int, action: str, delivered: bool,
+             authorization: str | None) -> None:
+        line = {"n": number, "path": path, "sha": hashlib.sha256(body).hexdigest(), "status": status,
+                "action": action, "delivered": delivered, "t": round(time.time(), 3),
+                # what credential came, as a hash: the log must not hold the secret itself
+                "authorization": hashlib.sha256(authorization.encode()).hexdigest()[:16] if authorization else None}
         with self.lock:
             self.log.write(json.dumps(line) + "\n")
             self.log.flush()
@@ -72,14 +75,16 @@ def handler_for(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             number, action = proxy.next_action(body)
+            authorization = self.headers.get("Authorization") or self.headers.get("x-api-key")
             if action in ("reset", "hang"):
                 if action == "hang":
                     time.sleep(proxy.hang_s)
                 self.reset()
+                proxy.note(number, self.path, body, 0, action, False, authorization)
                 return
             status, payload, headers = self.answer(action, body)
-            if self.reply(status, payload, headers):
-                proxy.delivered(number, self.path, body, status, action)
+            delivered = self.reply(status, payload, headers)
+            proxy.note(number, self.path, body, status, action, delivered, authorization)
 
         def answer(self, action: str, body: bytes) -> tuple[int, bytes, dict]:
             if action == "forward":

@@ -57,6 +57,10 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
         return generate_constraints(config, out, seed)
     if method not in METHODS:
         raise ConfigError(f"generate: unknown method '{method}' (choose one of {', '.join(METHODS)}, constraints)")
+    from bezoar.llm.endpoints import public_spec
+
+    teacher_spec = public_spec(teacher_spec)  # records and messages name the teacher, never its credentials
+    judge_spec = public_spec(judge_spec) if judge_spec else judge_spec
     if not config.seeds:
         raise ConfigError(f"generate.{method}.seeds: no seed files given (use --seeds PATH or the recipe)")
     if require_commercial_use:

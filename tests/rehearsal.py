@@ -1,0 +1,244 @@
+"""The paper run's production path, rehearsed on 127.0.0.1: recipes/rehearsal.yaml through real servers
+and fault-injecting proxies. Shared by tests/test_rehearsal.py (CI-sized) and benchmarks/bench_faults.py.
+
+One `bezoar serve` answers every role (OpenAI chat-completions and Anthropic messages). In a faulty run
+each role reaches it through `tests/fault_proxy.py` processes:
+
+    teacher   two endpoints: A injects every retryable fault once (429 in both Retry-After forms, 500,
+              502, 503, 529, a reset connection, a truncated body, JSON of the wrong shape); B is
+              SIGKILLed mid-generate, so its in-flight and later calls must go to A
+    judge     one endpoint that hangs once past the judge's timeout
+    claude    the MT-Bench judge (Anthropic API): one 529 (Anthropic's "overloaded")
+    all       one seed's requests always get HTTP 400 (the item that cannot succeed)
+
+A clean run uses the same recipe through pass-through proxies (same URLs shape, no faults).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from servers import free_port, wait_healthy
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TEACHER_FAULTS = ("429", "429-date", "500", "502", "503", "529", "reset", "truncated", "wrong-shape")
+JUDGE_FAULTS = ("hang",)
+CLAUDE_FAULTS = ("529",)
+KILL_AFTER = 3
+"""Teacher endpoint B is killed once it has delivered this many answers."""
+
+
+@contextmanager
+def model_server(log: Path, timeout_s: float = 300):
+    """`bezoar serve` on a free port: yields its base URL (no /v1)."""
+    port = free_port()
+    with open(log, "w") as out:
+        process = subprocess.Popen([str(BIN / "bezoar"), "serve", "--port", str(port)], stdout=out,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", process, timeout_s)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        _stop(process)
+
+
+@dataclass
+class Proxy:
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def requests(self) -> list[dict]:
+        """Every POST it handled (see tests/fault_proxy.py)."""
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
+
+
+def start_proxy(name: str, upstream: str, workdir: Path, faults=(), poison=(), hang_s: float = 30) -> Proxy:
+    port = free_port()
+    log = workdir / f"proxy-{name}.jsonl"
+    log.unlink(missing_ok=True)  # a later run in the same folder counts its own requests only
+    command = [sys.executable, str(REPO / "tests" / "fault_proxy.py"), "--upstream", upstream, "--port", str(port),
+               "--log", str(log), "--faults", ",".join(faults), "--hang-s", str(hang_s)]
+    for text in poison:
+        command += ["--poison", text]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    wait_healthy(f"http://127.0.0.1:{port}/health", process, 60)
+    return Proxy(name, process, port, log)
+
+
+@dataclass
+class Rehearsal:
+    """What one run did: exit code, output, wall time, and what every proxy delivered."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    run_dir: Path
+    proxies: dict[str, Proxy] = field(default_factory=dict)
+    killed_at: float | None = None
+    """When teacher endpoint B was killed (time.time(), as the proxies' logs)."""
+
+    def requests(self) -> list[dict]:
+        return [r for proxy in self.proxies.values() for r in proxy.requests()]
+
+    def repeated_calls(self) -> int:
+        """Successful answers delivered twice for the same request body."""
+        bodies = [r["sha"] for r in self.requests() if r["action"] == "forward" and r["status"] == 200 and r["delivered"]]
+        return len(bodies) - len(set(bodies))
+
+    def faults_injected(self) -> dict[str, int]:
+        """Per fault (poisoned requests included): how many requests got it."""
+        counts: dict[str, int] = {}
+        for request in self.requests():
+            if request["action"] != "forward":
+                counts[request["action"]] = counts.get(request["action"], 0) + 1
+        return counts
+
+
+def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
+    """recipes/rehearsal.yaml with the data directory filled in and `changes` ({"a.b.c": value}) applied."""
+    import yaml
+
+    recipe = yaml.safe_load((REPO / "recipes" / "rehearsal.yaml").read_text())
+    for dotted, value in changes.items():
+        node = recipe
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = value
+    path = workdir / "rehearsal.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
+    return path
+
+
+def rehearse(workdir: Path, upstream: str, recipe: Path, faulty: bool, poison: tuple[str, ...] = (),
+             secret: str | None = None, args: tuple[str, ...] = (), timeout_s: float = 2400) -> Rehearsal:
+    """One `bezoar run` of `recipe` through proxies in front of `upstream` (a `bezoar serve` base URL)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    proxies = {
+        "teacher_a": start_proxy("teacher_a", upstream, workdir, TEACHER_FAULTS if faulty else (), poison),
+        "teacher_b": start_proxy("teacher_b", upstream, workdir, (), poison),
+        "judge": start_proxy("judge", upstream, workdir, JUDGE_FAULTS if faulty else (), poison),
+        "claude": start_proxy("claude", upstream, workdir, CLAUDE_FAULTS if faulty else (), poison),
+    }
+    env = _environment(workdir, proxies, secret)
+    run_dir = workdir / "runs" / "rehearsal"
+    try:
+        return _run(workdir, recipe, run_dir, env, proxies, kill_b=faulty, args=args, timeout_s=timeout_s)
+    finally:
+        for proxy in proxies.values():
+            _stop(proxy.process)
+
+
+def _environment(workdir: Path, proxies: dict[str, Proxy], secret: str | None) -> dict:
+    """Where each role goes; with `secret`, the same secret planted everywhere a user can put one."""
+    def teacher(name: str) -> str:
+        auth = f"rehearsal:{secret}@" if secret else ""  # URL user-info
+        return proxies[name].url("/v1").replace("http://", f"http://{auth}")
+
+    judge = proxies["judge"].url("/v1") + (f"?api-key={secret}" if secret else "")  # URL query
+    env = {**os.environ, "BEZOAR_CACHE_DIR": str(workdir / "user-cache"),
+           "REHEARSAL_TEACHER_URLS": f"{teacher('teacher_a')},{teacher('teacher_b')}",
+           "REHEARSAL_JUDGE_URL": judge, "REHEARSAL_CLAUDE_URL": proxies["claude"].url(),
+           "REHEARSAL_API_KEY": secret or "rehearsal-key"}  # the variable api_key_env names
+    if secret:
+        env.update(OPENAI_API_KEY=secret, ANTHROPIC_API_KEY=secret)  # provider keys: must go nowhere here
+    return env
+
+
+def _run(workdir: Path, recipe: Path, run_dir: Path, env: dict, proxies: dict[str, Proxy], kill_b: bool,
+         args: tuple[str, ...], timeout_s: float) -> Rehearsal:
+    command = [str(BIN / "bezoar"), "run", str(recipe), "--run-dir", str(run_dir), *args]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    killed_at = _kill_b_mid_generate(process, proxies["teacher_b"], run_dir) if kill_b else None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+    return Rehearsal(process.returncode, stdout, stderr, time.perf_counter() - started, run_dir, proxies, killed_at)
+
+
+def _kill_b_mid_generate(process: subprocess.Popen, endpoint: Proxy, run_dir: Path) -> float | None:
+    """SIGKILL teacher endpoint B once it has answered KILL_AFTER calls while generate runs."""
+    while process.poll() is None:
+        if len(endpoint.requests()) >= KILL_AFTER and _stage_status(run_dir, "generate") == "running":
+            os.killpg(endpoint.process.pid, signal.SIGKILL)
+            endpoint.process.wait(timeout=30)
+            return time.time()
+        if _stage_status(run_dir, "generate") == "done":
+            return None
+        time.sleep(0.2)
+    return None
+
+
+def _stage_status(run_dir: Path, stage: str) -> str | None:
+    try:
+        return json.loads((run_dir / "manifest.json").read_text())["stages"].get(stage, {}).get("status")
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=20)
+
+
+def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
+    found = {}
+    for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
+        if "." in path.stem:  # rejected/failed files
+            continue
+        found[path.stem] = sorted(json.loads(line)["meta"]["id"] for line in path.read_text().splitlines() if line.strip())
+    return found
+
+
+def failures(run_dir: Path) -> list[dict]:
+    """Every failed item of the run, from every stage's failures files."""
+    rows = []
+    for path in sorted(run_dir.rglob("*failed.jsonl")):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def poison_for(clean_run: Path) -> tuple[str, str]:
+    """(a text only one generated record's requests contain, that record's id): the clean run's first Orca
+    record; its seed question is the poison."""
+    first = json.loads((clean_run / "data" / "generated" / "orca.jsonl").read_text().splitlines()[0])
+    question = next(m["content"] for m in first["messages"] if m["role"] == "user")
+    return question[:80], first["meta"]["id"]
+
+
+def secret_hits(secret: str, *places: Path | str) -> list[str]:
+    """Files (under the given directories) or texts that contain `secret`."""
+    hits = []
+    needle = secret.encode()
+    for place in places:
+        if isinstance(place, Path) and place.exists():
+            files = [place] if place.is_file() else [p for p in place.rglob("*") if p.is_file()]
+            hits += [str(f) for f in files if needle in f.read_bytes()]
+        elif isinstance(place, str) and secret in place:
+            hits.append("(output text)")
+    return hits
