@@ -34,11 +34,14 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, help="work here and keep the run directories (default: a temp dir)")
+    parser.add_argument("--reference", type=Path, help="a finished uninterrupted run of the same smoke recipe "
+                        "(e.g. the test fixture's runs/reference) instead of making one: its manifest's times "
+                        "give the timeline")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="bench_chaos-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        figures = bench(root, args.kills, random.Random(args.seed))
+        figures = bench(root, args.kills, random.Random(args.seed), args.reference)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
@@ -46,12 +49,16 @@ def main() -> None:
     sys.exit(0 if figures["identical"] else 1)
 
 
-def bench(root: Path, kills: int, rng: random.Random) -> dict:
+def bench(root: Path, kills: int, rng: random.Random, made: Path | None) -> dict:
     os.environ.setdefault("BEZOAR_DATA", str(DATA))  # defaults not in the recipe (e.g. eval.ifeval) read it
     smoke_recipe(root / "reference.yaml", "reference", DATA)
     smoke_recipe(root / "chaos.yaml", "chaos", DATA)
     reference, chaos_dir = root / "runs" / "reference", root / "runs" / "chaos"
-    reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, reference, timeout_s=3600)
+    if made:
+        shutil.copytree(made, reference)
+        reference_s, starts = timeline(reference)
+    else:
+        reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, reference, timeout_s=3600)
     print(f"reference: {reference_s:.0f} s, stages started at " + ", ".join(f"{s} {t:.0f} s" for s, t in starts.items()),
           flush=True)
     plan = random_plan(starts, reference_s, kills, rng)
@@ -80,6 +87,17 @@ def bench(root: Path, kills: int, rng: random.Random) -> dict:
             "peak_rss_mb_bench": round(peak_rss_mb()),
             "peak_rss_mb_stages": max((v.get("peak_rss_mb", 0) for v in manifest(chaos_dir)["stages"].values()),
                                       default=0)}
+
+
+def timeline(run_dir: Path) -> tuple[float, dict[str, float]]:
+    """(seconds, stage starts) of a finished run, from its manifest (to the second)."""
+    from datetime import datetime
+
+    stages = manifest(run_dir)["stages"]
+    started = {s: datetime.fromisoformat(v["started"]).timestamp() for s, v in stages.items() if v.get("started")}
+    first = min(started.values())
+    last = max(datetime.fromisoformat(v["ended"]).timestamp() for v in stages.values() if v.get("ended"))
+    return last - first + 1, {s: t - first for s, t in sorted(started.items(), key=lambda item: item[1])}
 
 
 if __name__ == "__main__":
