@@ -74,7 +74,7 @@ def judge_check(model: CachedModel, pairs_path: Path | str, n: int = 100, scorin
         conversations.append(prompt.render(conversation=history, response_a=chosen, response_b=rejected))
         conversations.append(prompt.render(conversation=history, response_a=rejected, response_b=chosen))
     replies = caller.chat(conversations, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), progress=progress)
-    picks = [parse_choice(r.text) if r.finish_reason != "error" else None for r in replies]
+    picks = [parse_choice(r.text) if not r.failed else None for r in replies]
     figures = summarise(picks)
     figures.update(judge=caller.identity, scoring=mode, prompt=prompt.id, pairs_file=str(pairs_path),
                    pairs=len(chosen_pairs), skipped_malformed_rows=len(bad),

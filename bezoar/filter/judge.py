@@ -175,7 +175,7 @@ def _chat(model: CachedModel, conversations: list[Conversation], sampling: Sampl
 
 
 def _result(reply: Reply, config: JudgeConfig, mode: str, identity: str, prompt_id: str) -> JudgeResult:
-    judgment = parse_judgment(reply.text) if reply.finish_reason != "error" else Judgment()
+    judgment = parse_judgment(reply.text) if not reply.failed else Judgment()
     accepted = decide(judgment, config, mode)
     reason = judgment.reason
     if mode == "logprobs":

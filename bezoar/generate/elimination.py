@@ -141,7 +141,7 @@ def equal_prompts(judge: CachedModel, pairs: Sequence[tuple[str, str]], max_atte
         replies = judge.chat([conversations[i] for i in pending], sampling)
         for index, reply in zip(pending, replies):
             answer = _drop_echo(reply.text, conversations[index][-1]["content"])
-            verdicts[index] = parse_equality(answer) if reply.finish_reason != "error" else None
+            verdicts[index] = parse_equality(answer) if not reply.failed else None
         pending = [i for i in pending if verdicts[i] is None]
     if pending:
         log.debug("equality check: %d of %d answers unparseable after %d attempts", len(pending), len(pairs), max_attempts)
