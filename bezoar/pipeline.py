@@ -229,7 +229,8 @@ def run(recipe, source: Path, start: str | None = None, only: str | None = None,
         if probe:
             probe_remote_roles(recipe, [s.name for s in stages])
         manifest = open_run(recipe, run_dir, source)
-        manifest.data["plan"] = make_plan(recipe, [s.name for s in stages]).to_json()
+        names = [s.name for s in stages]
+        manifest.data["plan"] = make_plan(recipe, names).over(manifest.data.get("plan"), names)
         totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
         previous = ""
         for stage in STAGES:

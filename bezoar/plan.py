@@ -66,6 +66,12 @@ class Plan:
                 "assumptions": self.assumptions, "calls_by_stage": self.stage_calls(),
                 "cost_usd": round(sum(line.cost_usd for line in self.lines), 2)}
 
+    def over(self, earlier: dict | None, stages: list[str]) -> dict:
+        """This plan's JSON with the lines of stages it did not plan kept from `earlier` (a run with
+        --only STAGE re-plans that stage, not the others that `bezoar status` compares against)."""
+        kept = [PlanLine(**line) for line in (earlier or {}).get("lines", []) if line.get("stage") not in stages]
+        return Plan(kept + self.lines, self.tokens_counted_with, self.assumptions).to_json()
+
 
 # --- token counting ------------------------------------------------------------------------------
 

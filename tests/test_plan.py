@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,3 +93,35 @@ def test_status_shows_planned_against_done(tmp_path):
         console.width = width
     row = next(line for line in captured.get().splitlines() if "generate" in line)
     assert "done/planned" in captured.get() and "37/~40" in row  # 30 calls + 7 cache hits of ~40 planned
+
+
+PLAN_TOLERANCE = 2.0
+"""Planned calls must be within this factor of the calls a real run answered (made + cache hits): the
+yields are assumptions and a smoke run has a handful of items, so one rejection more moves a count."""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)  # asks for the session's smoke runs (conftest.smoke_runs), built once for several modules
+def test_planned_calls_match_a_real_run(smoke_runs):
+    """The plan stored at `bezoar run` start against what the never-killed smoke run really asked."""
+    data = json.loads((smoke_runs.root / "runs" / "reference" / "manifest.json").read_text())
+    planned = {(line["stage"], line["role"]): line["calls"] for line in data["plan"]["lines"]}
+    compared = {}
+    # eval's student is left out: the manifest counts the base student's calls only (each checkpoint
+    # is a model of its own, outside the run's roles), while the plan counts every checkpoint's answers.
+    for stage, role in (("generate", "teacher"), ("generate", "judge"), ("filter", "judge"), ("eval", "judge")):
+        usage = data["stages"][stage]["usage"][role]
+        compared[stage, role] = (planned[stage, role], usage["calls"] + usage["cache_hits"])
+    for (stage, role), (plan, done) in compared.items():
+        assert plan / PLAN_TOLERANCE <= done <= plan * PLAN_TOLERANCE, compared
+
+
+def test_a_partial_run_replans_only_its_stages(tmp_path, data_dir):
+    from bezoar.config import load_recipe
+    from bezoar.plan import make_plan
+
+    recipe = load_recipe(recipe_with(tmp_path, data_dir))
+    full = make_plan(recipe).to_json()
+    again = make_plan(recipe, ["filter"]).over(full, ["filter"])
+    assert again["calls_by_stage"] == full["calls_by_stage"] and len(again["lines"]) == len(full["lines"])
+    assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_stage"] == {"filter": 16}
