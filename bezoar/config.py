@@ -115,10 +115,11 @@ def _stage_models() -> dict[str, Any]:
     from bezoar.evaluate.config import EvalConfig
     from bezoar.filter.config import FilterConfig
     from bezoar.generate.config import GenerateConfig
+    from bezoar.preferences.config import PreferencesConfig
     from bezoar.train.config import DPOStageConfig, SFTHHStageConfig, SFTStageConfig
 
     return {"generate": GenerateConfig, "filter": FilterConfig, "sft": SFTStageConfig,
-            "sft_hh": SFTHHStageConfig, "dpo": DPOStageConfig, "eval": EvalConfig}
+            "sft_hh": SFTHHStageConfig, "preferences": PreferencesConfig, "dpo": DPOStageConfig, "eval": EvalConfig}
 
 
 def recipe_model() -> type[BaseModel]:

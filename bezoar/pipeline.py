@@ -48,6 +48,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("filter", "bezoar.filter.runner:run_filter", ("filter",), ("judge",)),
     Stage("sft", "bezoar.train.sft:run_sft", ("sft",), ("student",)),
     Stage("sft_hh", "bezoar.train.sft:run_sft_hh", ("sft_hh",), ("student",)),
+    Stage("preferences", "bezoar.preferences.stage:run_preferences", ("preferences",), ("student", "judge")),
     Stage("dpo", "bezoar.train.dpo:run_dpo", ("dpo", "sft_hh"), ("student",)),
     Stage("eval", "bezoar.evaluate.runner:run_eval", ("eval",), ("judge", "student")),
     Stage("report", "bezoar.report.html:run_report", (), ()),
