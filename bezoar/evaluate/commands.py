@@ -61,8 +61,10 @@ def mt_bench_command(
                      judge_max_new_tokens=judge_max_new_tokens)
     load_questions(config.questions, config.limit, config.per_category)  # a bad question file fails before any model loads
     cache = CallCache(default_cache_path())
-    answerer = open_model(_model_config(ModelConfig, model), role="student", cache=cache)
-    grader = open_model(_model_config(ModelConfig, judge), role="judge", cache=cache)
+    # both specs checked before either model loads
+    answerer_config, grader_config = ModelConfig.from_option("--model", model), ModelConfig.from_option("--judge", judge)
+    answerer = open_model(answerer_config, role="student", cache=cache)
+    grader = open_model(grader_config, role="judge", cache=cache)
     summary = run_mt_bench(answerer, grader, out_dir, config, model_id or spec_label(model), spec_label(judge))
     out.print(mt_bench_table(summary))
     if "pairwise" in summary:

@@ -76,11 +76,12 @@ def run_harness(spec: str, config: HarnessConfig, out_dir: Path) -> dict:
     # cache (a user with hub access can say HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0).
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    args = model_args(spec, config.dtype)
     from lm_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(out_dir / "tasks"))
+    # lm-eval's own ~15k task configs are indexed (seconds) only when a task is not one of bezoar's
+    manager = TaskManager(include_path=str(out_dir / "tasks"), include_defaults=bool(other))
     check_offline(other, manager)
-    args = model_args(spec, config.dtype)
     started = time.perf_counter()
     results = _evaluate(args, names, config, out_dir, manager)
     summary = summarise(results, names)
