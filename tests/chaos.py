@@ -43,16 +43,18 @@ float rounding (measured: 0); the margin allows for reduction-order differences 
 
 SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
     ("generate", "lamini", "n"): 3, ("generate", "evol", "n"): 3, ("generate", "orca", "n"): 3,
-    ("generate", "lamini", "response_sampling", "max_new_tokens"): 32,
-    ("generate", "evol", "response_sampling", "max_new_tokens"): 32,
-    ("generate", "orca", "response_sampling", "max_new_tokens"): 32,
-    ("generate", "evol", "evolve_sampling", "max_new_tokens"): 64,
+    ("generate", "lamini", "instruction_sampling", "max_new_tokens"): 96,
+    ("generate", "lamini", "response_sampling", "max_new_tokens"): 24,
+    ("generate", "evol", "response_sampling", "max_new_tokens"): 24,
+    ("generate", "orca", "response_sampling", "max_new_tokens"): 24,
+    ("generate", "evol", "evolve_sampling", "max_new_tokens"): 48,
     ("sft", "max_steps"): 2, ("sft", "eval_steps"): 1, ("sft_hh", "max_steps"): 2, ("sft_hh", "eval_steps"): 1,
-    ("sft_hh", "data", "sft_n"): 16, ("sft_hh", "data", "dpo_n"): 16, ("sft_hh", "data", "heldout_n"): 8,
-    ("sft_hh", "max_validation_examples"): 8, ("dpo", "max_validation_examples"): 8,
+    ("sft_hh", "gradient_accumulation_steps"): 1, ("dpo", "gradient_accumulation_steps"): 1,
+    ("sft_hh", "data", "sft_n"): 8, ("sft_hh", "data", "dpo_n"): 8, ("sft_hh", "data", "heldout_n"): 4,
+    ("sft_hh", "max_validation_examples"): 4, ("dpo", "max_validation_examples"): 4,
     ("dpo", "max_steps"): 2, ("dpo", "eval_steps"): 1,
-    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 1, ("eval", "mt_bench", "max_new_tokens"): 32,
-    ("eval", "harness", "limit"): 2, ("eval", "preference", "limit"): 8,
+    ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 1, ("eval", "mt_bench", "max_new_tokens"): 24,
+    ("eval", "harness", "limit"): 1, ("eval", "preference", "limit"): 4,
     # 32-token replies are mostly cut short: keep them, so the judge has nine records to grade one
     # call at a time (a kill lands between two judge calls, not before the first or after the last)
     ("filter", "heuristics", "truncated"): False, ("filter", "judge", "chunk_size"): 1,
@@ -453,13 +455,27 @@ def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random
     return plan
 
 
-def smoke_runs(root: Path, data_dir: Path, seed: int = 0) -> SmokeRuns:
-    """The reference run, then the killed one (planned by `ci_plan`), then the comparison."""
+@dataclass
+class SmokeReference:
+    root: Path
+    reference_s: float
+    starts: dict[str, float]
+
+
+def smoke_reference(root: Path, data_dir: Path) -> SmokeReference:
+    """The smoke recipe run once, never killed, with its own cache: ROOT/runs/reference."""
     os.environ.setdefault("BEZOAR_DATA", str(data_dir))  # defaults not in the recipe (e.g. eval.ifeval) read it
     smoke_recipe(root / "reference.yaml", "reference", data_dir)
+    reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, root / "runs" / "reference",
+                                    timeout_s=2400)
+    return SmokeReference(root, reference_s, starts)
+
+
+def smoke_runs(made: SmokeReference, data_dir: Path, seed: int = 0) -> SmokeRuns:
+    """After the reference, the killed run (planned by `ci_plan`), then the comparison."""
+    root, reference_s, starts = made.root, made.reference_s, made.starts
     smoke_recipe(root / "killed.yaml", "killed", data_dir)
     reference, killed = root / "runs" / "reference", root / "runs" / "killed"
-    reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, reference, timeout_s=1800)
     statuses: list[str] = []
 
     def status() -> None:

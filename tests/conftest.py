@@ -45,10 +45,18 @@ def local_model(embedded, cache):
 
 
 @pytest.fixture(scope="session")
-def smoke_runs(tmp_path_factory, data_dir):
-    """A smoke-sized `bezoar run` never killed and one SIGKILLed in every stage and resumed (tests/chaos.py);
-    shared by test_chaos.py and test_pipeline.py. ~12 min on a busy 2-core machine: tests using it carry
-    a timeout mark that covers it."""
-    from chaos import smoke_runs as run_both
+def smoke_reference(tmp_path_factory, data_dir):
+    """A smoke-sized `bezoar run` never killed, with its own cache: ROOT/runs/reference (tests/chaos.py).
+    Minutes: tests using it (or `smoke_runs`) carry a timeout mark that covers it."""
+    from chaos import smoke_reference as run_reference
 
-    return run_both(tmp_path_factory.mktemp("pipeline"), data_dir)
+    return run_reference(tmp_path_factory.mktemp("pipeline"), data_dir)
+
+
+@pytest.fixture(scope="session")
+def smoke_runs(smoke_reference, data_dir):
+    """Beside the reference, the same recipe SIGKILLed in every stage and resumed: ROOT/runs/killed;
+    shared by test_chaos.py and test_pipeline.py."""
+    from chaos import smoke_runs as run_killed
+
+    return run_killed(smoke_reference, data_dir)

@@ -3,7 +3,7 @@
 completes with the reference's result.
 
 The run directory lives on a tmpfs mount the test makes (root, as in CI). For each stage the complete
-reference run of the chaos fixture (`smoke_runs`) is copied there without that stage's outputs, a
+reference run (fixture `smoke_reference`, tests/chaos.py) is copied there without that stage's outputs, a
 ballast file leaves about half of the space the stage writes (plus the bookkeeping it writes first:
 manifest, stage record, the call cache's WAL files), and the stage runs again with `--only STAGE`.
 Calls come from the copied call cache, so the stage repeats the reference's model work exactly and
@@ -110,10 +110,10 @@ def run_only(stage: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProces
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(2700)  # the chaos fixture's two runs when this module runs alone, then ~3 min
+@pytest.mark.timeout(2700)  # the reference run when this module runs first, then ~3 min
 @pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))
-def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_freed(stage, smoke_runs, disk):
-    reference = smoke_runs.root / "runs" / "reference"
+def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_freed(stage, smoke_reference, disk):
+    reference = smoke_reference.root / "runs" / "reference"
     run_dir = disk / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
     shutil.copytree(reference, run_dir, ignore=shutil.ignore_patterns("checkpoint-*"))
@@ -122,7 +122,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_fr
     before = digest(run_dir, stage_paths(reference, stage))
     ballast = fill(disk, room_for(reference, stage))
 
-    full = run_only(stage, run_dir, smoke_runs.root)
+    full = run_only(stage, run_dir, smoke_reference.root)
     said = [line for line in full.stderr.splitlines() if "no space left" in line.lower()]
     print(f"{stage}: exit {full.returncode}: {said}")
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
@@ -136,7 +136,7 @@ def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_fr
     assert digest(run_dir, stage_paths(reference, stage)) == before  # other stages' outputs untouched
 
     ballast.unlink()
-    again = run_only(stage, run_dir, smoke_runs.root)
+    again = run_only(stage, run_dir, smoke_reference.root)
     assert again.returncode == 0, again.stderr[-3000:]
     assert damage(run_dir) == {} and not any(p.read_text().endswith("}") for p in run_dir.rglob("*.jsonl"))
     if stage in ("generate", "filter"):
