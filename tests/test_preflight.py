@@ -43,9 +43,13 @@ def test_paper_recipe_is_refused_in_seconds_naming_the_rows_and_the_variable(dat
     assert elapsed < 30  # seconds, not the hours after which sft_hh used to find out
 
 
-def test_shipped_tiny_recipe_passes():
-    result = bezoar("validate", "recipes/tiny.yaml")
-    assert result.returncode == 0 and "ok" in result.stderr, result.stderr
+def test_shipped_tiny_recipe_passes(monkeypatch):
+    from bezoar.config import load_recipe
+    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.preflight import check_recipe
+
+    monkeypatch.chdir(REPO)  # the recipe's data paths are relative to the repository
+    check_recipe(load_recipe(REPO / "recipes" / "tiny.yaml"), Path("recipes/tiny.yaml"), STAGE_NAMES)
 
 
 def test_every_problem_is_one_line_at_its_key(tmp_path, data_dir, monkeypatch):
