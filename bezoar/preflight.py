@@ -210,6 +210,9 @@ def check_eval(recipe, found: Findings) -> None:
         _check_harness(config.harness, found)
     if config.preference.enabled and config.preference.pairs is not None:
         _check_pairs_preview(config.preference.pairs, ("eval", "preference", "pairs"), found)
+    ifeval = getattr(config, "ifeval", None)
+    if ifeval is not None and ifeval.enabled:
+        _preview(ifeval.prompts, ("eval", "ifeval", "prompts"), found)
 
 
 def _check_harness(config, found: Findings) -> None:
