@@ -250,12 +250,13 @@ def _role_config(recipe, role: str):
 
 def _merge(recipe, stage: str, calls: list[tuple[str, int, float, int]]) -> list[PlanLine]:
     """One line per role: calls summed, tokens from each kind's per-call figures, cost and wall time."""
+    from bezoar.llm.endpoints import public_spec  # a credential in a URL never reaches a plan or manifest
     from bezoar.llm.specs import parse_spec
 
     by_role: dict[str, PlanLine] = {}
     for role, count, prompt, completion in calls:
         config = _role_config(recipe, role)
-        line = by_role.setdefault(role, PlanLine(stage, role, config.spec, 0, 0, 0, wall_s=0.0))
+        line = by_role.setdefault(role, PlanLine(stage, role, public_spec(config.spec), 0, 0, 0, wall_s=0.0))
         line.calls += int(count)
         line.prompt_tokens += round(count * prompt)
         line.completion_tokens += int(count * completion)
