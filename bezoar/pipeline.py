@@ -232,6 +232,7 @@ def run(recipe, source: Path, start: str | None = None, only: str | None = None,
         manifest = open_run(recipe, run_dir, source)
         names = [s.name for s in stages]
         manifest.data["plan"] = make_plan(recipe, names).over(manifest.data.get("plan"), names)
+        manifest.save()  # the plan (and a rebuilt manifest) on disk even if every stage is skipped
         totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
         previous = ""
         for stage in STAGES:
