@@ -68,7 +68,9 @@ def load(run_dir: Path) -> RunData:
     data = RunData(run_dir)
     manifest = run_dir / "manifest.json"
     if manifest.exists():
-        data.manifest = json.loads(manifest.read_text())
+        from bezoar.run_state import read_manifest
+
+        data.manifest = read_manifest(manifest)  # a corrupt one is one line naming it, not a traceback
     for path in sorted((run_dir / "data" / "generated").glob("*.jsonl")):
         if "." not in path.stem:  # {method}.rejected.jsonl holds generation's eliminations
             data.generated[path.stem] = _records(path)
