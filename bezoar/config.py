@@ -147,6 +147,12 @@ def _to_python(node: yaml.Node, path: tuple, lines: dict[tuple, int]) -> Any:
         result = {}
         for key_node, value_node in node.value:
             key = key_node.value
+            if not isinstance(key, str):  # `? [a, b]`: YAML allows it, a recipe has no such key
+                raise yaml.MarkedYAMLError(problem="a key must be a plain name, not a list or mapping",
+                                           problem_mark=key_node.start_mark)
+            if key in result:  # YAML itself lets the last one win silently
+                raise yaml.MarkedYAMLError(problem=f"key '{key}' repeats line {lines[path + (key,)]}",
+                                           problem_mark=key_node.start_mark)
             lines[path + (key,)] = key_node.start_mark.line + 1
             result[key] = _to_python(value_node, path + (key,), lines)
         return result
@@ -164,12 +170,12 @@ def parse_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        lines: dict[tuple, int] = {}
+        data = _to_python(node, (), lines) if node is not None else {}
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError(located(path, mark.line + 1 if mark else None, f"not valid YAML: {problem}")) from None
-    lines: dict[tuple, int] = {}
-    data = _to_python(node, (), lines) if node is not None else {}
+        raise ConfigError(_one_line(located(path, mark.line + 1 if mark else None, f"not valid YAML: {problem}"))) from None
     if not isinstance(data, dict):
         raise ConfigError(located(path, 1, "a recipe must be a mapping of sections (run, models, generate, ...)"))
     return data, lines
@@ -182,8 +188,13 @@ def validation_lines(path: Path, error: ValidationError, lines: dict[tuple, int]
         loc = tuple(p for p in problem["loc"] if not (isinstance(p, str) and p.startswith(("function-", "constrained"))))
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), 1)
         key = ".".join(str(p) for p in loc) or "(recipe)"
-        found.append((line, f"{path}:{line}: {key}: {_message(problem)}"))
+        found.append((line, _one_line(f"{path}:{line}: {key}: {_message(problem)}")))
     return [text for _, text in sorted(found)]
+
+
+def _one_line(text: str) -> str:
+    """A key or value holding a line break or control character must not split its problem's line."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _message(problem: dict) -> str:
