@@ -47,11 +47,21 @@ class Findings:
         """The line of `key`, else of its nearest parent in the recipe (a default has no line of its own)."""
         return next((self.lines[key[:i]] for i in range(len(key), 0, -1) if key[:i] in self.lines), 1)
 
-    def variable(self, key: tuple) -> str | None:
-        """The `${VAR...}` the recipe reads this value from, if any: the knob a user turns."""
+    def variable(self, key: tuple, whole: bool = False) -> str | None:
+        """The `${VAR...}` the recipe reads this value from, if any: the knob a user turns. `whole`: only
+        when the variable is the entire value (`"${HH_RLHF:-...}"`, not `"${BEZOAR_DATA:-...}/file"`)."""
         number = self.lines.get(key)
-        found = re.search(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", self.text[number - 1]) if number and self.text else None
+        if not number or not self.text:
+            return None
+        pattern = r":\s*[\"']?\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}[\"']?\s*(?:#.*)?$" if whole else r"\$\{([A-Za-z_][A-Za-z0-9_]*)"
+        found = re.search(pattern, self.text[number - 1])
         return found.group(1) if found else None
+
+    def missing(self, key: tuple, what: str) -> None:
+        """`what` does not exist: the fix names the variable the path is read from, when there is one."""
+        variable = self.variable(key)
+        self.add(key, f"{what} not found; " + (f"fix the path, or set {variable} (read in it) to where the data is"
+                                               if variable else "fix the path"))
 
     def add(self, key: tuple, message: str) -> None:
         where = f"{self.source}:{self.line(key)}" if self.source else "(recipe)"
@@ -98,7 +108,7 @@ def check_generate(recipe, found: Findings) -> None:
             continue
         rows = sum(_seed_rows(seed, config.skip_bad_lines, key + (i,), found) for i, seed in enumerate(config.seeds))
         _check_reach(method, config, rows, found)
-        if recipe.run.require_commercial_use:
+        if recipe.run.require_commercial_use and all(Path(seed.path).is_file() for seed in config.seeds):
             try:
                 check_licences(config.seeds, recipe.models.teacher.spec, recipe.models.teacher.licence)
             except LicenceError as error:
@@ -112,7 +122,7 @@ def _seed_rows(seed, skip_bad: bool, key: tuple, found: Findings) -> int:
 
     path = Path(seed.path)
     if not path.is_file():
-        found.add(key, f"seed file {path} not found; fix the path (or the variable it is read from)")
+        found.missing(key, f"seed file {path}")
         return 0
     try:
         read_seeds(path, seed.licence, skip_bad, limit=min(seed.limit or PREVIEW_ROWS, PREVIEW_ROWS))
@@ -148,7 +158,7 @@ def check_filter(recipe, found: Findings) -> None:
     if section.contamination.enabled:
         for i, path in enumerate(section.contamination.eval_paths):
             if not Path(path).exists():
-                found.add(("filter", "contamination", "eval_paths", i), f"{path} not found; fix the path or remove it")
+                found.missing(("filter", "contamination", "eval_paths", i), str(path))
 
 
 def check_sft(recipe, found: Findings) -> None:
@@ -170,7 +180,7 @@ def check_hh_rows(recipe, found: Findings) -> None:
         found.add(key, "no HH-RLHF file given (JSONL(.gz) with chosen/rejected transcripts)")
         return
     if not Path(data.path).is_file():
-        found.add(key, f"{data.path} not found; {_how_to_point(found, key)}")
+        found.missing(key, str(data.path))
         return
     need = data.sft_n + (data.dpo_n or 0) + data.heldout_n
     rows = valid = 0
@@ -192,9 +202,10 @@ def check_hh_rows(recipe, found: Findings) -> None:
                   f"{_how_to_point(found, key, 'a larger HH-RLHF file')} or lower sft_n")
 
 
-def _how_to_point(found: Findings, key: tuple, what: str = "the HH-RLHF file") -> str:
-    variable = found.variable(key)
-    return f"set {variable} to {what}" if variable else f"point sft_hh.data.path at {what}"
+def _how_to_point(found: Findings, key: tuple, what: str) -> str:
+    """`set HH_RLHF to ...` when the whole path is read from a variable, else which key to change."""
+    variable = found.variable(key, whole=True)
+    return f"set {variable} to {what}" if variable else f"point {'.'.join(key)} at {what}"
 
 
 def check_eval(recipe, found: Findings) -> None:
@@ -239,7 +250,7 @@ def _check_pairs_preview(path: Path, key: tuple, found: Findings) -> None:
     from bezoar.train.hh_rlhf import Malformed, _load, parse_row
 
     if not Path(path).is_file():
-        found.add(key, f"{path} not found; fix the path")
+        found.missing(key, str(path))
         return
     from bezoar.records import _open_text
 
@@ -259,7 +270,7 @@ def _preview(path: Path, key: tuple, found: Findings, schema=None) -> None:
     from bezoar.records import read_jsonl
 
     if not Path(path).is_file():
-        found.add(key, f"{path} not found; fix the path")
+        found.missing(key, str(path))
         return
     try:
         for _, _row in zip(range(PREVIEW_ROWS), read_jsonl(path, schema)):
