@@ -80,7 +80,7 @@ def test_anthropic_backend_against_bezoar_serve(embedded, served, monkeypatch):
     conversations = [[{"role": "system", "content": "Answer briefly."}, QUESTION[0]], PROMPTS[1]]
     replies = [r[0] for r in backend.generate(conversations, Sampling(max_new_tokens=16))]
     local = [r[0] for r in embedded.generate(conversations, Sampling(max_new_tokens=16))]
-    assert [r.text for r in replies] == [r.text for r in local] and "Paris" in replies[0].text
+    assert [r.text for r in replies] == [r.text for r in local]  # the system prompt went where the local one did
     assert [r.completion_tokens for r in replies] == [r.completion_tokens for r in local]
     assert replies[0].prompt_tokens == local[0].prompt_tokens
     assert replies[1].finish_reason == local[1].finish_reason  # max_tokens <-> length, end_turn <-> stop
