@@ -5,6 +5,7 @@ a model load: what is tested is the client's routing)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -44,7 +45,8 @@ def kill_when(process, log: Path, received: int, killed: threading.Event) -> Non
     killed.set()
 
 
-def test_a_killed_endpoint_fails_over_and_is_used_again_once_back(tmp_path, cache):
+def test_a_killed_endpoint_fails_over_and_is_used_again_once_back(tmp_path, cache, caplog):
+    caplog.set_level(logging.INFO, logger="bezoar.llm.remote")
     port, log = free_port(), tmp_path / "victim.jsonl"
     survivor = FaultServer([], ok_body=reply_body("survivor"), delay_s=0.05)
     config = ModelConfig(spec=f"openai:m@http://127.0.0.1:{port}/v1,{survivor.url}/v1", concurrency=CONCURRENCY,
@@ -73,12 +75,14 @@ def test_a_killed_endpoint_fails_over_and_is_used_again_once_back(tmp_path, cach
         assert 1 <= len(in_flight) <= CONCURRENCY
         assert all(to_victim[p] + to_survivor[p] == 1 for p in to_victim + to_survivor if p not in in_flight)
         assert len(cache) == 24
+        assert any(f"endpoint http://127.0.0.1:{port}/v1 is down" in r.getMessage() for r in caplog.records)
 
         # The endpoint comes back (a new server on the same port): after the cool-down it is used again.
         with fault_process(port, log, reply="reborn"):
             time.sleep(config.retry_backoff_s * 20 + 0.1)  # the policy's cool-down, and a little more
             again = model.chat(prompts("second", 8), Sampling(max_new_tokens=4))
         assert not any(r.failed for r in again) and "reborn" in {r.text for r in again}
+        assert any(f"endpoint http://127.0.0.1:{port}/v1 answers again" in r.getMessage() for r in caplog.records)
     finally:
         survivor.close()
 

@@ -140,7 +140,7 @@ def test_a_rate_limit_that_never_lifts_makes_the_role_unavailable():
 def test_a_hang_on_one_item_while_the_endpoint_answers_fails_that_item():
     server = PoisonServer("seed 5:", "hang", hang_s=3)
     try:
-        replies = [r[0] for r in openai(server.url, max_retries=1, timeout_s=0.4, concurrency=3).generate(SEEDS, Sampling())]
+        replies = [r[0] for r in openai(server.url, max_retries=1, timeout_s=1.0, concurrency=3).generate(SEEDS, Sampling())]
         assert [r.failed for r in replies] == [False] * 5 + [True]
         assert replies[5].error.startswith("ReadTimeout at http://127.0.0.1:") and requests_for(server, "seed 5:") == 2
     finally:
