@@ -81,6 +81,13 @@ class ModelConfig(StrictModel):
 
         return value if (info.context or {}).get("credentials") else public_spec(value)
 
+    def __repr_args__(self):
+        """`repr` and `str` show the spec without URL credentials too."""
+        from bezoar.llm.endpoints import public_spec
+
+        for name, value in super().__repr_args__():
+            yield name, public_spec(value) if name == "spec" else value
+
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, value: str | None) -> str | None:

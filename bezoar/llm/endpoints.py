@@ -15,7 +15,7 @@ stable when a token rotates.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 PROVIDER_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
@@ -82,11 +82,11 @@ class Endpoint:
     """Credential-free: identity, logs, errors."""
     base: str
     """scheme://host[:port]/path, where the dialect appends its route."""
-    params: tuple[tuple[str, str], ...] = ()
+    params: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     """The URL's query, secret parameters included: sent with each request, shown nowhere."""
-    auth: tuple[str, str] | None = None
+    auth: tuple[str, str] | None = field(default=None, repr=False)
     """User-info, sent as HTTP Basic auth."""
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)
     key_source: str | None = None
     """The environment variable the key came from (named in error messages, the key never is)."""
 

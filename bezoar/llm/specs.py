@@ -35,6 +35,10 @@ class Spec:
     kind: str
     model: str | None = None
     urls: tuple[str, ...] = field(default_factory=tuple)
+    """As written, credentials included: for requests only (`str` and `repr` show them public)."""
+
+    def __repr__(self) -> str:
+        return f"Spec({str(self)!r})"
 
     def __str__(self) -> str:
         """The spec without the credentials its URLs may carry."""
