@@ -145,3 +145,21 @@ def test_a_hang_on_one_item_while_the_endpoint_answers_fails_that_item():
         assert replies[5].error.startswith("ReadTimeout at http://127.0.0.1:") and requests_for(server, "seed 5:") == 2
     finally:
         server.close()
+
+
+def test_called_inside_an_event_loop_the_error_still_reaches_the_caller():
+    """A notebook or a server calls generate from a running loop: the batch runs in a thread, and a
+    RoleUnavailable raised there must come back, not vanish."""
+    import asyncio
+
+    server = FaultServer(["ok", "401"])
+    try:
+        backend = openai(server.url, concurrency=1)
+
+        async def inside() -> None:
+            backend.generate(SEEDS[:3], Sampling())
+
+        with pytest.raises(RoleUnavailable, match="HTTP 401"):
+            asyncio.run(inside())
+    finally:
+        server.close()
