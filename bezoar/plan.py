@@ -151,7 +151,8 @@ def plan_lamini(recipe, config) -> list[tuple[str, int, float, int]]:
     per_prompt = config.instructions_per_prompt * YIELDS["lamini_candidates_per_prompt"]
     answers, _ = replay(config.n, config.batch_size, 1.0, YIELDS["lamini_records_per_answer"])
     prompts, _ = replay(answers, config.batch_size, 2.0, per_prompt)
-    responses = [template("lamini", "response").render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
+    answer = template("lamini", "response")
+    responses = [answer.render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
     return [("teacher", prompts, mean_tokens(lists), config.instruction_sampling.max_new_tokens),
             ("teacher", answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
 
@@ -208,7 +209,8 @@ def plan_filter(recipe) -> list[PlanLine]:
         return []
     records = sum(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca"))
     judged = math.ceil(records * YIELDS["filter_judged_share"])
-    reply = "x" * 4 * max(recipe.generate.scheme(m).response_sampling.max_new_tokens for m in ("lamini", "evol", "orca"))
+    longest = max(recipe.generate.scheme(m).response_sampling.max_new_tokens for m in ("lamini", "evol", "orca"))
+    reply = "x" * 4 * longest  # ~4 characters a token
     prompt = load_prompt(config.prompt).render(instruction="x" * 400, response=reply)
     completion = 1 if _next_token(recipe.models.judge.spec, config.scoring) else config.max_new_tokens
     return _merge(recipe, "filter", [("judge", judged, conversation_tokens(prompt), completion)])

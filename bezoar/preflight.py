@@ -53,7 +53,8 @@ class Findings:
         number = self.lines.get(key)
         if not number or not self.text:
             return None
-        pattern = r":\s*[\"']?\$\{([A-Za-z_][A-Za-z0-9_]*)[^}]*\}[\"']?\s*(?:#.*)?$" if whole else r"\$\{([A-Za-z_][A-Za-z0-9_]*)"
+        name = r"\$\{([A-Za-z_][A-Za-z0-9_]*)"
+        pattern = r":\s*[\"']?" + name + r"[^}]*\}[\"']?\s*(?:#.*)?$" if whole else name
         found = re.search(pattern, self.text[number - 1])
         return found.group(1) if found else None
 
@@ -295,7 +296,8 @@ def roles_for(recipe, stages: set[str]) -> dict[str, tuple[tuple, object]]:
         roles["student"] = (("models", "student"), recipe.models.student)
     if "eval" in stages and recipe.eval.mt_bench.enabled:
         own = recipe.eval.mt_bench.judge
-        roles["mt_bench_judge"] = (("eval", "mt_bench", "judge"), own) if own else (("models", "judge"), recipe.models.judge)
+        roles["mt_bench_judge"] = ((("eval", "mt_bench", "judge"), own) if own
+                                   else (("models", "judge"), recipe.models.judge))
     return roles
 
 

@@ -43,12 +43,14 @@ def probe_endpoint(backend, endpoint, client: httpx.Client) -> ProbeResult:
                 return ProbeResult(endpoint.public, True)
             if response.status_code not in (404, 405, 501):  # 404/405/501: no such route, ask for one token
                 return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response))
-        body = backend.dialect.body([{"role": "user", "content": "ping"}], Sampling(temperature=0.0, max_new_tokens=1), 0)
+        one_token = Sampling(temperature=0.0, max_new_tokens=1)
+        body = backend.dialect.body([{"role": "user", "content": "ping"}], one_token, 0)
         response = client.post(args["url"], json=body, **wire)
     except httpx.ConnectTimeout:
         return ProbeResult(endpoint.public, False, f"no connection within {PROBE_TIMEOUT_S:.0f} s")
     except httpx.TimeoutException:
-        return ProbeResult(endpoint.public, False, f"no answer within the role's timeout_s ({client.timeout.read:.0f} s)")
+        return ProbeResult(endpoint.public, False,
+                           f"no answer within the role's timeout_s ({client.timeout.read:.0f} s)")
     except httpx.TransportError as error:
         return ProbeResult(endpoint.public, False, f"unreachable ({type(error).__name__})")
     if response.status_code == 200:
