@@ -29,6 +29,8 @@ class Job:
     stopped: bool = False
     top_logprobs: dict[str, float] | None = None
     """The first token's likeliest alternatives, when `sampling.top_logprobs` asks for them."""
+    cancelled: bool = False
+    """Set from another thread (a server whose client hung up): the row leaves at its next token."""
 
 
 class JobSource(Protocol):
@@ -153,7 +155,7 @@ class Decoder:
     def _append(self, job: Job, token: int) -> bool:
         """Add a token; True when the job is finished (EOS, a stop string, or the length cap)."""
         job.generated.append(token)
-        if token == self.eos:
+        if token == self.eos or job.cancelled:
             return True
         if job.sampling.stop:
             tail = self.tokenizer.decode(job.generated[-24:], skip_special_tokens=True)

@@ -14,10 +14,11 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request  # at module level: FastAPI resolves the handlers' annotations here
 
 from bezoar.llm.continuous import Decoder, Job
 from bezoar.llm.local import row_seed
@@ -92,6 +93,15 @@ class MessagesRequest(BaseModel):
                         stop=tuple(self.stop_sequences or ()))
 
 
+class BadRequest(ValueError):
+    """A request the model cannot honour (too long for its context, a conversation its chat template
+    refuses): the client gets a 400 with this message."""
+
+
+class ClientGone(Exception):
+    """The client hung up before its reply was ready (answered with nginx's 499, which nobody reads)."""
+
+
 class QueueSource:
     """Requests from HTTP handlers, handed to the decoder as slots free up (continuous batching)."""
 
@@ -112,7 +122,7 @@ class QueueSource:
                 jobs.append(self.queue.get_nowait())
             except queue.Empty:
                 break
-        return jobs
+        return [job for job in jobs if not job.cancelled]  # its client has gone: never decode it
 
 
 class Engine:
@@ -128,6 +138,7 @@ class Engine:
         self.stats = {"requests": 0, "largest_batch": 0}
         self.waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, list]] = {}
         self.source = QueueSource()
+        self.context = getattr(backend.loaded.model.config, "max_position_embeddings", None) or 2**31
 
     def run(self, is_open: Callable[[], bool]) -> None:
         """Decode requests until `is_open()` turns false while nothing is waiting."""
@@ -135,32 +146,63 @@ class Engine:
         with self.backend.loaded.lock:
             self.decoder.run(self.source, self._done)
 
-    async def submit(self, conversation: list[dict], sampling: Sampling) -> list[Reply]:
+    async def submit(self, conversation: list[dict], sampling: Sampling,
+                     gone: Callable[[], Awaitable[bool]] | None = None) -> list[Reply]:
+        """The replies; if `gone()` turns true first (the client hung up), its rows are cancelled
+        and their slots freed at the next token."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        prompt = self.backend.encode(conversation)
+        prompt = self._encode(conversation, sampling)
         n = max(1, sampling.n)
         ticket = id(future)
         self.waiting[ticket] = (loop, future, [None] * n)
         self.stats["requests"] += 1
-        for sample in range(n):
-            self.source.queue.put(Job((ticket, sample), prompt, sampling, row_seed(sampling.seed, conversation, sample)))
+        jobs = [Job((ticket, sample), prompt, sampling, row_seed(sampling.seed, conversation, sample)) for sample in range(n)]
+        for job in jobs:
+            self.source.queue.put(job)
+        while gone is not None and not future.done():
+            await asyncio.wait({future}, timeout=0.25)
+            if not future.done() and await gone():
+                for job in jobs:
+                    job.cancelled = True
+                self.waiting.pop(ticket, None)
+                self.stats["cancelled"] = self.stats.get("cancelled", 0) + 1
+                raise ClientGone()
         return await future
+
+    def _encode(self, conversation: list[dict], sampling: Sampling) -> list[int]:
+        from jinja2 import TemplateError
+
+        try:
+            prompt = self.backend.encode(conversation)
+        except TemplateError as error:
+            raise BadRequest(f"messages: the model's chat template refuses this conversation ({error})") from None
+        if len(prompt) + sampling.max_new_tokens > self.context:
+            raise BadRequest(f"max_tokens: the prompt's {len(prompt)} tokens + max_tokens {sampling.max_new_tokens} "
+                             f"exceed the model's context of {self.context} tokens")
+        return prompt
 
     def _done(self, job: Job, reply: Reply) -> None:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], self.decoder.active)
         ticket, sample = job.key
+        if ticket not in self.waiting:  # cancelled: its client has gone
+            return
         loop, future, replies = self.waiting[ticket]
         replies[sample] = reply
         if all(r is not None for r in replies):
             del self.waiting[ticket]
-            loop.call_soon_threadsafe(future.set_result, replies)
+            loop.call_soon_threadsafe(_settle, future, replies)
+
+
+def _settle(future: asyncio.Future, replies: list[Reply]) -> None:
+    if not future.done():
+        future.set_result(replies)
 
 
 def create_app(engine: Engine, model_name: str):
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
 
     app = FastAPI(title="bezoar serve")
 
@@ -175,6 +217,17 @@ def create_app(engine: Engine, model_name: str):
         return JSONResponse(status_code=400, content={"error": {
             "message": message, "type": "invalid_request_error", "param": where}})
 
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, error: HTTPException):
+        """A body that is not even JSON (or a wrong path or method) gets the API's error shape too."""
+        message, kind = str(error.detail), "invalid_request_error" if error.status_code < 500 else "api_error"
+        if request.url.path.endswith("/messages"):
+            return JSONResponse(status_code=error.status_code, content={"type": "error", "error": {
+                "type": kind, "message": message}})
+        return JSONResponse(status_code=error.status_code, content={"error": {"message": message, "type": kind}})
+
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "bezoar"}]}
@@ -185,10 +238,16 @@ def create_app(engine: Engine, model_name: str):
         return {"status": "ok", **engine.stats}
 
     @app.post("/v1/chat/completions")
-    async def completions(request: ChatRequest):
+    async def completions(request: ChatRequest, raw: Request):
         conversation = [m.model_dump() for m in request.messages]
         try:
-            replies = await engine.submit(conversation, request.sampling())
+            replies = await engine.submit(conversation, request.sampling(), raw.is_disconnected)
+        except BadRequest as error:
+            where = str(error).split(":", 1)[0]
+            return JSONResponse(status_code=400, content={"error": {
+                "message": str(error), "type": "invalid_request_error", "param": where}})
+        except ClientGone:
+            return Response(status_code=499)
         except Exception as error:
             return JSONResponse(status_code=500, content={"error": {"message": str(error), "type": "server_error"}})
         body = _completion(replies, model_name)
@@ -197,9 +256,14 @@ def create_app(engine: Engine, model_name: str):
         return body
 
     @app.post("/v1/messages")
-    async def messages(request: MessagesRequest):
+    async def messages(request: MessagesRequest, raw: Request):
         try:
-            replies = await engine.submit(request.conversation(), request.sampling())
+            replies = await engine.submit(request.conversation(), request.sampling(), raw.is_disconnected)
+        except BadRequest as error:
+            return JSONResponse(status_code=400, content={"type": "error", "error": {
+                "type": "invalid_request_error", "message": str(error)}})
+        except ClientGone:
+            return Response(status_code=499)
         except Exception as error:
             return JSONResponse(status_code=500, content={"type": "error", "error": {"type": "api_error", "message": str(error)}})
         return _message(replies[0], model_name)
