@@ -47,6 +47,8 @@ class PlanLine:
     cost_usd: float = 0.0
     wall_s: float | None = None
     note: str = ""
+    by_scheme: dict[str, int] = field(default_factory=dict)
+    """Generate only: this role's calls per scheme (lamini, evol, orca)."""
 
 
 @dataclass
@@ -193,11 +195,19 @@ def _sample(seeds: list, seed: int) -> list:
 def plan_generate(recipe) -> list[PlanLine]:
     planners = {"lamini": plan_lamini, "evol": plan_evol, "orca": plan_orca}
     calls: list[tuple[str, int, float, int]] = []
+    by_scheme: dict[str, dict[str, int]] = {}
     for method, planner in planners.items():
         config = recipe.generate.scheme(method)
         if config.n > 0:
-            calls += planner(recipe, config)
-    return _merge(recipe, "generate", calls)
+            found = planner(recipe, config)
+            calls += found
+            for role, count, _, _ in found:
+                by_scheme.setdefault(role, {}).setdefault(method, 0)
+                by_scheme[role][method] += int(count)
+    lines = _merge(recipe, "generate", calls)
+    for line in lines:
+        line.by_scheme = by_scheme.get(line.role, {})
+    return lines
 
 
 def plan_filter(recipe) -> list[PlanLine]:

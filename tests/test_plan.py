@@ -96,33 +96,32 @@ def test_status_shows_planned_against_done(tmp_path):
     assert "done/planned" in captured.get() and "37/~40" in row  # 30 calls + 7 cache hits of ~40 planned
 
 
-PLAN_TOLERANCE = 2.0
-"""Planned calls must be within this factor of the calls a real run answered (made + cache hits): the
-yields are assumptions and a smoke run has a handful of items, so one rejection more moves a count."""
+EXACT_TOLERANCE = 0.5
+"""Where a stage's calls follow from the recipe (Orca: one call per seed; the filter judge: one per
+record; MT-Bench: two turns per question and checkpoint), planned and real calls agree within 50%: at
+n=3 a single rejection moves a count by a third."""
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(2700)  # asks for the session's smoke runs (conftest.smoke_runs), built once for several modules
 def test_planned_calls_match_a_real_run(smoke_runs):
-    """The plan stored at `bezoar run` start against what the never-killed smoke run really asked."""
+    """The plan stored at `bezoar run` start against the calls the never-killed smoke run answered
+    (made + cache hits). LaMini and Evol-Instruct depend on the teacher's yields, which the plan assumes
+    for a capable teacher: there the 135M teacher may need more calls, never far fewer."""
     data = json.loads((smoke_runs.root / "runs" / "reference" / "manifest.json").read_text())
-    planned = {(line["stage"], line["role"]): line["calls"] for line in data["plan"]["lines"]}
-    compared = {}
-    # eval's student is left out: the manifest counts the base student's calls only (each checkpoint
-    # is a model of its own, outside the run's roles), while the plan counts every checkpoint's answers.
-    for stage, role in (("generate", "teacher"), ("generate", "judge"), ("filter", "judge"), ("eval", "judge")):
-        usage = data["stages"][stage]["usage"][role]
-        compared[stage, role] = (planned[stage, role], usage["calls"] + usage["cache_hits"])
-    for (stage, role), (plan, done) in compared.items():
-        assert plan / PLAN_TOLERANCE <= done <= plan * PLAN_TOLERANCE, compared
+    planned = {(line["stage"], line["role"]): line for line in data["plan"]["lines"]}
+    schemes = data["stages"]["generate"]["summary"]["schemes"]
 
+    def answered(usage: dict) -> int:
+        return usage["calls"] + usage["cache_hits"]
 
-def test_a_partial_run_replans_only_its_stages(tmp_path, data_dir):
-    from bezoar.config import load_recipe
-    from bezoar.plan import make_plan
-
-    recipe = load_recipe(recipe_with(tmp_path, data_dir))
-    full = make_plan(recipe).to_json()
-    again = make_plan(recipe, ["filter"]).over(full, ["filter"])
-    assert again["calls_by_stage"] == full["calls_by_stage"] and len(again["lines"]) == len(full["lines"])
-    assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_stage"] == {"filter": 16}
+    exact = {"orca": (planned["generate", "teacher"]["by_scheme"]["orca"], answered(schemes["orca"]["usage"])),
+             "filter": (planned["filter", "judge"]["calls"], answered(data["stages"]["filter"]["usage"]["judge"])),
+             "mt_bench": (planned["eval", "judge"]["calls"], answered(data["stages"]["eval"]["usage"]["judge"]))}
+    for name, (plan, done) in exact.items():
+        assert abs(done - plan) <= EXACT_TOLERANCE * plan, (name, exact)
+    # eval's student is left out: the manifest counts the base student's calls only (each checkpoint is a
+    # model of its own, outside the run's roles), while the plan counts every checkpoint's answers.
+    assumed = {m: (planned["generate", "teacher"]["by_scheme"][m], answered(schemes[m]["usage"]))
+               for m in ("lamini", "evol")}
+    assert all(done >= plan / 2 for plan, done in assumed.values()), assumed
