@@ -125,3 +125,14 @@ def test_planned_calls_match_a_real_run(smoke_runs):
     assumed = {m: (planned["generate", "teacher"]["by_scheme"][m], answered(schemes[m]["usage"]))
                for m in ("lamini", "evol")}
     assert all(done >= plan / 2 for plan, done in assumed.values()), assumed
+
+
+def test_a_partial_run_replans_only_its_stages(tmp_path, data_dir):
+    from bezoar.config import load_recipe
+    from bezoar.plan import make_plan
+
+    recipe = load_recipe(recipe_with(tmp_path, data_dir))
+    full = make_plan(recipe).to_json()
+    again = make_plan(recipe, ["filter"]).over(full, ["filter"])
+    assert again["calls_by_stage"] == full["calls_by_stage"] and len(again["lines"]) == len(full["lines"])
+    assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_stage"] == {"filter": 16}
