@@ -63,13 +63,15 @@ def bench(root: Path, kills: int, rng: random.Random, made: Path | None) -> dict
           flush=True)
     plan = random_plan(starts, reference_s, kills, rng)
     print("kill plan: " + ", ".join(f"{k.stage}+{k.after_s:.1f}s" for k in plan), flush=True)
-    started = time.time()
-    chaos = run_with_kills([BEZOAR, "run", "chaos.yaml"], root, chaos_dir, plan, timeout_s=4 * 3600)
-    chaos_s = time.time() - started
-    for number, attempt in enumerate(chaos.attempts, 1):
+    started, count = time.time(), iter(range(1, 10_000))
+
+    def show(attempt) -> None:
         landed = f"killed in {attempt.stage_at_kill}" if attempt.killed else f"ran to the end (exit {attempt.returncode})"
-        print(f"attempt {number:2d}: aimed at {attempt.target:8s} {landed:24s} after {attempt.seconds:6.1f} s, "
+        print(f"attempt {next(count):2d}: aimed at {attempt.target:8s} {landed:24s} after {attempt.seconds:6.1f} s, "
               f"{attempt.calls_completed} calls completed", flush=True)
+
+    chaos = run_with_kills([BEZOAR, "run", "chaos.yaml"], root, chaos_dir, plan, timeout_s=4 * 3600, on_attempt=show)
+    chaos_s = time.time() - started
     reference_calls = len(cache_rows(reference))
     result = compare(reference, chaos_dir, chaos, reference_calls)
     for stage, runs in result["training"].items():

@@ -191,7 +191,7 @@ def random_plan(starts: dict[str, float], total_s: float, count: int, rng: rando
 
 
 def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill],
-                   timeout_s: float) -> ChaosRun:
+                   timeout_s: float, on_attempt: Callable[[Attempt], None] | None = None) -> ChaosRun:
     """Each planned kill in turn (restarting the command after it), then the command to its end."""
     chaos, rows = ChaosRun(), cache_rows(run_dir)
     deadline = time.time() + timeout_s
@@ -205,6 +205,8 @@ def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill
         chaos.calls_repeated += repeated
         rows = after
         chaos.attempts.append(attempt)
+        if on_attempt:
+            on_attempt(attempt)
         if not attempt.killed:  # it ran to its end before the kill: the rest of the plan is moot
             if attempt.returncode != 0:
                 log = (run_dir.parent / f"{run_dir.name}.log").read_text()[-3000:]
