@@ -78,7 +78,7 @@ def bench(root: Path, steps: int, batch: int) -> dict:
 
 
 def train(data: Path, recipe: Path, out: Path, processes: int) -> dict:
-    command = [sys.executable, "-m", "bezoar.cli", "sft", "--data", str(data), "--out", str(out),
+    command = [str(Path(sys.executable).parent / "bezoar"), "sft", "--data", str(data), "--out", str(out),
                "--recipe", str(recipe), "--num-processes", str(processes)]
     started = time.perf_counter()
     log = out.with_suffix(".log")
@@ -91,7 +91,7 @@ def train(data: Path, recipe: Path, out: Path, processes: int) -> dict:
     wall = time.perf_counter() - started
     summary = json.loads((out / "summary.json").read_text())
     losses = {row["step"]: row["loss"] for row in map(json.loads, (out / "metrics.jsonl").open()) if "loss" in row}
-    return {"losses": losses, "wall_s": wall, "peak_rss_mb": peak,
+    return {"losses": losses, "wall_s": wall, "peak_rss_mb": peak, "train_runtime_s": summary["train_runtime_s"],
             "tokens_per_s": summary["data"]["train_tokens"] / summary["train_runtime_s"]}
 
 

@@ -13,6 +13,8 @@
 #
 # Without DIR the check prepares the model itself (needs the embedded SmolLM2 package for the tokenizer).
 # PYTHON selects the interpreter (default: .venv/bin/python if present, else python3).
+# GPU_CHECK_ON_CPU=1 runs the same steps on a CPU (expecting the CPU plan: 8-bit AdamW unpaged, no
+# second process): how the script itself was checked on a machine without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -70,10 +72,15 @@ def step(name):
 
 import torch
 
+import os
+
+cuda = torch.cuda.is_available()
+device, optimizer = ("cuda", "paged_adamw_8bit") if cuda else ("cpu", "adamw_bnb_8bit")
 result["gpus"] = torch.cuda.device_count()
-result["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-if not torch.cuda.is_available():
-    print(json.dumps({**result, "error": "no CUDA device"}))
+result["gpu"] = torch.cuda.get_device_name(0) if cuda else None
+result["torch"] = torch.__version__
+if not cuda and os.environ.get("GPU_CHECK_ON_CPU") != "1":
+    print(json.dumps({**result, "error": "no CUDA device (GPU_CHECK_ON_CPU=1 runs the steps on the CPU)"}))
     sys.exit(1)
 
 from bezoar.records import ChatMessage, PreferencePair, Record, RecordMeta, write_jsonl
@@ -99,8 +106,22 @@ def _():
 
     summary = train_sft(base, [work / "sft.jsonl"], work / "sft", SFTStageConfig(**tiny))
     plan = summary["plan"]
-    assert "on cuda" in plan and "quantization nf4" in plan and "paged_adamw_8bit" in plan, plan
+    assert f"on {device}" in plan and f"quantization nf4, optimizer {optimizer}" in plan, plan
     return {"plan": plan, "steps": summary["global_step"], "loss": summary["train_loss"]}
+
+
+@step("nf4_load")
+def _():
+    import bitsandbytes as bnb
+
+    from bezoar.train.student import load_model, plan_training, resolve_base
+
+    plan = plan_training(SFTStageConfig(**tiny))
+    loaded = load_model(resolve_base(base), plan)
+    layers = [m for m in loaded.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and {m.compute_dtype for m in layers} == {plan.dtype}, "4-bit compute dtype is not the plan's"
+    assert {p.device.type for p in loaded.parameters()} == {device}
+    return {"compute_dtype": plan.dtype_name, "device": str(next(loaded.parameters()).device)}
 
 
 @step("qlora_dpo")
@@ -128,7 +149,7 @@ def _():
     from bezoar.llm.protocol import Sampling
 
     backend = LocalBackend(str(work / "merged"), batch_size=8)
-    assert backend.loaded.plan.device == "cuda", backend.loaded.plan.describe()
+    assert backend.loaded.plan.device == device, backend.loaded.plan.describe()
     conversations = [[{"role": "user", "content": f"What is {a} plus 3?"}] for a in range(6)]
     greedy = backend.generate(conversations, Sampling(max_new_tokens=16))
     sampled = backend.generate(conversations, Sampling(temperature=0.8, top_p=0.9, max_new_tokens=16, seed=1, n=2))
@@ -145,9 +166,9 @@ def _():
         return "skipped: one GPU"
     recipe = work / "recipe.yaml"
     recipe.write_text(json.dumps({"sft": {**tiny, "per_device_train_batch_size": 2}}))  # JSON is YAML
-    subprocess.run([sys.executable, "-m", "bezoar.cli", "sft", "--data", str(work / "sft.jsonl"), "--out",
-                    str(work / "ddp"), "--recipe", str(recipe), "--base", base, "--num-processes", "2"],
-                   check=True, timeout=240)
+    cli = [sys.executable, "-c", "from bezoar.cli import main; main()"]
+    subprocess.run([*cli, "sft", "--data", str(work / "sft.jsonl"), "--out", str(work / "ddp"), "--recipe",
+                    str(recipe), "--base", base, "--num-processes", "2"], check=True, timeout=240)
     return json.loads((work / "ddp" / "summary.json").read_text())["plan"]
 
 

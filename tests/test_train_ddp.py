@@ -35,6 +35,7 @@ SFT = dict(dtype="float32", max_steps=3, per_device_train_batch_size=4, gradient
 DPO = {**SFT, "learning_rate": 5e-3, "max_length": 96}
 LOSS_TOL, WEIGHT_TOL = 1e-4, 1e-3
 TIMEOUT_S = 900
+BEZOAR = str(Path(sys.executable).parent / "bezoar")
 
 
 def per_rank(settings: dict, processes: int = 2) -> dict:
@@ -63,7 +64,7 @@ def bezoar(*args: str, recipe: dict, tmp: Path, new_session: bool = False) -> su
     path = tmp / f"recipe-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "bezoar.cli", *args, "--recipe", str(path)], env=env,
+    return subprocess.Popen([BEZOAR, *args, "--recipe", str(path)], env=env,
                             cwd=REPO, start_new_session=new_session, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

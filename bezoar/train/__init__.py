@@ -13,11 +13,12 @@
     export.py          merge an adapter into its base; gguf_export.py writes a GGUF file
     commands.py        `bezoar sft | dpo | check-template | export`
 
-Several GPUs: run the same command under accelerate, which TRL and the HF Trainer follow (DDP by
-default; FSDP or DeepSpeed through an accelerate config file), e.g.
+Several processes (GPUs, or gloo on a CPU): a stage's `launch: {num_processes: N, config_file: F}`
+or `bezoar sft|dpo --num-processes N --accelerate-config F` makes bezoar start the training call itself
+under `accelerate launch` (launch.py): DDP by default, FSDP or DeepSpeed through the config file
+(recipes/accelerate/). Only rank 0 writes checkpoints, metrics and the summary; the manifest and
+every other stage stay with the one main process. Never wrap `bezoar run` in `accelerate launch`.
 
-    accelerate launch --num_processes 4 "$(which bezoar)" sft --base local:BASE --data a.jsonl --out out/
-    accelerate launch --config_file fsdp.yaml "$(which bezoar)" dpo --base out/ --pairs hh.jsonl --out dpo/
-
-Only process 0 writes summaries and metrics. bezoar has no launcher of its own.
+    launch.py          start a training call's ranks under accelerate launch; their result back
+    versions.py        the private TRL/transformers APIs used, and the version range checked
 """

@@ -183,6 +183,7 @@ def hh_slices(data, run_dir: Path | None = None) -> dict[str, list[PreferencePai
     """The recipe's HH-RLHF slices (`HHData`: path, sft_n, dpo_n, heldout_n), written under
     `run_dir/data/hh/` for inspection and for the evaluation stage. `dpo_n: null` = all the rest."""
     from bezoar.records import write_jsonl
+    from bezoar.train.launch import is_main_process
 
     if data.path is None:
         raise ConfigError("sft_hh.data.path: no HH-RLHF file given (JSONL(.gz) with chosen/rejected transcripts)")
@@ -191,7 +192,7 @@ def hh_slices(data, run_dir: Path | None = None) -> dict[str, list[PreferencePai
         log.warning("%s: %d malformed rows skipped (first: %s)", data.path, len(bad), bad[0])
     dpo_n = data.dpo_n if data.dpo_n is not None else max(len(pairs) - data.sft_n - data.heldout_n, 0)
     slices = split_slices(pairs, data.sft_n, dpo_n, data.heldout_n)
-    if run_dir is not None:
+    if run_dir is not None and is_main_process():  # under accelerate launch every rank slices; rank 0 writes
         for name, items in slices.items():
             write_jsonl(Path(run_dir) / "data" / "hh" / f"{name}.jsonl", items)
     return slices
