@@ -187,6 +187,39 @@ def ifeval_table(summary: dict) -> Table:
     return table
 
 
+@eval_app.command("winrate")
+def winrate_command(
+        model: str = typer.Option(..., "--model", "-m", help="The checkpoint (any model spec, e.g. local:runs/x/models/dpo)."),
+        baseline: str = typer.Option("local", "--baseline", "-b", help="What it is compared with (default: the embedded model)."),
+        judge: str = typer.Option("local", "--judge", "-j", help="Judge for prompts without constraints."),
+        prompts: Optional[Path] = typer.Option(None, help="Prompt JSONL (default: MT-Bench first turns); constraint records are decided by the checkers."),
+        limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
+        max_new_tokens: int = typer.Option(256, help="Longest answer."),
+        judge_mode: str = typer.Option("auto", help="generate, next_token (local judges), or auto."),
+        out_dir: Path = typer.Option(..., "--out", help="Folder for answers.jsonl and summary.json."),
+) -> None:
+    """Pairwise win rate (both orders) with a length-controlled rate; constraint prompts by checkers."""
+    from bezoar.config import ModelConfig
+    from bezoar.evaluate.config import data_path
+    from bezoar.evaluate.winrate import load_prompts, run_winrate
+    from bezoar.llm.cache import CallCache, default_cache_path
+    from bezoar.llm.specs import open_model
+
+    items = load_prompts(prompts or data_path("eval/mt_bench/question.jsonl"), limit)
+    configs = [ModelConfig.from_option(o, s) for o, s in (("--model", model), ("--baseline", baseline), ("--judge", judge))]
+    cache = CallCache(default_cache_path())
+    ours, theirs = (open_model(c, role=r, cache=cache) for c, r in zip(configs[:2], ("student", "baseline")))
+    grader = open_model(configs[2], role="judge", cache=cache) if any(not p.instruction_id_list for p in items) else None
+    summary = run_winrate(ours, theirs, grader, items, out_dir, max_new_tokens, judge_mode)
+    table = Table(title=f"win rate: {model} vs {baseline} on {summary['n']} prompts")
+    for column in ("wins", "ties", "losses", "win rate [95% CI]", "LC win rate [95% CI]", "decided by"):
+        table.add_column(column)
+    table.add_row(str(summary["wins"]), str(summary["ties"]), str(summary["losses"]),
+                  _fmt(summary["win_rate"], summary["ci95"]), _fmt(summary["lc_win_rate"], summary["lc_ci95"]),
+                  f"checkers {summary['by']['checkers']}, judge {summary['by']['judge']}")
+    out.print(table)
+
+
 @eval_app.command("run")
 def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; evaluates its run directory's checkpoints.")) -> None:
     """The eval stage alone: every checkpoint under the run's models/, then the comparison."""

@@ -103,3 +103,23 @@ def mt_bench_categories(summaries: dict[str, dict]) -> str:
     ax.set_title("MT-Bench by category")
     ax.legend(fontsize=7)
     return _encode(fig)
+
+
+def ifeval_types(summaries: dict[str, dict]) -> str:
+    """Grouped horizontal bars: IFEval strict accuracy per instruction type for each checkpoint."""
+    names = list(summaries)
+    types = sorted({t for summary in summaries.values() for t in summary["by_type"]})
+    fig, ax = _figure(9, max(3.4, 0.28 * len(types) + 1))
+    height = 0.8 / max(1, len(names))
+    for index, name in enumerate(names):
+        rows = summaries[name]["by_type"]
+        ax.barh([t + index * height for t in range(len(types))],
+                [rows[t]["strict"] if t in rows else 0 for t in types], height=height, label=name)
+    labels = [f"{t} (n={next(s['by_type'][t]['n'] for s in summaries.values() if t in s['by_type'])})" for t in types]
+    ax.set_yticks([t + 0.4 - height / 2 for t in range(len(types))], labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("instruction-level strict accuracy")
+    ax.set_title("IFEval by instruction type")
+    ax.legend(fontsize=7)
+    return _encode(fig)

@@ -136,6 +136,8 @@ def section_evaluation(data: RunData) -> str:
     parts = []
     if data.mt_bench:
         parts.append(figure(figures.mt_bench_categories(data.mt_bench), "MT-Bench by category"))
+    if data.ifeval:
+        parts.append(figure(figures.ifeval_types(data.ifeval), "IFEval by instruction type"))
     if data.comparison:
         comparison = data.comparison
         header = ["checkpoint"] + comparison["metrics"]

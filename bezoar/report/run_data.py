@@ -26,6 +26,7 @@ class RunData:
     training: dict[str, list[dict]] = field(default_factory=dict)
     comparison: dict | None = None
     mt_bench: dict[str, dict] = field(default_factory=dict)
+    ifeval: dict[str, dict] = field(default_factory=dict)
 
     def funnel(self) -> dict[str, Counter]:
         """Per method: generated, each rejection reason (first reason of each record), kept."""
@@ -87,4 +88,6 @@ def load(run_dir: Path) -> RunData:
         data.comparison = json.loads(comparison.read_text())
     for path in sorted((run_dir / "eval" / "mt_bench").glob("*/summary.json")):
         data.mt_bench[path.parent.name] = json.loads(path.read_text())
+    for path in sorted((run_dir / "eval" / "ifeval").glob("*/summary.json")):
+        data.ifeval[path.parent.name] = json.loads(path.read_text())
     return data
