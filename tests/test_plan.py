@@ -136,3 +136,46 @@ def test_a_partial_run_replans_only_its_stages(tmp_path, data_dir):
     again = make_plan(recipe, ["filter"]).over(full, ["filter"])
     assert again["calls_by_stage"] == full["calls_by_stage"] and len(again["lines"]) == len(full["lines"])
     assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_stage"] == {"filter": 16}
+
+
+LISTED = "\n".join(f"{i}. {text}" for i, text in enumerate([
+    "Describe how a lighthouse keeper spent a winter night in 1890.",
+    "Compare the migration routes of arctic terns and bar-tailed godwits.",
+    "Write a short limerick about a forgetful robot vacuum cleaner.",
+    "Explain why sourdough bread rises more slowly than yeasted bread.",
+    "List three ways a small village library could attract teenage readers.",
+    "Summarise the plot of a heist story set inside a glacier research station.",
+    "Plan a two-day cycling tour along a river with one overnight stop.",
+    "Classify these instruments as string, wind or percussion: oboe, cello, marimba.",
+], 1))
+
+
+def test_planned_generate_calls_match_a_run_against_a_loopback_server(tmp_path, data_dir):
+    """The real LaMini and Orca code against a real HTTP server that answers every call with one numbered
+    list (parseable, so the yields are known): planned and made calls agree within EXACT_TOLERANCE."""
+    from bezoar.config import load_recipe
+    from bezoar.generate.stage import run_generate
+    from bezoar.llm.cache import CallCache
+    from bezoar.pipeline import LazyModels
+    from bezoar.plan import make_plan
+    from servers import OK_BODY, FaultServer
+
+    body = {**OK_BODY, "choices": [{**OK_BODY["choices"][0], "message": {"role": "assistant", "content": LISTED}}]}
+    server = FaultServer([], ok_body=body)
+    try:
+        teacher = {"spec": f"openai:teacher@{server.url}/v1", "licence": "apache-2.0", "max_retries": 0}
+        path = recipe_with(tmp_path, data_dir, teacher=teacher)
+        recipe = yaml.safe_load(path.read_text())
+        recipe["generate"]["evol"]["n"] = 0  # its evolutions would all be one text: duplicates, not a yield
+        recipe["generate"]["lamini"]["n"] = recipe["generate"]["orca"]["n"] = 3
+        path.write_text(yaml.safe_dump(recipe))
+        loaded = load_recipe(path)
+        planned = next(line for line in make_plan(loaded, ["generate"]).lines if line.role == "teacher").by_scheme
+        summary = run_generate(loaded, tmp_path / "run", LazyModels(loaded, CallCache(tmp_path / "calls.sqlite")))
+    finally:
+        server.close()
+    made = {m: s["usage"]["calls"] for m, s in summary["schemes"].items()}
+    assert set(made) == set(planned) == {"lamini", "orca"}
+    for method in made:
+        assert abs(made[method] - planned[method]) <= EXACT_TOLERANCE * planned[method], (planned, made)
+    assert sum(made.values()) == len(server.seen)  # every call the stage made reached the server once
