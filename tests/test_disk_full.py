@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from fnmatch import fnmatch
 from pathlib import Path
 
 import pytest
@@ -127,9 +128,9 @@ def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_fr
     print(f"{stage}: exit {full.returncode}: {said}")
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
     assert len(said) == 1 and str(run_dir) in said[0], full.stderr[-3000:]
-    named = Path(said[0].split(": no space left")[0].split()[-1])
+    named = said[0].split(": no space left")[0].split()[-1]
     if stage != "sft":  # torch and safetensors do not say which file: then the run directory is named
-        assert any(named.is_relative_to(p) for p in stage_paths(run_dir, stage) + [run_dir / STAGE_OUTPUTS[stage][0]]), said
+        assert any(fnmatch(named, f"{run_dir}/{pattern}*") for pattern in STAGE_OUTPUTS[stage]), said
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"][stage]["status"] != "done"
     assert damage(run_dir) == {}
@@ -138,7 +139,8 @@ def test_a_full_disk_is_one_line_and_the_same_command_completes_once_space_is_fr
     ballast.unlink()
     again = run_only(stage, run_dir, smoke_reference.root)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert damage(run_dir) == {} and not any(p.read_text().endswith("}") for p in run_dir.rglob("*.jsonl"))
+    torn = [p for p in run_dir.rglob("*.jsonl") if p.stat().st_size and not p.read_bytes().endswith(b"\n")]
+    assert damage(run_dir) == {} and torn == []  # the torn last line was dropped on resume
     if stage in ("generate", "filter"):
         folder = "generated" if stage == "generate" else "filtered"
         assert record_ids(run_dir, folder) == record_ids(reference, folder) != {}
