@@ -96,13 +96,22 @@ def _convert(gguf: Path, target: Path) -> None:
     os.replace(staging, target)  # atomic: a half-written conversion is never seen
 
 
+MODEL_JSON = frozenset({"config.json", "adapter_config.json", "generation_config.json", "tokenizer.json",
+                        "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
+                        "model.safetensors.index.json", "chat_template.json"})
+
+
 def content_identity(path: Path) -> str:
     """A cheap content fingerprint of a model directory (sizes plus head and tail bytes of each file).
 
-    The cache keys on it, so retraining a checkpoint in place invalidates its cached replies.
+    The cache keys on it, so retraining a checkpoint in place invalidates its cached replies. Only what
+    makes the model counts (weights, configs, tokenizer): a training run's own files in the same folder
+    (summary.json with its run time, bezoar-train.json) would give two identical adapters two identities,
+    and a resumed run's evaluation other cache keys than an uninterrupted one's.
     """
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".json")):
+    for file in sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin")
+                                                                     or p.name in MODEL_JSON)):
         size = file.stat().st_size
         digest.update(f"{file.name}:{size}".encode())
         with open(file, "rb") as handle:
