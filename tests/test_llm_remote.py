@@ -58,7 +58,7 @@ def test_openai_backend_and_official_client_against_bezoar_serve(embedded, cache
     replies = model.chat(PROMPTS, Sampling(max_new_tokens=20))
     local = [r[0].text for r in embedded.generate(PROMPTS, Sampling(max_new_tokens=20))]
     assert [r.text for r in replies] == local  # the server batches, and batching changes nothing
-    stats = httpx.get(url.removesuffix("/v1") + "/health").json()
+    stats = httpx.get(url.removesuffix("/v1") + "/health", timeout=60).json()
     assert stats["largest_batch"] > 1, f"concurrent requests were not batched: {stats}"
 
     client = OpenAI(base_url=url, api_key="unused")
@@ -67,7 +67,7 @@ def test_openai_backend_and_official_client_against_bezoar_serve(embedded, cache
     streamed = client.chat.completions.create(model="smollm2", messages=QUESTION, max_tokens=24,
                                               temperature=0, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed) == answer.choices[0].message.content
-    bad = httpx.post(f"{url}/chat/completions", json={"model": "x", "messages": []})
+    bad = httpx.post(f"{url}/chat/completions", json={"model": "x", "messages": []}, timeout=60)
     assert bad.status_code == 400 and "messages" in bad.json()["error"]["message"]
 
 
@@ -86,7 +86,7 @@ def test_anthropic_backend_against_bezoar_serve(embedded, served, monkeypatch):
     assert replies[1].finish_reason == local[1].finish_reason  # max_tokens <-> length, end_turn <-> stop
 
     raw = httpx.post(f"{root}/v1/messages", json={"model": "m", "max_tokens": 4, "system": [{"type": "text", "text": "Be brief."}],
-                                                  "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]})
+                                                  "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}, timeout=120)
     assert raw.status_code == 200 and raw.json()["type"] == "message" and raw.json()["stop_reason"] == "max_tokens"
     assert raw.json()["usage"]["output_tokens"] == 4 and raw.json()["content"][0]["type"] == "text"
     for bad, where in [(b'{"model": "m", "max_tokens": 4, "messages": [', "JSON"),
@@ -94,12 +94,13 @@ def test_anthropic_backend_against_bezoar_serve(embedded, served, monkeypatch):
                        (b'{"model": "m", "max_tokens": 4, "messages": []}', "messages"),
                        (b'{"model": "m", "max_tokens": 4, "messages": [{"role": "robot", "content": "x"}]}', "role"),
                        (b'[1, 2]', "")]:
-        answer = httpx.post(f"{root}/v1/messages", content=bad, headers={"content-type": "application/json"})
+        answer = httpx.post(f"{root}/v1/messages", content=bad, headers={"content-type": "application/json"}, timeout=60)
         assert answer.status_code == 400 and answer.json()["type"] == "error", (bad, answer.text)
         assert where in answer.json()["error"]["message"], (bad, answer.text)
-    broken = httpx.post(f"{served}/chat/completions", content=b'{"messages": [{', headers={"content-type": "application/json"})
+    broken = httpx.post(f"{served}/chat/completions", content=b'{"messages": [{', headers={"content-type": "application/json"},
+                        timeout=60)
     assert broken.status_code == 400 and "JSON" in broken.json()["error"]["message"]
-    assert httpx.get(f"{root}/health").json()["status"] == "ok"  # still serving after the abuse
+    assert httpx.get(f"{root}/health", timeout=60).json()["status"] == "ok"  # still serving after the abuse
 
 
 def test_fault_server_refuses_an_unknown_action():
