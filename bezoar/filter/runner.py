@@ -314,6 +314,8 @@ def run_filter(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
     # {method}.jsonl only: {method}.rejected.jsonl holds generation's eliminations, not records to filter.
     inputs = sorted(p for p in (Path(run_dir) / "data" / "generated").glob("*.jsonl") if "." not in p.stem)
     if not inputs:
+        if not any(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca")):  # constraint prompts only
+            return {"skipped": "no generated records to filter (the recipe generates none)", "failed_items": 0}
         raise DataError(f"{run_dir}/data/generated: no *.jsonl to filter (run the generate stage first)")
     config: FilterConfig = recipe.filter
     judge = models.get("judge") if config.judge.enabled or config.dedup.judge_clusters else None

@@ -112,6 +112,8 @@ def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
 
 def run_sft_hh(recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft_hh` stage: SFT on the chosen replies of the first `sft_n` HH-RLHF pairs."""
+    if recipe.sft_hh.data.sft_n == 0:  # e.g. recipes/verifiable.yaml: DPO starts from the previous output
+        return {"skipped": "sft_hh.data.sft_n is 0"}
     if wants_launch(recipe.sft_hh.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.sft:run_sft_hh", recipe, Path(run_dir), recipe.sft_hh.launch)
     from bezoar.train.encoding import load_tokenizer
