@@ -110,6 +110,72 @@ def run_only(stage: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProces
                           cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
+# Stage functions the stage process imports by name: each writes onto the full tmpfs as a stage does.
+def appends_records(recipe, run_dir, models) -> dict:
+    from bezoar.records import append_jsonl
+
+    append_jsonl(Path(run_dir) / "data.jsonl", [{"text": "x" * 1000}] * 200)
+    return {}
+
+
+def saves_an_adapter(recipe, run_dir, models) -> dict:
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"lora": torch.zeros(100_000)}, str(Path(run_dir) / "adapter_model.safetensors"))
+    return {}
+
+
+def saves_optimizer_state(recipe, run_dir, models) -> dict:
+    import torch
+
+    torch.save({"exp_avg": torch.zeros(100_000)}, Path(run_dir) / "optimizer.pt")
+    return {}
+
+
+@pytest.mark.parametrize("function, named", [("appends_records", "data.jsonl"), ("saves_an_adapter", ""),
+                                             ("saves_optimizer_state", "")])
+def test_a_stage_process_that_fills_the_disk_reports_one_line_naming_the_path(function, named, disk):
+    """safetensors and torch.save drop the errno (Rust's "os error 28", "unexpected pos N vs M"): still
+    one line, no traceback; the run directory is named when the library does not say which file."""
+    from bezoar.config import load_recipe
+    from bezoar.errors import DiskFull
+    from bezoar.stage_process import run_stage_process
+
+    run_dir = disk / function
+    run_dir.mkdir()
+    ballast = fill(disk, 64 * 1024)
+    try:
+        outcome = run_stage_process(f"test_disk_full:{function}", load_recipe(Path(__file__).parents[1] / "recipes" /
+                                    "tiny.yaml"), run_dir, run_dir / "calls.sqlite", {})
+    finally:
+        ballast.unlink()
+    assert isinstance(outcome.error, DiskFull), outcome.error
+    assert str(outcome.error).startswith(f"{run_dir / named}: no space left on device".replace("/: ", ": "))
+    assert "\n" not in str(outcome.error)
+
+
+def test_a_command_that_fills_the_disk_says_so_in_one_line_and_leaves_no_temp_file(disk, tmp_path):
+    from bezoar.records import Record, write_jsonl
+
+    records = tmp_path / "records.jsonl"
+    write_jsonl(records, [Record.model_validate({"messages": [{"role": "user", "content": f"question {i}?"},
+                                                              {"role": "assistant", "content": "an answer"}],
+                                                 "meta": {"method": "lamini"}}).with_id() for i in range(5)])
+    out = disk / "stats" / "stats.json"
+    out.parent.mkdir()
+    ballast = fill(disk, 0)
+    try:
+        result = subprocess.run([BEZOAR, "stats", str(records), "--json", str(out)], capture_output=True, text=True,
+                                timeout=300)
+    finally:
+        ballast.unlink()
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines() == [f"{out}: no space left on device; free some space and run the "
+                                                  "same command again to resume (what was written so far is kept)"]
+    assert list(out.parent.iterdir()) == []  # no half-written temp file
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2700)  # the reference run when this module runs first, then ~3 min
 @pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))
