@@ -31,9 +31,13 @@ from typing import Callable
 
 import yaml
 
+from bezoar.pipeline import STAGE_NAMES
+
 REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
-STAGES = ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report")
+STAGES = STAGE_NAMES
+TARGETS = ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report")
+"""The stages the smoke recipe spends time in (the tiny recipe leaves `preferences` off: done at once)."""
 TRAINED = ("sft", "sft_hh", "dpo")
 LOSS_TOLERANCE = 0.02
 """Largest |difference| allowed between a resumed and an uninterrupted adapter's validation loss. A
