@@ -8,9 +8,12 @@ largest difference, the largest adapter-weight difference, tokens/s of training 
 train_runtime_s from the summaries, i.e. without process start and model load) and each run's peak
 RSS (the whole process tree, sampled: for two processes the launcher and both ranks).
 
-On a 2-core machine two processes cannot be faster than one: each rank gets one core, and the
-gradient all-reduce is added. What this shows is that the launch is correct (same curve) and what it
-costs; on N GPUs the same launch divides the step time by about N.
+On an idle 2-core machine two processes cannot be much faster than one: each rank gets one core,
+and the gradient all-reduce is added. What this shows is that the launch is correct (same curve) and
+what it costs; on N GPUs the same launch divides the step time by about N. On a loaded machine the
+one-process run (2 OpenMP threads) can be far slower than two 1-thread ranks: its threads wait for
+each other whenever another job holds a core (measured at load average 13: x27). The load average
+is printed with the figures for that reason.
 
     .venv/bin/python benchmarks/bench_ddp.py [--steps 6] [--batch 4]
 """
