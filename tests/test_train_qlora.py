@@ -19,6 +19,8 @@ from bezoar.records import write_jsonl
 from test_train_sft import dolly_records
 
 REPO = Path(__file__).resolve().parents[1]
+# A backward through a bitsandbytes kernel that has none drops gradients silently: fail instead.
+pytestmark = pytest.mark.filterwarnings("error:.*autograd kernel was not registered")
 QLORA = dict(quantization="nf4", dtype="float32", max_steps=3, per_device_train_batch_size=4,
              gradient_accumulation_steps=1, warmup_steps=0, learning_rate=3e-3, eval_steps=2, logging_steps=1,
              max_length=64, validation_fraction=0.0, lora={"r": 4, "alpha": 8})
@@ -77,6 +79,7 @@ def test_nf4_model_is_4bit_with_the_planned_compute_dtype():
     assert layers and all(m.weight.quant_type == "nf4" and m.weight.quant_state.nested for m in layers)
     assert {m.compute_dtype for m in layers} == {torch.float32}  # the device plan's dtype, not a fixed bf16
     assert {p.device.type for p in model.parameters()} == {"cpu"}
+    assert not any(m.support_avx512bf16_for_cpu for m in layers)  # no inference repacking while training
 
 
 def test_nf4_dpo_then_export_matches_base_plus_adapter(qlora_sft, data_dir, tmp_path):
@@ -92,7 +95,9 @@ def test_nf4_dpo_then_export_matches_base_plus_adapter(qlora_sft, data_dir, tmp_
 
     pairs, _ = read_hh_pairs(data_dir / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")
     short = [p for p in pairs if sum(len(m.content) for m in p.prompt) < 200][:4]
-    settings = DPOStageConfig(**{**QLORA, "max_steps": 2, "max_length": 96, "learning_rate": 5e-3})
+    # With validation: an evaluation in eval mode, then training steps (the path that lost gradients).
+    settings = DPOStageConfig(**{**QLORA, "max_steps": 2, "max_length": 96, "learning_rate": 5e-3,
+                                 "validation_fraction": 0.25})
     summary = train_dpo(str(qlora_sft[0]), short, tmp_path / "dpo", settings, ref_cache_dir=tmp_path / "ref")
     assert summary["global_step"] == 2 and "quantization nf4" in summary["plan"]
 

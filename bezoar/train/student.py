@@ -144,7 +144,19 @@ def load_model(weights: BaseWeights, plan: TrainPlan):
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=plan.gradient_checkpointing)
+        _keep_4bit_trainable(model)
     return model
+
+
+def _keep_4bit_trainable(model) -> None:
+    """bitsandbytes (0.50.2) repacks a 4-bit weight for AVX512-BF16 inference the first time its layer
+    runs in eval mode without grad (our initial evaluation, DPO's reference pass) and keeps it so; the
+    training steps after that run through a kernel without a backward, so the gradient through the
+    frozen base is dropped silently (PyTorch only warns "gemv_4bit: an autograd kernel was not
+    registered"). A model that trains never takes that path."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def attach_adapter(model, weights: BaseWeights, settings: TrainSettings, plan: TrainPlan):
