@@ -14,7 +14,8 @@
 # Without DIR the check prepares the model itself (needs the embedded SmolLM2 package for the tokenizer).
 # PYTHON selects the interpreter (default: .venv/bin/python if present, else python3).
 # GPU_CHECK_ON_CPU=1 runs the same steps on a CPU (expecting the CPU plan: 8-bit AdamW unpaged, no
-# second process): how the script itself was checked on a machine without a GPU.
+# second process): how the script itself was checked on a machine without a GPU. GPU_CHECK_TIMEOUT_S
+# (default 470) bounds the Python part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
@@ -47,7 +48,7 @@ fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 
-timeout 470 "$PYTHON" - "$MODEL" "$WORK" <<'EOF'
+timeout "${GPU_CHECK_TIMEOUT_S:-470}" "$PYTHON" - "$MODEL" "$WORK" <<'EOF'
 import json, subprocess, sys, time, traceback
 from pathlib import Path
 
