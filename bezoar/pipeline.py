@@ -215,8 +215,11 @@ def select(start: str | None, only: str | None) -> tuple[list[Stage], set[str]]:
 
 
 def run(recipe, source: Path, start: str | None = None, only: str | None = None,
-        run_dir: Path | None = None, probe: bool = True) -> dict:
-    """Run the recipe; returns the manifest's data. Raises BezoarError on bad input or a budget stop."""
+        run_dir: Path | None = None, probe: bool = True, retry_failed: bool = False) -> dict:
+    """Run the recipe; returns the manifest's data. Raises BezoarError on bad input or a budget stop.
+
+    `retry_failed` asks again the items that failed (each stage's failed.jsonl): the first stage with
+    failed items and every stage after it run again; everything that succeeded comes from the cache."""
     from bezoar.plan import make_plan
     from bezoar.preflight import probe_remote_roles, refuse_before_spending
     from bezoar.run_state import RunLock
@@ -233,6 +236,8 @@ def run(recipe, source: Path, start: str | None = None, only: str | None = None,
         names = [s.name for s in stages]
         manifest.data["plan"] = make_plan(recipe, names).over(manifest.data.get("plan"), names)
         manifest.save()  # the plan (and a rebuilt manifest) on disk even if every stage is skipped
+        if retry_failed:
+            forced |= stages_with_failures(manifest, stages)
         totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
         previous = ""
         for stage in STAGES:
@@ -244,12 +249,19 @@ def run(recipe, source: Path, start: str | None = None, only: str | None = None,
             if stage.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
                 log.info("%s: unchanged since %s, skipped", stage.name, record.get("ended"))
                 continue
-            totals = run_stage(stage, recipe, run_dir, manifest, print_, inputs, totals)
+            totals = run_stage(stage, recipe, run_dir, manifest, print_, inputs, totals, retry_failed)
         return manifest.data
 
 
+def stages_with_failures(manifest: Manifest, stages: list[Stage]) -> set[str]:
+    """The first stage that recorded failed items, and every stage after it (their inputs change)."""
+    names = [s.name for s in stages]
+    failing = [n for n in names if manifest.stage(n).get("failed_items")]
+    return set(names[names.index(failing[0]):]) if failing else set()
+
+
 def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
-              totals: dict[str, Usage]) -> dict[str, Usage]:
+              totals: dict[str, Usage], retry_failed: bool = False) -> dict[str, Usage]:
     """One stage, in a process of its own (see `bezoar.stage_process`); returns the updated totals."""
     from bezoar.stage_process import StageOutcome, run_stage_process
 
@@ -260,14 +272,16 @@ def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: s
                     inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
     outcome = StageOutcome()
     try:
-        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals)
+        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals,
+                                    retry_failures=retry_failed)
         outcome.raise_error(stage.name)
     except BaseException as error:
         status = "stopped" if isinstance(error, BudgetExceeded) else "failed"
         message = str(error) if isinstance(error, BezoarError) else f"{type(error).__name__}: {error}"
         _finish(manifest, stage, outcome, started, status=status, error=message)
         raise
-    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_)
+    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_,
+            failed_items=(outcome.summary or {}).get("failed_items", 0))
     log.info("%s: done in %.0f s", stage.name, time.perf_counter() - started)
     return outcome.totals
 

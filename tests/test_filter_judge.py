@@ -75,7 +75,7 @@ def test_top_fraction_keeps_the_best_rated(scored, records):
         assert all(r.accepted == (r.rating >= ratings[1]) for r in kept)
 
 
-def test_unreadable_replies_are_retried_once_then_recorded_as_judge_errors(embedded, records, tmp_path):
+def test_unreadable_replies_are_retried_once_then_become_failed_items(embedded, records, tmp_path):
     """SmolLM2 generating one token cannot write a rating: the strict prompt is tried, then judge_error."""
     model = CachedModel(embedded, CallCache(tmp_path / "calls.sqlite"), role="judge")
     config = JudgeConfig(scoring="generate", max_new_tokens=1)
@@ -86,7 +86,10 @@ def test_unreadable_replies_are_retried_once_then_recorded_as_judge_errors(embed
         assert len(result.raw) == 2 and result.prompt.startswith("judge_strict#")
     items = [Item(r, "evol") for r in records[:2]]
     summary = filter_items(items, FilterConfig(judge=config), model)
-    assert [i.reasons for i in items] == [["judge_error"], ["judge_error"]]  # rejected, with the reason, not lost
+    # failed items: neither kept nor rejected, counted, with the judge's raw replies (not lost)
+    assert [(i.failed, i.alive, i.rejected) for i in items] == [(True, False, False)] * 2
+    assert summary["failed_items"] == 2 and summary["kept"] == 0 and summary["rejected"] == 0
+    assert [i.judgment.error for i in items] == ["judge_error"] * 2
     assert summary["judge"]["errors"] == 2 and summary["judge"]["retried"] == 2
     assert summary["judge"]["usage"]["calls"] == 0  # all four replies came from the cache
 

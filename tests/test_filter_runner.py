@@ -57,8 +57,9 @@ def test_stage_writes_kept_per_method_rejected_with_reasons_and_summary(tmp_path
     judge = CachedModel(embedded, CallCache(tmp_path / "calls.sqlite"), role="judge")
     summary = run_filter(load_recipe(recipe_path), run_dir, {"judge": judge})
     out = run_dir / "data/filtered"
-    assert sorted(p.name for p in out.iterdir()) == ["evol.jsonl", "judgments.jsonl", "lamini.jsonl",
+    assert sorted(p.name for p in out.iterdir()) == ["evol.jsonl", "failed.jsonl", "judgments.jsonl", "lamini.jsonl",
                                                      "rejected.jsonl", "summary.json"]
+    assert (out / "failed.jsonl").read_text() == "" and summary["failed_items"] == 0
     rejected = {r.meta.id: r.meta.details["filter"] for r in read_jsonl(out / "rejected.jsonl", Record)}
     assert "refusal" in rejected[planted["refusal"].meta.id]["reasons"]
     assert rejected[planted["truncated"].meta.id]["reasons"] == ["truncated"]

@@ -24,6 +24,11 @@ class OpenAIDialect:
                 "seed": sampling.seed + sample_index}
         if sampling.stop:
             body["stop"] = list(sampling.stop)
+        if sampling.top_logprobs:
+            body.update(logprobs=True, top_logprobs=sampling.top_logprobs)
+        if conversation and conversation[-1]["role"] == "assistant":
+            # A prefill the reply continues: vLLM's and `bezoar serve`'s extension (api.openai.com has none).
+            body.update(continue_final_message=True, add_generation_prompt=False)
         return body
 
     def parse(self, payload: dict) -> Reply:
@@ -37,7 +42,8 @@ class OpenAIDialect:
         usage = payload.get("usage") or {}
         return Reply(text=text, finish_reason="length" if reason == "length" else "stop",
                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                     completion_tokens=int(usage.get("completion_tokens") or 0))
+                     completion_tokens=int(usage.get("completion_tokens") or 0),
+                     top_logprobs=_first_top_logprobs(choice))
 
 
 class OpenAIBackend(RemoteBackend):
@@ -47,3 +53,11 @@ class OpenAIBackend(RemoteBackend):
         # The URL is part of the identity (two servers may serve different weights under one name);
         # its credentials are not (the cache stays valid when a key rotates).
         self.identity = f"openai:{model}@{','.join(sorted(e.public for e in endpoints))}"
+
+
+def _first_top_logprobs(choice: dict) -> dict[str, float] | None:
+    """OpenAI's `choices[0].logprobs.content[0].top_logprobs` as token → log-probability, if present."""
+    content = (choice.get("logprobs") or {}).get("content") or []
+    if not content or not isinstance(content[0], dict):
+        return None
+    return {str(t["token"]): float(t["logprob"]) for t in content[0].get("top_logprobs") or []}

@@ -47,11 +47,15 @@ class ChatRequest(BaseModel):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    """With `logprobs`: the first token's likeliest alternatives (later tokens carry none here)."""
 
     def sampling(self) -> Sampling:
         stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
         return Sampling(temperature=self.temperature, top_p=self.top_p, n=self.n, stop=tuple(stop),
-                        max_new_tokens=self.max_completion_tokens or self.max_tokens or 512, seed=self.seed or 0)
+                        max_new_tokens=self.max_completion_tokens or self.max_tokens or 512, seed=self.seed or 0,
+                        top_logprobs=(self.top_logprobs or 1) if self.logprobs else 0)
 
 
 class TextBlock(BaseModel):
@@ -285,11 +289,20 @@ def _completion(replies: list[Reply], model_name: str) -> dict:
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
         "model": model_name,
         "choices": [{"index": i, "message": {"role": "assistant", "content": r.text},
-                     "finish_reason": r.finish_reason} for i, r in enumerate(replies)],
+                     "finish_reason": r.finish_reason, "logprobs": _logprobs(r)} for i, r in enumerate(replies)],
         "usage": {"prompt_tokens": replies[0].prompt_tokens,
                   "completion_tokens": sum(r.completion_tokens for r in replies),
                   "total_tokens": replies[0].prompt_tokens + sum(r.completion_tokens for r in replies)},
     }
+
+
+def _logprobs(reply: Reply) -> dict | None:
+    """OpenAI's logprobs shape, for the first token only (what a logprobs judge reads)."""
+    if reply.top_logprobs is None:
+        return None
+    alternatives = [{"token": t, "logprob": v} for t, v in reply.top_logprobs.items()]
+    best = max(alternatives, key=lambda a: a["logprob"])
+    return {"content": [{**best, "top_logprobs": alternatives}]}
 
 
 async def _as_stream(body: dict):
