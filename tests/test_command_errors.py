@@ -70,6 +70,10 @@ def _cases(tmp, data) -> dict[str, list[str]]:
         "eval preference: missing pairs": ["eval", "preference", "--pairs", f"{missing}.jsonl"],
         "eval ifeval: missing prompts": ["eval", "ifeval", "--out", str(tmp / "i"), "--prompts", f"{missing}.jsonl"],
         "eval run: missing recipe": ["eval", "run", f"{missing}.yaml"],
+        "eval winrate: missing prompts": ["eval", "winrate", "--model", "local", "--prompts", f"{missing}.jsonl",
+                                          "--out", str(tmp / "w")],
+        "eval winrate: bad model spec": ["eval", "winrate", "--model", "bogus:x", "--prompts", questions,
+                                         "--out", str(tmp / "w")],
     }
 
 

@@ -118,8 +118,11 @@ def test_remote_judge_goes_through_generation_parsing_and_the_retry(records, tmp
         model = open_model(ModelConfig(spec=f"openai:judge-model@{server.url}/v1", concurrency=1), "judge",
                            CallCache(tmp_path / "calls.sqlite"))
         assert scoring_mode(model, "auto") == "generate"
-        with pytest.raises(ConfigError, match="logprobs needs a local judge"):
-            scoring_mode(model, "logprobs")
+        assert scoring_mode(model, "logprobs") == "logprobs"  # an OpenAI-compatible server returns top_logprobs
+        claude = open_model(ModelConfig(spec=f"anthropic:claude@{server.url}", api_key_env="PATH"), "judge",
+                            CallCache(tmp_path / "calls.sqlite"))
+        with pytest.raises(ConfigError, match="the Messages API returns no log-probabilities"):
+            scoring_mode(claude, "logprobs")
         results = judge_records(records[:2], model, JudgeConfig(rule="both"))
     finally:
         server.close()

@@ -1,6 +1,7 @@
 """`bezoar generate` and `bezoar stats`: options → one library call → a table on the terminal."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Optional
@@ -55,11 +56,12 @@ def generate_command(
     judge_config = None if judge is None else models.judge.from_option("--judge", judge, **_settings(models.judge))
     if judge_config is None and recipe is not None and method == "evol" and config.equality_check:
         judge_config = models.judge  # a recipe names its judge; on the command line it is opt-in
-    cache = CallCache(default_cache_path(), retry_failures=retry_failed)
+    # Opened on first use, so a run the licence gate refuses leaves no cache behind.
+    cache = functools.cache(lambda: CallCache(default_cache_path(), retry_failures=retry_failed))
     summary = generate(
-        method, config, lambda: open_model(teacher_config, role="teacher", cache=cache), teacher_config.spec, out,
+        method, config, lambda: open_model(teacher_config, role="teacher", cache=cache()), teacher_config.spec, out,
         seed=run.seed if seed is None else seed,
-        judge=(lambda: open_model(judge_config, role="judge", cache=cache)) if judge_config else None,
+        judge=(lambda: open_model(judge_config, role="judge", cache=cache())) if judge_config else None,
         judge_spec=judge_config.spec if judge_config else None,
         require_commercial_use=require_commercial_use or run.require_commercial_use,
         teacher_licence=teacher_config.licence, max_failure_rate=run.max_failure_rate)
