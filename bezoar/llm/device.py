@@ -75,16 +75,33 @@ def _measured_bf16_slowdown() -> float:
     key = f"{torch.__version__}:{torch.backends.cpu.get_cpu_capability()}:{cpu_threads()}"
     try:
         saved = json.loads(record.read_text())
-        if saved.get("key") == key:
+        if saved.get("key") == key and PLAUSIBLE[0] <= float(saved["bf16_over_fp32"]) <= PLAUSIBLE[1]:
             return float(saved["bf16_over_fp32"])
     except (OSError, ValueError, KeyError):
         pass
-    ratio = _time_linear(torch.bfloat16) / _time_linear(torch.float32)
+    ratio = _bf16_over_fp32()
+    if not PLAUSIBLE[0] <= ratio <= PLAUSIBLE[1]:
+        # A busy machine can pause one timing (0.01x was once recorded): trust fp32 and measure next time.
+        log.warning("bf16/fp32 timing of %.3fx is implausible (machine busy?); using fp32 this time", ratio)
+        return 1.0
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"key": key, "bf16_over_fp32": ratio}))
     os.replace(tmp, record)
     return ratio
+
+
+PLAUSIBLE = (0.1, 30.0)
+"""bf16/fp32 time ratios a CPU can really show (AMX ~0.2x at best, emulated bf16 ~10x at worst)."""
+
+
+def _bf16_over_fp32(rounds: int = 5) -> float:
+    """Median of interleaved rounds, so one preempted timing cannot decide the dtype for good."""
+    import statistics
+
+    import torch
+
+    return statistics.median(_time_linear(torch.bfloat16) / _time_linear(torch.float32) for _ in range(rounds))
 
 
 def _time_linear(dtype) -> float:
