@@ -4,7 +4,6 @@ JSONL reading/writing that names the file and line of every problem and never le
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 from contextlib import contextmanager
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bezoar.errors import DataError, located
 from bezoar.licences import Verdict, combine, verdict
-from bezoar.llm.cache import canonical_hash
+from bezoar.hashing import canonical_hash
 
 
 class ChatMessage(BaseModel):
@@ -239,12 +238,3 @@ def _fsync_directory(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -7,7 +7,7 @@ reason>`): the filter writes it to failed.jsonl, never silently keeps or drops i
 
 All calls go through `CachedModel`, in chunks: every reply is committed to the cache as it arrives,
 so a killed run resumes without repeating a call. Local judges are scored by next-token
-probabilities (`bezoar.filter.next_token`) behind the same interface.
+probabilities (`bezoar.llm.next_token`) behind the same interface.
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def decide(judgment: Judgment, config: JudgeConfig, scoring: str) -> bool | None
 def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig,
                   progress: Callable[[int], None] | None = None) -> list[JudgeResult]:
     """Judge each record (instruction, response); results are in input order."""
-    from bezoar.filter.next_token import rating_scorer
+    from bezoar.llm.next_token import rating_scorer
 
     mode = scoring_mode(model, config.scoring)
     if config.rule == "auto":

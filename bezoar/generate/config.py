@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bezoar.config import StrictModel
+from bezoar.config_base import StrictModel
 from bezoar.llm.protocol import Sampling
 
 EvolOperation = Literal["add_constraints", "deepening", "concretizing", "increase_reasoning", "complicate_input"]

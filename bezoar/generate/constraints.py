@@ -228,7 +228,7 @@ def checker_doc(record: Record, key: int | str = 0) -> dict:
 
 def generate_constraints(config, out: Path | str, seed: int = 0) -> dict:
     """The `constraints` method: read the seeds, write `config.n` constraint prompts to `out`."""
-    from bezoar.generate.stage import load_seed_files
+    from bezoar.generate.seeds import load_seed_files
 
     if not config.seeds:
         raise ConfigError("generate.constraints.seeds: no seed files given (use --seeds PATH or the recipe)")

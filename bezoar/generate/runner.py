@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from bezoar.errors import BezoarError, DataError
 from bezoar.failures import FailureLog
-from bezoar.llm.cache import canonical_hash
+from bezoar.hashing import canonical_hash
 from bezoar.records import Lineage, Record, append_jsonl, read_jsonl, repair_tail, write_json
 
 log = logging.getLogger(__name__)

@@ -17,11 +17,18 @@ import csv
 import gzip
 import json
 from collections.abc import Iterator
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bezoar.errors import DataError, located
 from bezoar.licences import dataset_licence
+
+if TYPE_CHECKING:
+    from bezoar.generate.config import SeedFile
+
+log = logging.getLogger(__name__)
 
 SUB_COLLECTIONS = ("cot", "niv2", "t0", "flan2021")
 """FLAN 2022's sub-collections that Orca samples; anything else (Dialog, unlabelled files) is "other"."""
@@ -107,6 +114,18 @@ def _sub_collection_from_path(path: Path) -> str:
     if "niv2" in text or "natural_instructions" in text:
         return "niv2"
     return "other"
+
+
+def load_seed_files(seeds: list[SeedFile], skip_bad: bool) -> SeedSet:
+    """The seeds of every file a recipe lists (`generate.*.seeds`), with the bad rows logged."""
+    found = SeedSet()
+    for seed in seeds:
+        found.extend(read_seeds(seed.path, seed.licence, skip_bad, seed.limit))
+    for message in found.bad_lines[:5]:
+        log.warning("skipped %s", message)
+    if found.bad_lines:
+        log.warning("skipped %d malformed seed rows in all", len(found.bad_lines))
+    return found
 
 
 # --- file formats ----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from bezoar.llm.cache import canonical_hash
+from bezoar.hashing import canonical_hash
 from bezoar.llm.continuous import Decoder, Job, ListSource
 from bezoar.llm.device import DevicePlan, plan_device
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling

@@ -9,6 +9,7 @@ import html
 import random
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.records import Record
 from bezoar.report import figures
 from bezoar.report.run_data import RunData, load
@@ -189,6 +190,6 @@ def write_report(run_dir: Path) -> Path:
     return out
 
 
-def run_report(recipe, run_dir: Path, models) -> dict:
+def run_report(recipe: Recipe, run_dir: Path, models) -> dict:
     """The pipeline's last stage."""
     return {"report": str(write_report(run_dir))}

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bezoar.config import StrictModel
+from bezoar.config_base import StrictModel
 
 
 class LoRASettings(StrictModel):

@@ -20,6 +20,7 @@ import json
 import logging
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.records import PreferencePair, write_json
 from bezoar.train.config import DPOStageConfig
@@ -189,7 +190,7 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
     return execute(job, dpo_trainer_class(), dpo_arguments)
 
 
-def run_dpo(recipe, run_dir: Path, models: dict | None = None) -> dict:
+def run_dpo(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `dpo` stage: DPO on the HH-RLHF slice after the SFT one, from the sft_hh output."""
     if wants_launch(recipe.dpo.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.dpo:run_dpo", recipe, Path(run_dir), recipe.dpo.launch)

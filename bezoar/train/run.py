@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bezoar.llm.cache import canonical_hash
+from bezoar.config import Recipe
+from bezoar.hashing import canonical_hash
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
 from bezoar.train.examples import Prepared
@@ -201,7 +202,7 @@ def _finish(job: Job, trainer, info: dict, result, seconds: float, resumed_from:
     return summary
 
 
-def previous_output(recipe, run_dir: Path, before: str) -> str:
+def previous_output(recipe: Recipe, run_dir: Path, before: str) -> str:
     """The newest finished training output a stage continues from (else the student spec)."""
     order = [f"sft-{i}-{d.name}" for i, d in enumerate(recipe.sft.datasets, 1)] + ["sft-hh"]
     order = order[:order.index("sft-hh")] if before == "sft_hh" else order

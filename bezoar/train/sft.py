@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.train.config import SFTStageConfig, TrainSettings
 from bezoar.train.examples import Conversation, Prepared, pair_conversations, prepare_sft, read_conversations
@@ -90,7 +91,7 @@ def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: T
     return execute(job, sft_trainer_class(), sft_arguments)
 
 
-def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
+def run_sft(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft` stage: each data set in order, each continuing the adapter of the one before."""
     if wants_launch(recipe.sft.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.sft:run_sft", recipe, Path(run_dir), recipe.sft.launch)
@@ -110,7 +111,7 @@ def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
     return {"steps": steps, "output": current}
 
 
-def run_sft_hh(recipe, run_dir: Path, models: dict | None = None) -> dict:
+def run_sft_hh(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft_hh` stage: SFT on the chosen replies of the first `sft_n` HH-RLHF pairs."""
     if recipe.sft_hh.data.sft_n == 0:  # e.g. recipes/verifiable.yaml: DPO starts from the previous output
         return {"skipped": "sft_hh.data.sft_n is 0"}

@@ -23,7 +23,7 @@ import json
 import math
 
 from bezoar.errors import ConfigError
-from bezoar.llm.cache import canonical_hash
+from bezoar.hashing import canonical_hash
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 
 VERSION = 1  # bump when the scoring changes, so cached replies are not mistaken for new ones
