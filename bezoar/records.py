@@ -13,8 +13,8 @@ from typing import Any, Iterable, Iterator, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bezoar.errors import DataError, located
-from bezoar.licences import Verdict, combine, verdict
 from bezoar.hashing import canonical_hash
+from bezoar.licences import Verdict, combine, verdict
 
 
 class ChatMessage(BaseModel):
