@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError
+from pydantic_core import ErrorDetails
 
 from bezoar.config_base import ModelConfig, StrictModel, expand_env
 from bezoar.errors import ConfigError, located
@@ -130,7 +131,7 @@ def _one_line(text: str) -> str:
     return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _message(problem: dict) -> str:
+def _message(problem: ErrorDetails) -> str:
     kind, message = problem["type"], problem["msg"]
     if kind == "extra_forbidden":
         return UNKNOWN_KEY

@@ -223,7 +223,9 @@ def plan_filter(recipe: Recipe) -> list[PlanLine]:
         return []
     records = sum(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca"))
     judged = math.ceil(records * YIELDS["filter_judged_share"])
-    longest = max(recipe.generate.scheme(m).response_sampling.max_new_tokens for m in ("lamini", "evol", "orca"))
+    schemes = recipe.generate
+    longest = max(schemes.lamini.response_sampling.max_new_tokens, schemes.evol.response_sampling.max_new_tokens,
+                  schemes.orca.response_sampling.max_new_tokens)
     reply = "x" * 4 * longest  # ~4 characters a token
     prompt = load_prompt(config.prompt).render(instruction="x" * 400, response=reply)
     completion = 1 if _next_token(recipe.models.judge.spec, config.scoring) else config.max_new_tokens

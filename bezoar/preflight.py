@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bezoar.config import Recipe
+from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -283,9 +284,9 @@ def _preview(path: Path, key: tuple, found: Findings, schema=None) -> None:
 
 # --- keys and disk -------------------------------------------------------------------------------
 
-def roles_for(recipe: Recipe, stages: set[str]) -> dict[str, tuple[tuple, object]]:
+def roles_for(recipe: Recipe, stages: set[str]) -> dict[str, tuple[tuple, ModelConfig]]:
     """Role name → (its key path in the recipe, its ModelConfig), for the roles these stages call."""
-    roles: dict[str, tuple[tuple, object]] = {}
+    roles: dict[str, tuple[tuple, ModelConfig]] = {}
     generate = recipe.generate
     if "generate" in stages and any(generate.scheme(m).n for m in ("lamini", "evol", "orca")):
         roles["teacher"] = (("models", "teacher"), recipe.models.teacher)

@@ -53,7 +53,8 @@ class LazyModels(Mapping):
     `carried` is the run's usage so far per role: counters start there, so budgets span stages."""
 
     def __init__(self, recipe: Recipe, cache: CallCache, carried: dict[str, Usage] | None = None):
-        self.recipe, self.cache, self.opened = recipe, cache, {}
+        self.recipe, self.cache = recipe, cache
+        self.opened: dict[str, CachedModel] = {}
         self.carried = carried or {}
 
     def __getitem__(self, role: str) -> CachedModel:

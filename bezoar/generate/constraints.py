@@ -196,7 +196,7 @@ def make_records(seeds: list, n: int, rng: random.Random, allowed: list[str] | N
     usable = [s for s in seeds if s.instruction.strip() and not s.context.strip()]  # context would bury the constraints
     if not usable:
         raise ConfigError("generate.constraints.seeds: no seed instruction without a context")
-    records = []
+    records: list[Record] = []
     order: list = []
     while len(records) < n:
         if not order:

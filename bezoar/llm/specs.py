@@ -20,10 +20,11 @@ from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
 from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
+from bezoar.llm.protocol import Backend
 from bezoar.llm.spec_syntax import Spec, parse_spec
 
 
-def build_backend(config: ModelConfig):
+def build_backend(config: ModelConfig) -> Backend:
     """The backend object for a model config (loads local weights; checks API keys up front)."""
     spec = parse_spec(config.spec)
     if spec.kind == "local":
@@ -32,6 +33,7 @@ def build_backend(config: ModelConfig):
         return LocalBackend(spec.model, batch_size=config.batch_size, dtype=config.dtype)
     from bezoar.llm.remote import RetryPolicy
 
+    assert spec.model is not None  # parse_spec refuses a remote spec without a model
     endpoints = endpoints_for(config, spec)
     policy = RetryPolicy(config.max_retries, config.timeout_s, config.retry_backoff_s)
     if spec.kind == "openai":
@@ -62,7 +64,7 @@ def _api_key(config: ModelConfig, spec: Spec) -> None:
     endpoints_for(config, spec)
 
 
-_BACKENDS: dict[tuple, object] = {}
+_BACKENDS: dict[tuple, Backend] = {}
 
 
 def release_models(keep: list[CachedModel]) -> None:
