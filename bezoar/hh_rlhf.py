@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bezoar.errors import ConfigError, DataError, located
 from bezoar.licences import dataset_licence
-from bezoar.records import ChatMessage, Lineage, PreferencePair, _open_text
+from bezoar.records import ChatMessage, Lineage, PreferencePair, open_data
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def read_hh_pairs(path: Path | str, skip_bad: bool = True) -> tuple[list[Prefere
     lineage = Lineage.of([(name if name != str(path) else SOURCE, "data", licence)])
     pairs: list[PreferencePair] = []
     bad: list[str] = []
-    with _open_text(path) as handle:
+    with open_data(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -187,7 +187,7 @@ def read_pairs(path: Path | str) -> list[PreferencePair]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with _open_text(path) as handle:
+    with open_data(path) as handle:
         first = next((line for line in handle if line.strip()), "")
     try:
         row = json.loads(first)

@@ -9,7 +9,6 @@ after hours of teacher time that its HH-RLHF file is too small.
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 from bezoar.config import Recipe
 from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
+from bezoar.records import open_data
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ def _seed_rows(seed, skip_bad: bool, key: tuple, found: Findings) -> int:
 
 def count_lines(path: Path) -> int:
     """Non-blank lines of a text file (gzip too), without parsing them: a row count for JSONL and TSV."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
+    with open_data(path, binary=True) as handle:  # bytes: a row count needs no decoding
         return sum(1 for line in handle if line.strip())
 
 
@@ -176,7 +175,6 @@ def check_sft(recipe: Recipe, found: Findings) -> None:
 def check_hh_rows(recipe: Recipe, found: Findings) -> None:
     """sft_n + dpo_n + heldout_n valid pairs must exist; parsing stops as soon as they do."""
     from bezoar.hh_rlhf import Malformed, _load, parse_row
-    from bezoar.records import _open_text
 
     data, key = recipe.sft_hh.data, ("sft_hh", "data", "path")
     if data.path is None:
@@ -187,7 +185,7 @@ def check_hh_rows(recipe: Recipe, found: Findings) -> None:
         return
     need = data.sft_n + (data.dpo_n or 0) + data.heldout_n
     rows = valid = 0
-    with _open_text(Path(data.path)) as handle:
+    with open_data(Path(data.path)) as handle:
         for line in handle:
             if valid >= need:
                 break
@@ -255,9 +253,8 @@ def _check_pairs_preview(path: Path, key: tuple, found: Findings) -> None:
     if not Path(path).is_file():
         found.missing(key, str(path))
         return
-    from bezoar.records import _open_text
 
-    with _open_text(Path(path)) as handle:
+    with open_data(Path(path)) as handle:
         rows = [line for _, line in zip(range(PREVIEW_ROWS), handle) if line.strip()]
     try:
         row = _load(rows[0]) if rows else None

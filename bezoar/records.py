@@ -3,12 +3,13 @@ JSONL reading/writing that names the file and line of every problem and never le
 """
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, TypeVar
+from typing import IO, Any, Callable, Iterable, Iterator, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -103,8 +104,12 @@ class PreferencePair(BaseModel):
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def open_data(path: Path, binary: bool = False, newline: str | None = None) -> IO[Any]:
+    """A data file opened for reading (UTF-8 text unless `binary`), through gzip or bz2 when its name
+    ends `.gz` or `.bz2`. `newline=""` keeps line endings as written (what the csv module wants)."""
+    compressed: dict[str, Callable[..., IO[Any]]] = {".gz": gzip.open, ".bz2": bz2.open}
+    opener = compressed.get(path.suffix, open)
+    return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", newline=newline)
 
 
 def read_jsonl(path: Path | str, schema: type[Model] | None = None,
@@ -117,7 +122,7 @@ def read_jsonl(path: Path | str, schema: type[Model] | None = None,
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with _open_text(path) as handle:
+    with open_data(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue

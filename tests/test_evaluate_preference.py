@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bezoar.evaluate.intervals import bootstrap_mean, paired_bootstrap_delta, wilson
+from bezoar.intervals import bootstrap_mean, paired_bootstrap_delta, wilson
 from bezoar.evaluate.preference import load_pairs, preference_accuracy, score_pairs
 
 HH = "preferences/hh-rlhf/harmless-base/test.jsonl.gz"

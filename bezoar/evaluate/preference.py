@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
-from bezoar.evaluate.intervals import wilson
+from bezoar.intervals import wilson
 from bezoar.records import PreferencePair, write_json
 
 log = logging.getLogger(__name__)

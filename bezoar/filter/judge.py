@@ -123,7 +123,7 @@ def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig
         config = config.model_copy(update={"rule": "top_fraction" if mode == "logprobs" else "rating"})
     caller = scoring_model(model, mode, rating_scorer)
     prompt, strict = load_prompt(config.prompt), load_prompt(config.strict_prompt)
-    pairs = [(_cut(r.instruction, config.max_chars), _cut(r.response, config.max_chars)) for r in records]
+    pairs = [(truncate(r.instruction, config.max_chars), truncate(r.response, config.max_chars)) for r in records]
     sampling = Sampling(temperature=0.0, max_new_tokens=config.max_new_tokens)
     prefill = config.prefill if mode == "generate" and config.prefill else None
     ask = (lambda conversation: conversation + [{"role": "assistant", "content": prefill}]) if prefill else (lambda c: c)
@@ -187,5 +187,6 @@ def _result(reply: Reply, config: JudgeConfig, mode: str, identity: str, prompt_
                        rule=config.rule)
 
 
-def _cut(text: str, limit: int) -> str:
+def truncate(text: str, limit: int) -> str:
+    """The first `limit` characters, marked ` [...]` when cut (what a judge is shown of a long text)."""
     return text if len(text) <= limit else text[:limit] + " [...]"

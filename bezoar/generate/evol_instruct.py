@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from bezoar.generate.config import EvolConfig
 from bezoar.generate.elimination import equal_prompts, leaked_template
-from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, normalise, response_problem
+from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, lower_alnum, response_problem
 from bezoar.generate.seeds import Seed
 from bezoar.llm.cache import CachedModel
 from bezoar.prompts import scheme, template
@@ -144,7 +144,7 @@ class EvolInstruct:
             return "empty_evolution"
         if leaked_template(text):
             return "leaked_template"
-        if normalise(text) == normalise(member.text):
+        if lower_alnum(text) == lower_alnum(member.text):
             return "no_information_gain"  # a verbatim copy needs no judge
         return None
 

@@ -14,7 +14,6 @@ A malformed row raises `FILE:LINE: what`, or with `skip_bad` is counted and skip
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from collections.abc import Iterator
 import logging
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from bezoar.errors import DataError, located
 from bezoar.licences import dataset_licence
+from bezoar.records import open_data
 
 if TYPE_CHECKING:
     from bezoar.generate.config import SeedFile
@@ -130,16 +130,12 @@ def load_seed_files(seeds: list[SeedFile], skip_bad: bool) -> SeedSet:
 
 # --- file formats ----------------------------------------------------------------------------------
 
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
-
 def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     """(line number, row) pairs; a row that cannot be decoded comes back as its exception."""
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     try:
-        with _open(path) as handle:
+        with open_data(path) as handle:
             if kind == ".tsv":
                 yield from _tsv_rows(handle)
             elif kind == ".json":

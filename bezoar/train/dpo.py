@@ -26,7 +26,7 @@ from bezoar.records import PreferencePair, write_json
 from bezoar.train.config import DPOStageConfig
 from bezoar.train.examples import prepare_pairs, to_dataset
 from bezoar.train.launch import launch_stage, wants_launch
-from bezoar.train.run import Job, execute, previous_output
+from bezoar.train.run import TrainingJob, execute, previous_output
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def dpo_trainer_class():
     return BezoarDPOTrainer
 
 
-def dpo_arguments(job: Job) -> dict:
+def dpo_arguments(job: TrainingJob) -> dict:
     settings: DPOStageConfig = job.settings  # type: ignore[assignment]
     return {"beta": settings.beta, "max_length": None, "padding_free": False,
             "precompute_ref_log_probs": settings.precompute_ref_log_probs,
@@ -151,7 +151,7 @@ def dpo_arguments(job: Job) -> dict:
 
 def _heldout_metrics(heldout: list[PreferencePair]):
     """After training: TRL's reward accuracy and margins on pairs never trained on."""
-    def measure(trainer, job: Job) -> dict:
+    def measure(trainer, job: TrainingJob) -> dict:
         if not heldout:
             return {}
         prepared = prepare_pairs(job.tokenizer, heldout, job.settings.max_length, 0.0, job.settings.seed)
@@ -184,7 +184,7 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
     reference = f"{weights.identity}:{plan.dtype_name}:{plan.quantization}"
     cache = RefCache(ref_cache_dir or Path(out_dir) / "ref-logps", reference) if settings.precompute_ref_log_probs else None
     sample = ([m.model_dump() for m in pairs[0].prompt], [m.model_dump() for m in pairs[0].chosen])
-    job = Job(stage=stage, kind="dpo", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
+    job = TrainingJob(stage=stage, kind="dpo", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
               out_dir=Path(out_dir), settings=settings, sample=sample, after_training=_heldout_metrics(heldout or []),
               trainer_kwargs={"ref_cache": cache, "shared_prompt": settings.shared_prompt})
     return execute(job, dpo_trainer_class(), dpo_arguments)
