@@ -117,13 +117,17 @@ def parse_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
 
 def validation_lines(path: Path, error: ValidationError, lines: dict[tuple, int]) -> list[str]:
     """One `FILE:LINE: key.path: message` per problem, in file order."""
+    return [text for _, text in sorted(_located(path, error, lines))]
+
+
+def _located(path: Path, error: ValidationError, lines: dict[tuple, int]) -> list[tuple[int, str]]:
     found = []
     for problem in error.errors():
         loc = tuple(p for p in problem["loc"] if not (isinstance(p, str) and p.startswith(("function-", "constrained"))))
         line = next((lines[loc[:i]] for i in range(len(loc), 0, -1) if loc[:i] in lines), 1)
         key = ".".join(str(p) for p in loc) or "(recipe)"
         found.append((line, _one_line(f"{path}:{line}: {key}: {_message(problem)}")))
-    return [text for _, text in sorted(found)]
+    return found
 
 
 def _one_line(text: str) -> str:
@@ -151,9 +155,14 @@ def load_recipe(path: Path | str) -> Recipe:
     """Parse and validate a recipe file; all problems are raised together as one ConfigError."""
     path = Path(path)
     data, lines = parse_yaml(path)
-    if "source_path" in data:  # a field bezoar fills in, never one a recipe sets
-        raise ConfigError(f"{path}:{lines[('source_path',)]}: source_path: {UNKNOWN_KEY}")
+    found: list[tuple[int, str]] = []
+    if "source_path" in data:  # bezoar fills it in from the file it reads; a recipe never sets it
+        line = lines[("source_path",)]
+        found.append((line, f"{path}:{line}: source_path: {UNKNOWN_KEY}"))
     try:
-        return Recipe.model_validate({**data, "source_path": path})
+        recipe = Recipe.model_validate({**data, "source_path": path})
     except ValidationError as error:
-        raise ConfigError("\n".join(validation_lines(path, error, lines))) from None
+        found += _located(path, error, lines)
+    if found:
+        raise ConfigError("\n".join(text for _, text in sorted(found)))
+    return recipe

@@ -354,7 +354,6 @@ def check_recipe(recipe: Recipe, source: Path | None, stages: Iterable[str], run
     refuse_before_spending(recipe, source, stages, Path(run_dir or recipe.run.directory))
 
 
-
 def probe_remote_roles(recipe: Recipe, stages: Iterable[str]) -> None:
     """One probe per remote endpoint of the roles these stages call; every dead role is one line."""
     from bezoar.llm.probe import RoleUnreachable, probe_role
