@@ -267,7 +267,7 @@ replies = st.one_of(st.text(max_size=80), st.lists(st.one_of(reply_pieces, st.te
 @FUZZ
 @given(text=replies)
 def test_judge_reply_readers(text):
-    from bezoar.filter.verdicts import parse_choice, parse_judgment
+    from bezoar.verdicts import parse_choice, parse_judgment
 
     CASES["judge replies"] += 1
     judgment = parse_judgment(text)

@@ -9,7 +9,8 @@ import bezoar
 
 PACKAGE = Path(bezoar.__file__).parent
 LEAVES = {"bezoar.errors", "bezoar.hashing", "bezoar.licences", "bezoar.records", "bezoar.stages",
-          "bezoar.config_base", "bezoar.llm.endpoints", "bezoar.llm.spec_syntax"}
+          "bezoar.config_base", "bezoar.llm.endpoints", "bezoar.llm.spec_syntax", "bezoar.verdicts",
+          "bezoar.intervals"}
 """What every layer may import; they import nothing above them."""
 
 

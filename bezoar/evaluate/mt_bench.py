@@ -26,7 +26,7 @@ from bezoar.errors import ConfigError, DataError
 from bezoar.evaluate.config import MTBenchConfig
 from bezoar.evaluate.mt_bench_files import (Answer, Question, answer_record, load_answers, load_judge_prompts,
                                             load_questions, safe_name)
-from bezoar.filter.verdicts import parse_bracket_rating, parse_choice, parse_rating
+from bezoar.verdicts import parse_bracket_rating, parse_choice, parse_rating
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
 from bezoar.records import write_json, write_jsonl

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model, truncate
-from bezoar.filter.verdicts import parse_choice
+from bezoar.verdicts import parse_choice
 from bezoar.intervals import wilson
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling

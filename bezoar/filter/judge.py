@@ -20,7 +20,7 @@ from typing import Callable
 
 from bezoar.errors import ConfigError
 from bezoar.filter.config import JudgeConfig
-from bezoar.filter.verdicts import Judgment, parse_judgment
+from bezoar.verdicts import Judgment, parse_judgment
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Conversation, Reply, Sampling
 from bezoar.records import Record
