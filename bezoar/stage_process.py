@@ -16,12 +16,13 @@ import os
 import pickle
 import platform
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bezoar import errors
 from bezoar.config import Recipe
+from bezoar.config_base import ModelConfig
 from bezoar.llm.cache import CachedModel, CallCache, Usage
 
 
@@ -47,7 +48,7 @@ class StageOutcome:
         raise errors.StageFailed(f"stage {stage} failed: {name}: {message} (its traceback is printed above)")
 
 
-class LazyModels(Mapping):
+class LazyModels(Mapping[str, CachedModel]):
     """Role → CachedModel, opened on first use (a run that never judges never needs the judge's key).
 
     `carried` is the run's usage so far per role: counters start there, so budgets span stages."""
@@ -62,7 +63,7 @@ class LazyModels(Mapping):
             raise KeyError(role)
         return self.open_extra(role, getattr(self.recipe.models, role))
 
-    def open_extra(self, role: str, config) -> CachedModel:
+    def open_extra(self, role: str, config: ModelConfig) -> CachedModel:
         """A role outside `models:` (e.g. eval.mt_bench.judge), counted in usage and budgets like the rest."""
         from bezoar.llm.specs import open_model
 
@@ -85,7 +86,7 @@ class LazyModels(Mapping):
     def totals(self) -> dict[str, Usage]:
         return {**self.carried, **{role: model.usage.copy() for role, model in self.opened.items()}}
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(("teacher", "judge", "student"))
 
     def __len__(self) -> int:
