@@ -80,7 +80,7 @@ def test_bad_inputs_never_touch_a_run(workspace, data_dir):
     cases = {
         "missing seed": (["run", "missing.yaml"], "input file(s) not found: /nonexistent/seeds.jsonl"),
         "unknown stage": (["run", "killed.yaml", "--from", "trian"], "unknown stage 'trian'; the stages are: "
-                                                                       "generate, filter, sft, sft_hh, dpo, eval, report"),
+                                                                       "generate, filter, sft, sft_hh, preferences, dpo, eval, report"),
         "other recipe": (["run", str(other), "--run-dir", "runs/killed"], "this run directory was made by recipe"),
     }
     broken = yaml.safe_load((workspace / "killed.yaml").read_text())
