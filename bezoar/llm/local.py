@@ -82,9 +82,25 @@ def _load_uncached(path: Path, dtype: str) -> LoadedModel:
     model.to(plan.device).eval()
     torch.set_num_threads(plan.threads)
     packed = pack_linear_weights(model) if plan.device == "cpu" else 0
+    if packed:
+        _unmap_weights(model)
     log.info("local model %s on %s%s", path.name, plan.describe(),
              f", {packed} linear layers pre-packed for oneDNN" if packed else "")
     return LoadedModel(model, tokenizer, plan, path, content_identity(path), threading.Lock())
+
+
+def _unmap_weights(model) -> None:
+    """Copy the weights that packing left in place (embeddings, norms) into memory of their own.
+
+    transformers memory-maps the safetensors file and keeps fp32 weights as views of it. Packing reads
+    every page of the file, and while the embeddings still viewed it the whole file stayed mapped and
+    resident. Measured for SmolLM2-135M: packed, RSS 1,415 MB (624 MB of it the mapped file); after
+    this copy, 1,010 MB (the tied embeddings, 113 MB, are the only weight copied)."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.clone()
 
 
 def _load_adapter(path: Path, plan: DevicePlan):
