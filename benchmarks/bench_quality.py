@@ -63,7 +63,8 @@ def ifeval(out: Path, name: str, spec: str, args, cache) -> dict:
     from bezoar.config import ModelConfig
     from bezoar.evaluate.config import IFEvalConfig
     from bezoar.evaluate.ifeval import run_ifeval
-    from bezoar.llm.specs import open_model, release_models
+    from bezoar.llm.local import free_memory
+    from bezoar.llm.specs import open_model
 
     path = out / "ifeval" / name / "summary.json"
     if path.exists() and json.loads(path.read_text()).get("prompts") == (args.limit or 541):
@@ -72,7 +73,8 @@ def ifeval(out: Path, name: str, spec: str, args, cache) -> dict:
     config = IFEvalConfig(enabled=True, prompts=DATA / "eval/ifeval/input_data.jsonl", limit=args.limit,
                           max_new_tokens=args.ifeval_tokens)
     summary = run_ifeval(model, config, out / "ifeval" / name, name)
-    release_models([])
+    del model  # the model caches hold it weakly: this lets the next checkpoint load into freed memory
+    free_memory()
     return summary
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from bezoar import errors
 from bezoar.config import Recipe
 from bezoar.config_base import ModelConfig
-from bezoar.llm.cache import CachedModel, CallCache, Usage
+from bezoar.llm.cache import Budget, CachedModel, CallCache, Usage
 
 
 @dataclass
@@ -56,6 +56,8 @@ class LazyModels(Mapping[str, CachedModel]):
     def __init__(self, recipe: Recipe, cache: CallCache, carried: dict[str, Usage] | None = None):
         self.recipe, self.cache = recipe, cache
         self.opened: dict[str, CachedModel] = {}
+        self.closed: dict[str, tuple[Usage, Budget, str]] = {}
+        """Roles let go of by `close`: what they spent, their budget and identity (for `spent`)."""
         self.carried = carried or {}
 
     def __getitem__(self, role: str) -> CachedModel:
@@ -69,22 +71,30 @@ class LazyModels(Mapping[str, CachedModel]):
 
         if role not in self.opened:
             model = open_model(config, role=role, cache=self.cache)
-            model.usage = self.carried.get(role, Usage()).copy()
+            usage = self.closed.pop(role)[0] if role in self.closed else self.carried.get(role, Usage())
+            model.usage = usage.copy()
             self.opened[role] = model
         return self.opened[role]
 
+    def close(self, role: str) -> None:
+        """Stop holding a role's model (its weights go once nobody else uses them); its usage still counts."""
+        model = self.opened.pop(role, None)
+        if model is not None:
+            self.closed[role] = (model.usage, model.budget, model.identity)
+
     def spent(self) -> dict[str, dict]:
         """Per role: what was spent since `carried`, with its cost and the model's identity."""
+        accounts = {**self.closed, **{r: (m.usage, m.budget, m.identity) for r, m in self.opened.items()}}
         usage = {}
-        for role, model in self.opened.items():
-            spent = model.usage.minus(self.carried.get(role, Usage()))
+        for role, (used, budget, identity) in accounts.items():
+            spent = used.minus(self.carried.get(role, Usage()))
             if spent.calls or spent.cache_hits:
-                usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4),
-                               "model": model.identity}
+                usage[role] = {**spent.to_json(), "cost_usd": round(budget.cost(spent), 4), "model": identity}
         return usage
 
     def totals(self) -> dict[str, Usage]:
-        return {**self.carried, **{role: model.usage.copy() for role, model in self.opened.items()}}
+        used = {role: usage for role, (usage, _, _) in self.closed.items()}
+        return {**self.carried, **used, **{role: model.usage.copy() for role, model in self.opened.items()}}
 
     def __iter__(self) -> Iterator[str]:
         return iter(("teacher", "judge", "student"))

@@ -56,6 +56,23 @@ def test_roles_share_one_loaded_model():
     assert teacher.backend is judge.backend and teacher.role != judge.role
 
 
+def test_a_model_nobody_holds_is_let_go(embedded):
+    """The caches share a backend and its weights between roles but never pin them: the eval stage
+    lets each checkpoint go before it loads the next."""
+    import gc
+    import weakref
+
+    from bezoar.config import ModelConfig
+    from bezoar.llm.specs import open_model
+
+    model = open_model(ModelConfig(spec="local", batch_size=5), role="student")
+    assert model.backend.loaded is embedded.loaded  # weights someone holds are shared, not loaded again
+    backend = weakref.ref(model.backend)
+    del model
+    gc.collect()
+    assert backend() is None
+
+
 def test_rows_joining_a_running_batch_decode_as_alone(embedded, data_dir):
     """With 3 slots and 7 prompts, rows join as others finish (continuous batching): same text."""
     from bezoar.llm.local import LocalBackend

@@ -73,3 +73,23 @@ def test_a_crash_is_one_line_naming_the_stage(tmp_path):
 def test_a_killed_stage_process_is_reported_with_its_signal(tmp_path):
     with pytest.raises(StageFailed, match=r"ended without a result \(exit code -9"):
         run("dies", tmp_path)
+
+
+def test_a_closed_role_lets_go_of_its_model_and_keeps_its_usage(tmp_path, embedded):
+    import gc
+    import weakref
+
+    from bezoar.llm.cache import CallCache
+    from bezoar.stage_process import LazyModels
+
+    models = LazyModels(load_recipe(REPO / "recipes" / "tiny.yaml"), CallCache(tmp_path / "calls.sqlite"),
+                        {"student": Usage(calls=5)})
+    student = models["student"]
+    student.usage.calls += 2
+    backend = weakref.ref(student.backend)
+    del student
+    models.close("student")
+    gc.collect()
+    assert backend() is None  # the weights go once nobody uses them
+    assert models.totals()["student"].calls == 7 and models.spent()["student"]["calls"] == 2
+    assert models["student"].usage.calls == 7  # opened again, it counts on

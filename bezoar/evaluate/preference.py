@@ -54,6 +54,9 @@ def preference_accuracy(model: str | Path, pairs: Iterable[PreferencePair | dict
               "loglik_per_token": _accuracy(ids, [c.logprob / max(c.tokens, 1) - r.logprob / max(r.tokens, 1)
                                                   for c, r in policy])}
     if reference is not None:
+        from bezoar.llm.local import free_memory
+
+        free_memory()  # the policy's weights go before the reference's load: one model at a time
         ref = score_pairs(_source(reference), pairs, batch_size, max_length)
         margins = [(c.logprob - rc.logprob) - (r.logprob - rr.logprob) for (c, r), (rc, rr) in zip(policy, ref)]
         result["dpo_reward"] = _accuracy(ids, margins)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from pathlib import Path
 
 from bezoar.config import Recipe
@@ -57,28 +57,38 @@ def _is_model(path: Path) -> bool:
     return True
 
 
-def run_eval(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
-    """The stage contract: evaluate each checkpoint, write the comparison, return a JSON summary."""
-    from bezoar.llm.specs import release_models
+def run_eval(recipe: Recipe, run_dir: Path, models: Mapping[str, CachedModel]) -> dict:
+    """The stage contract: evaluate each checkpoint, write the comparison, return a JSON summary.
 
+    Memory: MT-Bench and IFEval run first, checkpoint by checkpoint, with the judge loaded; then the
+    judge is let go of and the harness and preference accuracy load each checkpoint's weights alone.
+    The model caches hold models weakly, so the stage holds one student (plus, first, the judge) at a time."""
     config: EvalConfig = recipe.eval
     run_dir = Path(run_dir)
+    checkpoints = find_checkpoints(run_dir, config, recipe.models.student.spec)
     judge = _mt_bench_judge(recipe, models)
-    student = recipe.models.student
-    summary: dict = {"checkpoints": {}, "skipped": [], "usage": {}}
-    for name, spec in find_checkpoints(run_dir, config, student.spec):
-        model = models.get("student") if name == "base" and "student" in models else None
-        kept = [judge, *getattr(models, "opened", models).values()]
-        summary["checkpoints"][name] = evaluate_checkpoint(recipe, run_dir, name, spec, judge, model,
-                                                           free=lambda: release_models(kept))
-    if summary["checkpoints"]:
+    done: dict[str, dict] = {}
+    for name, spec in checkpoints:
+        done[name] = _generating(recipe, run_dir, name, spec, judge, models.get("student") if name == "base" else None)
+        _close(models, "student")
+    usage = {judge.role: judge.usage.to_json()}
+    _close(models, judge.role)
+    del judge  # the scoring evaluations need only the checkpoint
+    for name, spec in checkpoints:
+        done[name].update(_scoring(recipe, run_dir, name, spec))
+    summary: dict = {"checkpoints": done, "skipped": [], "usage": usage}
+    if done:
         comparison = compare(run_dir)
         summary["comparison"] = str(run_dir / "eval" / "comparison.json")
         summary["metrics"] = comparison["metrics"]
-    summary["usage"][judge.role] = judge.usage.to_json()
-    summary["failed_items"] = sum(done.get("mt_bench", {}).get("failed_items", 0)
-                                  for done in summary["checkpoints"].values())
+    summary["failed_items"] = sum(result.get("mt_bench", {}).get("failed_items", 0) for result in done.values())
     return summary
+
+
+def _close(models: Mapping[str, CachedModel], role: str) -> None:
+    """Stop holding a role's model; the pipeline's models (`LazyModels`) still count what it spent."""
+    if hasattr(models, "close"):
+        models.close(role)
 
 
 def _mt_bench_judge(recipe: Recipe, models) -> CachedModel:
@@ -93,23 +103,34 @@ def _mt_bench_judge(recipe: Recipe, models) -> CachedModel:
     return open_model(own, role="mt_bench_judge")
 
 
-def evaluate_checkpoint(recipe: Recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
-                        model: CachedModel | None = None, free: Callable[[], None] = lambda: None) -> dict:
-    """MT-Bench, harness and preference accuracy for one checkpoint (each skipped when up to date).
-    `free` runs after each, so each evaluation's model copies are gone before the next loads its own."""
+def _generating(recipe: Recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
+                model: CachedModel | None) -> dict:
+    """MT-Bench and IFEval: the checkpoint answers as a chat model (`model`, else opened here)."""
     config: EvalConfig = recipe.eval
     identity = _weights_identity(spec)
     done: dict = {}
     if config.mt_bench.enabled:
         done["mt_bench"] = _once(run_dir / "eval" / "mt_bench" / name, [config.mt_bench, identity, judge.identity],
                                  lambda out: _mt_bench(recipe, name, spec, judge, model, out))
-        free()
+        _free(f"{name} mt_bench")
+    if config.ifeval.enabled:
+        done["ifeval"] = _once(run_dir / "eval" / "ifeval" / name, [config.ifeval, identity],
+                               lambda out: _ifeval(recipe, name, spec, judge, model, out))
+        _free(f"{name} ifeval")
+    return done
+
+
+def _scoring(recipe: Recipe, run_dir: Path, name: str, spec: str) -> dict:
+    """The harness and preference accuracy: each loads the checkpoint's weights itself and lets them go."""
+    config: EvalConfig = recipe.eval
+    identity = _weights_identity(spec)
+    done: dict = {}
     if config.harness.enabled:
         from bezoar.evaluate.harness import run_harness
 
         done["harness"] = _once(run_dir / "eval" / "harness" / name, [config.harness, identity],
                                 lambda out: run_harness(spec, config.harness, out))
-        free()
+        _free(f"{name} harness")
     if config.preference.enabled:
         preference = _preference_config(recipe)
         if preference.pairs is None:
@@ -118,12 +139,21 @@ def evaluate_checkpoint(recipe: Recipe, run_dir: Path, name: str, spec: str, jud
             reference = _dpo_reference(name, spec)
             done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, reference],
                                        lambda out: _preference(spec, preference, out, reference))
-            free()
-    if config.ifeval.enabled:
-        done["ifeval"] = _once(run_dir / "eval" / "ifeval" / name, [config.ifeval, identity],
-                               lambda out: _ifeval(recipe, name, spec, judge, model, out))
-        free()
+            _free(f"{name} preference")
     return done
+
+
+def _free(finished: str) -> None:
+    """Free what the finished evaluation let go of, and log the RSS so a model that stays pinned shows."""
+    from bezoar.llm.local import free_memory
+
+    free_memory()
+    try:  # Linux: current and peak resident set of this process
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+        log.info("eval: %s done; RSS %d MB (peak %d MB)", finished, int(status["VmRSS"].split()[0]) // 1024,
+                 int(status["VmHWM"].split()[0]) // 1024)
+    except (OSError, KeyError, ValueError):
+        pass
 
 
 def _ifeval(recipe: Recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:

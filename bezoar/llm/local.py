@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,30 +35,30 @@ class LoadedModel:
     lock: threading.Lock
 
 
-_LOADED: dict[str, LoadedModel] = {}
+# Weak: a model lives as long as a backend or caller holds it, so roles that name the same weights
+# share one copy, and weights nobody uses any more (a checkpoint already evaluated) are not pinned here.
+_LOADED: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
 _LOAD_LOCK = threading.Lock()
 
 
 def load(source: str | None, dtype: str = "auto") -> LoadedModel:
-    """Load (or reuse) the model named by `source` (None: the embedded SmolLM2)."""
+    """Load (or reuse, while someone still holds it) the model named by `source` (None: the embedded SmolLM2)."""
     path = resolve_model_dir(source)
     key = f"{path}:{dtype}"
     with _LOAD_LOCK:
-        if key not in _LOADED:
-            _LOADED[key] = _load_uncached(path, dtype)
-        return _LOADED[key]
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            loaded = _LOADED[key] = _load_uncached(path, dtype)
+        return loaded
 
 
-def release_except(keep: list[LoadedModel]) -> None:
-    """Forget every loaded model but `keep` and hand the freed memory back to the OS, so a process
+def free_memory() -> None:
+    """Collect the models nobody holds any more and hand their memory back to the OS, so a process
     that evaluates N checkpoints one after another holds one of them at a time, not N."""
     import ctypes
     import gc
 
-    with _LOAD_LOCK:
-        for key in [k for k, v in _LOADED.items() if not any(v is m for m in keep)]:
-            del _LOADED[key]
-    gc.collect()
+    gc.collect()  # a model caught in a reference cycle is freed only by the collector
     try:  # glibc keeps freed arenas mapped; without this RSS stays at its high-water mark
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

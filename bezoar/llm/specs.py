@@ -15,6 +15,7 @@ used on the wire and stripped everywhere else (see `bezoar.llm.endpoints`).
 from __future__ import annotations
 
 import os
+import weakref
 
 from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
@@ -64,17 +65,9 @@ def _api_key(config: ModelConfig, spec: Spec) -> None:
     endpoints_for(config, spec)
 
 
-_BACKENDS: dict[tuple, Backend] = {}
-
-
-def release_models(keep: list[CachedModel]) -> None:
-    """Drop every backend (and local weights) that none of `keep` uses."""
-    from bezoar.llm import local
-
-    backends = [m.backend for m in keep]
-    for key in [k for k, b in _BACKENDS.items() if not any(b is kept for kept in backends)]:
-        del _BACKENDS[key]
-    local.release_except([b.loaded for b in backends if hasattr(b, "loaded")])
+# Weak, like bezoar.llm.local's loaded models: a backend is shared while some role holds it and is
+# never kept alive by this cache (the eval stage lets each checkpoint go before the next loads).
+_BACKENDS: weakref.WeakValueDictionary[tuple, Backend] = weakref.WeakValueDictionary()
 
 
 def open_model(config: ModelConfig, role: str = "model", cache: CallCache | None = None) -> CachedModel:
@@ -82,9 +75,10 @@ def open_model(config: ModelConfig, role: str = "model", cache: CallCache | None
     names = [config.api_key_env, *PROVIDER_KEY_ENV.values()]  # a changed key builds a new backend
     key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,
            config.max_retries, config.retry_backoff_s, tuple(os.environ.get(n) for n in names if n))
-    if key not in _BACKENDS:
-        _BACKENDS[key] = build_backend(config)
+    backend = _BACKENDS.get(key)
+    if backend is None:
+        backend = _BACKENDS[key] = build_backend(config)
     budget = Budget(max_calls=config.max_calls, max_cost=config.max_cost,
                     input_per_mtok=config.input_price_per_mtok, output_per_mtok=config.output_price_per_mtok)
     cache = cache if cache is not None else CallCache(default_cache_path())  # an empty cache is falsy (len 0)
-    return CachedModel(_BACKENDS[key], cache, role=role, budget=budget)
+    return CachedModel(backend, cache, role=role, budget=budget)
