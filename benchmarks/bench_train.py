@@ -8,8 +8,8 @@ SFT (64 Dolly open-QA answers, prompt-completion, loss on the reply), tokens/s o
   (b) TRL hand-tuned as MACHINE-NOTES measured it: fp32, lora_dropout 0, padding_free=True with
       max_length=None (TRL's gradient checkpointing default kept)
   (b') (b) with the weights in bf16: what hand-tuning gives on a CPU with native bf16 (this one)
-  (c) bezoar's defaults (`train_sft`): measured dtype, no dropout on CPU, no checkpointing for
-      short sequences, length-grouped padded batches, LM head only on loss tokens
+  (c) bezoar's defaults (`train_sft`): measured dtype, no dropout on CPU, gradient checkpointing
+      (DPO: only for long sequences), length-grouped padded batches, LM head only on loss tokens
 DPO (48 real HH-RLHF harmless-base pairs), pairs/s of the training loop (reference pass apart):
   (a) TRL's DPOTrainer as a user first runs it (bf16 autocast, no precompute), lora_dropout 0.05
   (b) fp32, lora_dropout 0, precompute_ref_log_probs=True

@@ -180,7 +180,7 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
                              settings.max_validation_examples)
     if not prepared.train:
         raise DataError(f"{stage}: no pair fits max_length={settings.max_length} ({prepared.bad[:1]})")
-    plan = plan_training(settings)
+    plan = plan_training(settings, kind="dpo")
     reference = f"{weights.identity}:{plan.dtype_name}:{plan.quantization}"
     cache = RefCache(ref_cache_dir or Path(out_dir) / "ref-logps", reference) if settings.precompute_ref_log_probs else None
     sample = ([m.model_dump() for m in pairs[0].prompt], [m.model_dump() for m in pairs[0].chosen])

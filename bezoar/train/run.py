@@ -69,7 +69,7 @@ def execute(job: TrainingJob, trainer_class, kind_arguments: Callable[[TrainingJ
         log.info("%s: already trained (%s), skipping", job.stage, out)
         return done
     longest = max(len(r.get("input_ids", ())) or r.get("length", 0) for r in job.prepared.train)
-    job.plan = plan_training(job.settings, longest)
+    job.plan = plan_training(job.settings, longest, job.kind)
     log.info("%s: %s", job.stage, job.plan.describe())
     _check_template(job)
     checkpoint = _resume_point(job, fingerprint)
