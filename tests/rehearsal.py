@@ -206,12 +206,23 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=20)
 
 
+def content_key(row: dict) -> str:
+    """A record's id without its teacher field: the two runs reach the same teacher through proxies on
+    different ports, and a record's id names the teacher's URLs (its lineage)."""
+    from bezoar.hashing import canonical_hash
+
+    meta = row["meta"]
+    return canonical_hash({"messages": row["messages"], "method": meta["method"], "seed_ids": meta["seed_ids"],
+                           "template": meta["template"]})[:16]
+
+
 def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
+    """{data set: sorted content keys} of the records kept in data/FOLDER."""
     found = {}
     for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
-        if "." in path.stem:  # rejected/failed files
+        if "." in path.stem or path.stem in ("failed", "rejected", "judgments"):  # not records kept
             continue
-        found[path.stem] = sorted(json.loads(line)["meta"]["id"] for line in path.read_text().splitlines() if line.strip())
+        found[path.stem] = sorted(content_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
     return found
 
 
@@ -224,11 +235,11 @@ def failures(run_dir: Path) -> list[dict]:
 
 
 def poison_for(clean_run: Path) -> tuple[str, str]:
-    """(a text only one generated record's requests contain, that record's id): the clean run's first Orca
+    """(a text only one generated record's requests contain, that record's key): the clean run's first Orca
     record; its seed question is the poison."""
     first = json.loads((clean_run / "data" / "generated" / "orca.jsonl").read_text().splitlines()[0])
     question = next(m["content"] for m in first["messages"] if m["role"] == "user")
-    return question[:80], first["meta"]["id"]
+    return question[:80], content_key(first)
 
 
 def secret_hits(secret: str, *places: Path | str) -> list[str]:
