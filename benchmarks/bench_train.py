@@ -104,7 +104,7 @@ def sft_data(tokenizer, count: int = 64) -> list[dict]:
 
 def dpo_data(tokenizer, count: int = 48):
     from bezoar.train.encoding import encode_pair
-    from bezoar.train.hh_rlhf import read_hh_pairs
+    from bezoar.hh_rlhf import read_hh_pairs
 
     pairs, _ = read_hh_pairs(DATA / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")
     fitting = []

@@ -90,7 +90,7 @@ def sft_quality(out: Path, examples: int) -> dict:
 
 
 def preference_quality(out: Path, sft_n: int, dpo_n: int, heldout_n: int) -> dict:
-    from bezoar.config import recipe_model
+    from bezoar.config import Recipe
     from bezoar.evaluate.preference import preference_accuracy
     from bezoar.train.dpo import run_dpo
     from bezoar.train.hh_rlhf import hh_slices
@@ -98,7 +98,7 @@ def preference_quality(out: Path, sft_n: int, dpo_n: int, heldout_n: int) -> dic
 
     common = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "warmup_steps": 5,
               "eval_steps": 50, "logging_steps": 5, "max_length": 192, "max_validation_examples": 48}
-    recipe = recipe_model().model_validate({
+    recipe = Recipe.model_validate({
         "sft": {"datasets": []},
         "sft_hh": {**common, "data": {"path": str(DATA / "preferences/hh-rlhf/harmless-base/test.jsonl.gz"),
                                       "sft_n": sft_n, "dpo_n": dpo_n, "heldout_n": heldout_n}},

@@ -35,7 +35,7 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check.")) -
     """Check a recipe without a model call: keys and values, input files, HH-RLHF rows, seed counts,
     API keys, the licence gate and free disk; every problem one line, all at once."""
     from bezoar.config import load_recipe
-    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import check_recipe
 
     check_recipe(load_recipe(recipe), recipe, STAGE_NAMES)

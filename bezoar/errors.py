@@ -63,7 +63,8 @@ def disk_full(error: BaseException, where: object = None) -> DiskFull | None:
     """The `DiskFull` that `error` (or an error it was raised from or during) amounts to, else None.
 
     The path is the one the failing write named, else `where` (the directory being written)."""
-    chain, seen = [], error
+    chain: list[BaseException] = []
+    seen: BaseException | None = error
     while seen is not None and seen not in chain:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__

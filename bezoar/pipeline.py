@@ -16,8 +16,6 @@ import logging
 import os
 import platform
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -25,87 +23,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from bezoar.config import Recipe
 from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
-from bezoar.llm.cache import CachedModel, CallCache, Usage, canonical_hash
-from bezoar.records import file_sha256, write_json
+from bezoar.hashing import canonical_hash, file_sha256
+from bezoar.llm.cache import Usage
+from bezoar.records import write_json
+from bezoar.stages import STAGE_NAMES, STAGES, Stage, stage_named
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    function: str
-    """`module:function` with the stage contract `f(recipe, run_dir, models) -> dict`."""
-    sections: tuple[str, ...]
-    """Recipe sections whose change invalidates this stage."""
-    roles: tuple[str, ...]
-    """Model roles it calls (their configs are part of the fingerprint)."""
-
-
-STAGES: tuple[Stage, ...] = (
-    Stage("generate", "bezoar.generate.stage:run_generate", ("generate",), ("teacher", "judge")),
-    Stage("filter", "bezoar.filter.runner:run_filter", ("filter",), ("judge",)),
-    Stage("sft", "bezoar.train.sft:run_sft", ("sft",), ("student",)),
-    Stage("sft_hh", "bezoar.train.sft:run_sft_hh", ("sft_hh",), ("student",)),
-    Stage("preferences", "bezoar.preferences.stage:run_preferences", ("preferences",), ("student", "judge")),
-    Stage("dpo", "bezoar.train.dpo:run_dpo", ("dpo", "sft_hh"), ("student",)),
-    Stage("eval", "bezoar.evaluate.runner:run_eval", ("eval",), ("judge", "student")),
-    Stage("report", "bezoar.report.html:run_report", (), ()),
-)
-STAGE_NAMES = tuple(s.name for s in STAGES)
 VERSIONED = ("bezoar", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval", "httpx")
-
-
-def stage_named(name: str) -> Stage:
-    for stage in STAGES:
-        if stage.name == name:
-            return stage
-    raise ConfigError(f"unknown stage '{name}'; the stages are: {', '.join(STAGE_NAMES)}")
-
-
-class LazyModels(Mapping):
-    """Role → CachedModel, opened on first use (a run that never judges never needs the judge's key).
-
-    `carried` is the run's usage so far per role: counters start there, so budgets span stages."""
-
-    def __init__(self, recipe, cache: CallCache, carried: dict[str, Usage] | None = None):
-        self.recipe, self.cache, self.opened = recipe, cache, {}
-        self.carried = carried or {}
-
-    def __getitem__(self, role: str) -> CachedModel:
-        if role not in ("teacher", "judge", "student"):
-            raise KeyError(role)
-        return self.open_extra(role, getattr(self.recipe.models, role))
-
-    def open_extra(self, role: str, config) -> CachedModel:
-        """A role outside `models:` (e.g. eval.mt_bench.judge), counted in usage and budgets like the rest."""
-        from bezoar.llm.specs import open_model
-
-        if role not in self.opened:
-            model = open_model(config, role=role, cache=self.cache)
-            model.usage = self.carried.get(role, Usage()).copy()
-            self.opened[role] = model
-        return self.opened[role]
-
-    def spent(self) -> dict[str, dict]:
-        """Per role: what was spent since `carried`, with its cost and the model's identity."""
-        usage = {}
-        for role, model in self.opened.items():
-            spent = model.usage.minus(self.carried.get(role, Usage()))
-            if spent.calls or spent.cache_hits:
-                usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4),
-                               "model": model.identity}
-        return usage
-
-    def totals(self) -> dict[str, Usage]:
-        return {**self.carried, **{role: model.usage.copy() for role, model in self.opened.items()}}
-
-    def __iter__(self):
-        return iter(("teacher", "judge", "student"))
-
-    def __len__(self) -> int:
-        return 3
 
 
 def input_files(section: Any) -> list[Path]:
@@ -127,7 +54,7 @@ def input_files(section: Any) -> list[Path]:
     return found
 
 
-def check_inputs(recipe, stages: list[Stage], source: Path) -> None:
+def check_inputs(recipe: Recipe, stages: list[Stage], source: Path) -> None:
     """Every named input exists, before any stage starts (so nothing is touched on a typo)."""
     missing = [f"{path}" for stage in stages for section in stage.sections
                for path in input_files(getattr(recipe, section)) if not path.exists()]
@@ -169,7 +96,7 @@ def versions() -> dict[str, str]:
     return found
 
 
-def fingerprint(recipe, stage: Stage, previous: str) -> tuple[str, dict[str, str]]:
+def fingerprint(recipe: Recipe, stage: Stage, previous: str) -> tuple[str, dict[str, str]]:
     inputs = {str(p): file_sha256(p) for s in stage.sections for p in input_files(getattr(recipe, s)) if p.is_file()}
     config = {s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections}
     roles = {r: getattr(recipe.models, r).model_dump(mode="json") for r in stage.roles}
@@ -178,7 +105,7 @@ def fingerprint(recipe, stage: Stage, previous: str) -> tuple[str, dict[str, str
     return canonical_hash(basis), inputs
 
 
-def refuse_foreign(recipe, run_dir: Path, source: Path, data: dict | None = None) -> None:
+def refuse_foreign(recipe: Recipe, run_dir: Path, source: Path, data: dict | None = None) -> None:
     """Refuses a directory that another recipe made; reads only, so a refusal touches nothing (not even the lock)."""
     if data is None:
         from bezoar.run_state import ManifestCorrupt, read_manifest
@@ -194,7 +121,7 @@ def refuse_foreign(recipe, run_dir: Path, source: Path, data: dict | None = None
                           "use another --run-dir or that recipe")
 
 
-def open_run(recipe, run_dir: Path, source: Path) -> Manifest:
+def open_run(recipe: Recipe, run_dir: Path, source: Path) -> Manifest:
     """The run's manifest; refuses a directory that another recipe made."""
     manifest = Manifest(run_dir)
     refuse_foreign(recipe, run_dir, source, manifest.data)
@@ -214,7 +141,7 @@ def select(start: str | None, only: str | None) -> tuple[list[Stage], set[str]]:
     return list(STAGES), set()
 
 
-def run(recipe, source: Path, start: str | None = None, only: str | None = None,
+def run(recipe: Recipe, source: Path, start: str | None = None, only: str | None = None,
         run_dir: Path | None = None, probe: bool = True, retry_failed: bool = False) -> dict:
     """Run the recipe; returns the manifest's data. Raises BezoarError on bad input or a budget stop.
 
@@ -260,7 +187,7 @@ def stages_with_failures(manifest: Manifest, stages: list[Stage]) -> set[str]:
     return set(names[names.index(failing[0]):]) if failing else set()
 
 
-def run_stage(stage: Stage, recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
+def run_stage(stage: Stage, recipe: Recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
               totals: dict[str, Usage], retry_failed: bool = False) -> dict[str, Usage]:
     """One stage, in a process of its own (see `bezoar.stage_process`); returns the updated totals."""
     from bezoar.stage_process import StageOutcome, run_stage_process

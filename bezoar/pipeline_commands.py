@@ -34,7 +34,8 @@ def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes
     An item a server refuses becomes a failed item (listed in its stage's failed.jsonl) and the stage goes
     on; `--retry-failed` asks those again."""
     from bezoar.config import load_recipe
-    from bezoar.pipeline import run, stage_named
+    from bezoar.pipeline import run
+    from bezoar.stages import stage_named
 
     for name in (start, only):
         if name:
@@ -61,7 +62,7 @@ def status(run_dir: Path = typer.Argument(..., help="A run directory (runs/NAME)
 
 
 def show_status(run_dir: Path, data: dict) -> None:
-    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.stages import STAGE_NAMES
 
     table = Table(title=f"run {data.get('run_name', '?')} ({run_dir})")
     planned = (data.get("plan") or {}).get("calls_by_stage", {})  # bezoar.plan, stored at run start

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from bezoar.config import Recipe
+
 YIELDS = {
     "lamini_candidates_per_prompt": 0.5,  # share of the asked-for instructions that parse and pass the checks
     "lamini_records_per_answer": 0.9,
@@ -126,18 +128,18 @@ def replay(n: int, cap: int, prior: float, rate: float) -> tuple[int, float]:
 # --- per stage -----------------------------------------------------------------------------------
 
 def _seeds(config):
-    from bezoar.generate.stage import load_seed_files
+    from bezoar.generate.seeds import load_seed_files
 
     return load_seed_files(config.seeds, skip_bad=True).seeds
 
 
-def _context(recipe):
+def _context(recipe: Recipe):
     from bezoar.generate.runner import Context
 
     return Context(None, recipe.models.teacher.spec, "unknown", recipe.run.seed)
 
 
-def plan_lamini(recipe, config) -> list[tuple[str, int, float, int]]:
+def plan_lamini(recipe: Recipe, config) -> list[tuple[str, int, float, int]]:
     """(role, calls, prompt tokens per call, completion tokens per call) for each kind of call."""
     from bezoar.generate.lamini import _one_line, load_topics
     from bezoar.prompts import template
@@ -161,7 +163,7 @@ def plan_lamini(recipe, config) -> list[tuple[str, int, float, int]]:
             ("teacher", answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
 
 
-def plan_evol(recipe, config) -> list[tuple[str, int, float, int]]:
+def plan_evol(recipe: Recipe, config) -> list[tuple[str, int, float, int]]:
     from bezoar.generate.evol_instruct import Draw, EvolInstruct, Member
     from bezoar.prompts import template
 
@@ -180,7 +182,7 @@ def plan_evol(recipe, config) -> list[tuple[str, int, float, int]]:
     return lines
 
 
-def plan_orca(recipe, config) -> list[tuple[str, int, float, int]]:
+def plan_orca(recipe: Recipe, config) -> list[tuple[str, int, float, int]]:
     from bezoar.generate.orca import Orca
 
     scheme = Orca(_context(recipe), _seeds(config), config)
@@ -194,7 +196,7 @@ def _sample(seeds: list, seed: int) -> list:
     return random.Random(seed).sample(seeds, min(PROMPT_SAMPLE, len(seeds)))
 
 
-def plan_generate(recipe) -> list[PlanLine]:
+def plan_generate(recipe: Recipe) -> list[PlanLine]:
     planners = {"lamini": plan_lamini, "evol": plan_evol, "orca": plan_orca}
     calls: list[tuple[str, int, float, int]] = []
     by_scheme: dict[str, dict[str, int]] = {}
@@ -212,7 +214,7 @@ def plan_generate(recipe) -> list[PlanLine]:
     return lines
 
 
-def plan_filter(recipe) -> list[PlanLine]:
+def plan_filter(recipe: Recipe) -> list[PlanLine]:
     """The judge sees each generated record that survives the cheap filters, once (+ re-asks of unreadable replies)."""
     from bezoar.filter.judge import load_prompt
 
@@ -221,7 +223,9 @@ def plan_filter(recipe) -> list[PlanLine]:
         return []
     records = sum(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca"))
     judged = math.ceil(records * YIELDS["filter_judged_share"])
-    longest = max(recipe.generate.scheme(m).response_sampling.max_new_tokens for m in ("lamini", "evol", "orca"))
+    schemes = recipe.generate
+    longest = max(schemes.lamini.response_sampling.max_new_tokens, schemes.evol.response_sampling.max_new_tokens,
+                  schemes.orca.response_sampling.max_new_tokens)
     reply = "x" * 4 * longest  # ~4 characters a token
     prompt = load_prompt(config.prompt).render(instruction="x" * 400, response=reply)
     completion = 1 if _next_token(recipe.models.judge.spec, config.scoring) else config.max_new_tokens
@@ -229,13 +233,13 @@ def plan_filter(recipe) -> list[PlanLine]:
 
 
 def _next_token(spec: str, mode: str) -> bool:
-    """A local judge in auto mode reads its rating from one forward pass (bezoar.filter.next_token)."""
+    """A local judge in auto mode reads its rating from one forward pass (bezoar.llm.next_token)."""
     from bezoar.llm.specs import parse_spec
 
     return mode in ("logprobs", "next_token") or (mode == "auto" and parse_spec(spec).kind == "local")
 
 
-def plan_eval(recipe) -> list[PlanLine]:
+def plan_eval(recipe: Recipe) -> list[PlanLine]:
     """MT-Bench per checkpoint: the student answers both turns, the judge grades both turns."""
     from bezoar.evaluate.mt_bench_files import load_questions
 
@@ -256,13 +260,13 @@ def plan_eval(recipe) -> list[PlanLine]:
     return _merge(recipe, "eval", calls)
 
 
-def _role_config(recipe, role: str):
+def _role_config(recipe: Recipe, role: str):
     if role == "mt_bench_judge":
         return recipe.eval.mt_bench.judge
     return getattr(recipe.models, role)
 
 
-def _merge(recipe, stage: str, calls: list[tuple[str, int, float, int]]) -> list[PlanLine]:
+def _merge(recipe: Recipe, stage: str, calls: list[tuple[str, int, float, int]]) -> list[PlanLine]:
     """One line per role: calls summed, tokens from each kind's per-call figures, cost and wall time."""
     from bezoar.llm.endpoints import public_spec  # a credential in a URL never reaches a plan or manifest
     from bezoar.llm.specs import parse_spec
@@ -289,9 +293,9 @@ def _merge(recipe, stage: str, calls: list[tuple[str, int, float, int]]) -> list
     return list(by_role.values())
 
 
-def make_plan(recipe, stages: list[str] | None = None) -> Plan:
+def make_plan(recipe: Recipe, stages: list[str] | None = None) -> Plan:
     """The plan for these stages (all by default)."""
-    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.stages import STAGE_NAMES
 
     stages = list(stages or STAGE_NAMES)
     plan = Plan(tokens_counted_with="the embedded SmolLM2 tokenizer" if _tokenizer() else "chars/4")

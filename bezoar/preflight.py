@@ -9,14 +9,16 @@ after hours of teacher time that its HH-RLHF file is too small.
 """
 from __future__ import annotations
 
-import gzip
 import logging
 import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from bezoar.config import Recipe
+from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
+from bezoar.records import open_data
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class Findings:
             raise Refused("\n".join(text for _, text in sorted(self.problems)))
 
 
-def refuse_before_spending(recipe, source: Path | None, stages: Iterable[str], run_dir: Path) -> None:
+def refuse_before_spending(recipe: Recipe, source: Path | None, stages: Iterable[str], run_dir: Path) -> None:
     """Raise `Refused` with every problem of the recipe for these stages (no model is called or loaded)."""
     found = Findings(source)
     stages = set(stages)
@@ -95,7 +97,7 @@ def refuse_before_spending(recipe, source: Path | None, stages: Iterable[str], r
 
 # --- generate ------------------------------------------------------------------------------------
 
-def check_generate(recipe, found: Findings) -> None:
+def check_generate(recipe: Recipe, found: Findings) -> None:
     from bezoar.generate.stage import METHODS, check_licences
     from bezoar.errors import LicenceError
 
@@ -136,8 +138,7 @@ def _seed_rows(seed, skip_bad: bool, key: tuple, found: Findings) -> int:
 
 def count_lines(path: Path) -> int:
     """Non-blank lines of a text file (gzip too), without parsing them: a row count for JSONL and TSV."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
+    with open_data(path, binary=True) as handle:  # bytes: a row count needs no decoding
         return sum(1 for line in handle if line.strip())
 
 
@@ -152,7 +153,7 @@ def _check_reach(method: str, config, rows: int, found: Findings) -> None:
 
 # --- filter, sft, HH-RLHF, eval -----------------------------------------------------------------
 
-def check_filter(recipe, found: Findings) -> None:
+def check_filter(recipe: Recipe, found: Findings) -> None:
     section = recipe.filter
     if section.judge_check.enabled and section.judge_check.pairs is not None:
         _check_pairs_preview(section.judge_check.pairs, ("filter", "judge_check", "pairs"), found)
@@ -162,7 +163,7 @@ def check_filter(recipe, found: Findings) -> None:
                 found.missing(("filter", "contamination", "eval_paths", i), str(path))
 
 
-def check_sft(recipe, found: Findings) -> None:
+def check_sft(recipe: Recipe, found: Findings) -> None:
     """Data sets given by path (the default, the filter's output, does not exist before the run)."""
     from bezoar.records import Record
 
@@ -171,10 +172,9 @@ def check_sft(recipe, found: Findings) -> None:
             _preview(dataset.path, ("sft", "datasets", i, "path"), found, Record)
 
 
-def check_hh_rows(recipe, found: Findings) -> None:
+def check_hh_rows(recipe: Recipe, found: Findings) -> None:
     """sft_n + dpo_n + heldout_n valid pairs must exist; parsing stops as soon as they do."""
-    from bezoar.train.hh_rlhf import Malformed, _load, parse_row
-    from bezoar.records import _open_text
+    from bezoar.hh_rlhf import Malformed, _load, parse_row
 
     data, key = recipe.sft_hh.data, ("sft_hh", "data", "path")
     if data.path is None:
@@ -185,7 +185,7 @@ def check_hh_rows(recipe, found: Findings) -> None:
         return
     need = data.sft_n + (data.dpo_n or 0) + data.heldout_n
     rows = valid = 0
-    with _open_text(Path(data.path)) as handle:
+    with open_data(Path(data.path)) as handle:
         for line in handle:
             if valid >= need:
                 break
@@ -209,7 +209,7 @@ def _how_to_point(found: Findings, key: tuple, what: str) -> str:
     return f"set {variable} to {what}" if variable else f"point {'.'.join(key)} at {what}"
 
 
-def check_eval(recipe, found: Findings) -> None:
+def check_eval(recipe: Recipe, found: Findings) -> None:
     from bezoar.errors import DataError
     from bezoar.evaluate.mt_bench_files import Question
 
@@ -248,14 +248,13 @@ def _check_harness(config, found: Findings) -> None:
 
 
 def _check_pairs_preview(path: Path, key: tuple, found: Findings) -> None:
-    from bezoar.train.hh_rlhf import Malformed, _load, parse_row
+    from bezoar.hh_rlhf import Malformed, _load, parse_row
 
     if not Path(path).is_file():
         found.missing(key, str(path))
         return
-    from bezoar.records import _open_text
 
-    with _open_text(Path(path)) as handle:
+    with open_data(Path(path)) as handle:
         rows = [line for _, line in zip(range(PREVIEW_ROWS), handle) if line.strip()]
     try:
         row = _load(rows[0]) if rows else None
@@ -282,9 +281,9 @@ def _preview(path: Path, key: tuple, found: Findings, schema=None) -> None:
 
 # --- keys and disk -------------------------------------------------------------------------------
 
-def roles_for(recipe, stages: set[str]) -> dict[str, tuple[tuple, object]]:
+def roles_for(recipe: Recipe, stages: set[str]) -> dict[str, tuple[tuple, ModelConfig]]:
     """Role name → (its key path in the recipe, its ModelConfig), for the roles these stages call."""
-    roles: dict[str, tuple[tuple, object]] = {}
+    roles: dict[str, tuple[tuple, ModelConfig]] = {}
     generate = recipe.generate
     if "generate" in stages and any(generate.scheme(m).n for m in ("lamini", "evol", "orca")):
         roles["teacher"] = (("models", "teacher"), recipe.models.teacher)
@@ -301,7 +300,7 @@ def roles_for(recipe, stages: set[str]) -> dict[str, tuple[tuple, object]]:
     return roles
 
 
-def check_keys(recipe, stages: set[str], found: Findings) -> None:
+def check_keys(recipe: Recipe, stages: set[str], found: Findings) -> None:
     from bezoar.llm.specs import _api_key, parse_spec
 
     checked = set()
@@ -316,7 +315,7 @@ def check_keys(recipe, stages: set[str], found: Findings) -> None:
             found.add(key + ("api_key_env",), f"{error}; export it before the run")
 
 
-def estimate_disk_mb(recipe, stages: set[str]) -> dict[str, float]:
+def estimate_disk_mb(recipe: Recipe, stages: set[str]) -> dict[str, float]:
     """A rough upper estimate of what the run writes, per part (MB). Figures measured on the tiny run:
     a generated record with its rejections and cached calls takes ~6 KB over data/ and cache/; a LoRA
     training stage keeps `save_total_limit` checkpoints of adapter + optimizer state (~30 MB each for
@@ -337,7 +336,7 @@ def estimate_disk_mb(recipe, stages: set[str]) -> dict[str, float]:
     return parts
 
 
-def check_disk(recipe, stages: set[str], run_dir: Path, found: Findings) -> None:
+def check_disk(recipe: Recipe, stages: set[str], run_dir: Path, found: Findings) -> None:
     parts = estimate_disk_mb(recipe, stages)
     need = sum(parts.values())
     where = Path(run_dir).absolute()
@@ -350,13 +349,12 @@ def check_disk(recipe, stages: set[str], run_dir: Path, found: Findings) -> None
                                       "free; free some space or set run.run_dir (or --run-dir) on a larger disk")
 
 
-def check_recipe(recipe, source: Path | None, stages: Iterable[str], run_dir: Path | None = None) -> None:
+def check_recipe(recipe: Recipe, source: Path | None, stages: Iterable[str], run_dir: Path | None = None) -> None:
     """`bezoar validate`: the same checks as the start of `bezoar run`."""
     refuse_before_spending(recipe, source, stages, Path(run_dir or recipe.run.directory))
 
 
-
-def probe_remote_roles(recipe, stages: Iterable[str]) -> None:
+def probe_remote_roles(recipe: Recipe, stages: Iterable[str]) -> None:
     """One probe per remote endpoint of the roles these stages call; every dead role is one line."""
     from bezoar.llm.probe import RoleUnreachable, probe_role
     from bezoar.llm.specs import build_backend, parse_spec

@@ -3,19 +3,19 @@ JSONL reading/writing that names the file and line of every problem and never le
 """
 from __future__ import annotations
 
+import bz2
 import gzip
-import hashlib
 import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, TypeVar
+from typing import IO, Any, Callable, Iterable, Iterator, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bezoar.errors import DataError, located
+from bezoar.hashing import canonical_hash
 from bezoar.licences import Verdict, combine, verdict
-from bezoar.llm.cache import canonical_hash
 
 
 class ChatMessage(BaseModel):
@@ -104,8 +104,12 @@ class PreferencePair(BaseModel):
 Model = TypeVar("Model", bound=BaseModel)
 
 
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
+def open_data(path: Path, binary: bool = False, newline: str | None = None) -> IO[Any]:
+    """A data file opened for reading (UTF-8 text unless `binary`), through gzip or bz2 when its name
+    ends `.gz` or `.bz2`. `newline=""` keeps line endings as written (what the csv module wants)."""
+    compressed: dict[str, Callable[..., IO[Any]]] = {".gz": gzip.open, ".bz2": bz2.open}
+    opener = compressed.get(path.suffix, open)
+    return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", newline=newline)
 
 
 def read_jsonl(path: Path | str, schema: type[Model] | None = None,
@@ -118,7 +122,7 @@ def read_jsonl(path: Path | str, schema: type[Model] | None = None,
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with _open_text(path) as handle:
+    with open_data(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -239,12 +243,3 @@ def _fsync_directory(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -5,7 +5,8 @@ still left ~0.7 GB per trained stage (torch's and the allocator's caches, autogr
 tiny recipe peaked at 4.6 GB while its largest stage alone needs 3.7 GB. A process that ends gives
 all of it back. The child shares the run's call cache (SQLite WAL is multi-process safe), starts its
 usage counters where the run's are (so budgets count across stages) and sends back the stage's
-summary, what each role spent and its own peak RSS.
+summary, what each role spent and its own peak RSS. `LazyModels` lives here, on the child's side:
+it opens the roles a stage asks for, on first use.
 """
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import os
 import pickle
 import platform
 import traceback
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bezoar import errors
-from bezoar.llm.cache import Usage
+from bezoar.config import Recipe
+from bezoar.config_base import ModelConfig
+from bezoar.llm.cache import CachedModel, CallCache, Usage
 
 
 @dataclass
@@ -44,13 +48,58 @@ class StageOutcome:
         raise errors.StageFailed(f"stage {stage} failed: {name}: {message} (its traceback is printed above)")
 
 
-def run_stage_process(function: str, recipe, run_dir: Path, cache_path: Path,
+class LazyModels(Mapping[str, CachedModel]):
+    """Role → CachedModel, opened on first use (a run that never judges never needs the judge's key).
+
+    `carried` is the run's usage so far per role: counters start there, so budgets span stages."""
+
+    def __init__(self, recipe: Recipe, cache: CallCache, carried: dict[str, Usage] | None = None):
+        self.recipe, self.cache = recipe, cache
+        self.opened: dict[str, CachedModel] = {}
+        self.carried = carried or {}
+
+    def __getitem__(self, role: str) -> CachedModel:
+        if role not in ("teacher", "judge", "student"):
+            raise KeyError(role)
+        return self.open_extra(role, getattr(self.recipe.models, role))
+
+    def open_extra(self, role: str, config: ModelConfig) -> CachedModel:
+        """A role outside `models:` (e.g. eval.mt_bench.judge), counted in usage and budgets like the rest."""
+        from bezoar.llm.specs import open_model
+
+        if role not in self.opened:
+            model = open_model(config, role=role, cache=self.cache)
+            model.usage = self.carried.get(role, Usage()).copy()
+            self.opened[role] = model
+        return self.opened[role]
+
+    def spent(self) -> dict[str, dict]:
+        """Per role: what was spent since `carried`, with its cost and the model's identity."""
+        usage = {}
+        for role, model in self.opened.items():
+            spent = model.usage.minus(self.carried.get(role, Usage()))
+            if spent.calls or spent.cache_hits:
+                usage[role] = {**spent.to_json(), "cost_usd": round(model.budget.cost(spent), 4),
+                               "model": model.identity}
+        return usage
+
+    def totals(self) -> dict[str, Usage]:
+        return {**self.carried, **{role: model.usage.copy() for role, model in self.opened.items()}}
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("teacher", "judge", "student"))
+
+    def __len__(self) -> int:
+        return 3
+
+
+def run_stage_process(function: str, recipe: Recipe, run_dir: Path, cache_path: Path,
                       totals: dict[str, Usage], retry_failures: bool = False) -> StageOutcome:
     """Run `module:function` on the recipe in a spawned child; wait for it and return its outcome."""
     context = multiprocessing.get_context("spawn")  # fork would copy the parent's threads and locks
     receiver, sender = context.Pipe(duplex=False)
     # The child needs the URL credentials the recipe's specs may carry (every other dump strips them).
-    recipe_data = (recipe.model_dump(mode="json", context={"credentials": True}), str(getattr(recipe, "source_path", "")))
+    recipe_data = (recipe.model_dump(mode="json", context={"credentials": True}), recipe.source_path)
     child = context.Process(target=_child_main, name=f"bezoar-{function}", daemon=False,
                             args=(function, recipe_data, str(run_dir), str(cache_path), totals,
                                   logging.getLogger().level, os.getpid(), sender, retry_failures))
@@ -72,7 +121,7 @@ def run_stage_process(function: str, recipe, run_dir: Path, cache_path: Path,
     return outcome
 
 
-def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cache_path: str,
+def _child_main(function: str, recipe_data: tuple[dict, Path | None], run_dir: str, cache_path: str,
                 totals: dict[str, Usage], log_level: int, parent_pid: int, sender,
                 retry_failures: bool = False) -> None:
     _die_with_parent(parent_pid)
@@ -84,13 +133,8 @@ def _child_main(function: str, recipe_data: tuple[dict, str], run_dir: str, cach
     try:
         from importlib import import_module
 
-        from bezoar.config import recipe_model
-        from bezoar.llm.cache import CallCache
-        from bezoar.pipeline import LazyModels
-
         data, source = recipe_data
-        recipe = recipe_model().model_validate(data)
-        recipe.__dict__["source_path"] = Path(source)
+        recipe = Recipe.model_validate({**data, "source_path": source})
         models = LazyModels(recipe, CallCache(cache_path, retry_failures=retry_failures), totals)
         module, _, name = function.partition(":")
         outcome.summary = getattr(import_module(module), name)(recipe, Path(run_dir), models)

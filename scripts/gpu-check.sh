@@ -128,7 +128,7 @@ def _():
 @step("qlora_dpo")
 def _():
     from bezoar.train.dpo import train_dpo
-    from bezoar.train.hh_rlhf import read_pairs
+    from bezoar.hh_rlhf import read_pairs
 
     summary = train_dpo(str(work / "sft"), read_pairs(work / "pairs.jsonl"), work / "dpo",
                         DPOStageConfig(**{**tiny, "max_steps": 3}), ref_cache_dir=work / "ref")

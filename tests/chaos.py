@@ -31,7 +31,7 @@ from typing import Callable
 
 import yaml
 
-from bezoar.pipeline import STAGE_NAMES
+from bezoar.stages import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")

@@ -30,6 +30,9 @@ MALFORMED = [
     ("models:\n  student:\n    dtype: int8\n",
      "{f}:3: models.student.dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16' (got 'int8')"),
     ("stages: [generate]\n", "{f}:1: stages: unknown key (check the spelling; see the recipe reference in README)"),
+    ("run:\n  seed: x\nsource_path: /etc\n",  # a field bezoar fills in, refused with the other problems
+     "{f}:2: run.seed: Input should be a valid integer, unable to parse string as an integer (got 'x')\n"
+     "{f}:3: source_path: unknown key (check the spelling; see the recipe reference in README)"),
     ("run: [1, 2]\n", "{f}:1: run: Input should be a valid dictionary or instance of RunConfig"),
     ("- just\n- a list\n", "{f}:1: a recipe must be a mapping of sections (run, models, generate, ...)"),
     ("run:\n  name: x\n   seed: 1\n", "{f}:3: not valid YAML: mapping values are not allowed here"),
@@ -54,6 +57,16 @@ def test_all_problems_reported_at_once_by_the_cli(tmp_path):
     assert lines == [f"{path}:2: run.seeed: unknown key (check the spelling; see the recipe reference in README)",
                      f"{path}:5: models.judge.batch_size: Input should be greater than or equal to 1 (got -1)"]
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_the_recipe_knows_its_file_and_no_dump_shows_it(tmp_path):
+    from bezoar.config import Recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("run:\n  name: x\n")
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe) and recipe.source_path == path
+    assert "source_path" not in recipe.model_dump() and "source_path" not in recipe.model_dump_json()
 
 
 def test_missing_recipe_file(tmp_path):

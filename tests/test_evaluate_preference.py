@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bezoar.evaluate.intervals import bootstrap_mean, paired_bootstrap_delta, wilson
+from bezoar.intervals import bootstrap_mean, paired_bootstrap_delta, wilson
 from bezoar.evaluate.preference import load_pairs, preference_accuracy, score_pairs
 
 HH = "preferences/hh-rlhf/harmless-base/test.jsonl.gz"
@@ -29,7 +29,7 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
 
 
 def test_heldout_slice_is_the_last_pairs(data_dir):
-    from bezoar.train.hh_rlhf import read_hh_pairs, split_slices
+    from bezoar.hh_rlhf import read_hh_pairs, split_slices
 
     every, _ = read_hh_pairs(data_dir / HH)
     heldout = load_pairs(data_dir / HH, heldout_n=5)

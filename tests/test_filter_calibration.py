@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from bezoar.filter.calibration import judge_check, summarise, wilson
+from bezoar.filter.calibration import judge_check, rate, summarise
 from bezoar.filter.config import FilterConfig
 from bezoar.filter.runner import run
 from bezoar.llm.cache import CachedModel, CallCache
@@ -21,13 +21,13 @@ from bezoar.records import ChatMessage, Record, RecordMeta, write_jsonl
     (81, 100, 0.7222, 0.8749),
 ])
 def test_wilson_interval(k, n, low, high):
-    rate = wilson(k, n)
-    assert rate.value == round(k / n, 4) and rate.low == pytest.approx(low, abs=1e-4)
-    assert rate.high == pytest.approx(high, abs=1e-4)
+    found = rate(k, n)
+    assert found.value == round(k / n, 4) and found.low == pytest.approx(low, abs=1e-4)
+    assert found.high == pytest.approx(high, abs=1e-4)
 
 
 def test_wilson_without_data_is_not_a_number():
-    assert wilson(0, 0).value is None
+    assert rate(0, 0).value is None
 
 
 def test_figures_from_picks_in_both_orders():

@@ -192,7 +192,7 @@ hh_rows = st.one_of(st.fixed_dictionaries({"chosen": transcripts, "rejected": tr
 @FUZZ
 @given(items=st.lists(hh_rows, min_size=1, max_size=5), raw=st.lists(st.text(max_size=30), max_size=2))
 def test_hh_rlhf_reader(tmp_path, items, raw):
-    from bezoar.train.hh_rlhf import read_hh_pairs, read_pairs
+    from bezoar.hh_rlhf import read_hh_pairs, read_pairs
 
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(_json_line(i) + "\n" for i in items) + "".join(r + "\n" for r in raw), encoding="utf-8")
@@ -267,7 +267,7 @@ replies = st.one_of(st.text(max_size=80), st.lists(st.one_of(reply_pieces, st.te
 @FUZZ
 @given(text=replies)
 def test_judge_reply_readers(text):
-    from bezoar.filter.verdicts import parse_choice, parse_judgment
+    from bezoar.verdicts import parse_choice, parse_judgment
 
     CASES["judge replies"] += 1
     judgment = parse_judgment(text)

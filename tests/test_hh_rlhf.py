@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bezoar.errors import ConfigError, DataError
-from bezoar.train.hh_rlhf import parse_row, read_hh_pairs, split_slices, Malformed
+from bezoar.hh_rlhf import parse_row, read_hh_pairs, split_slices, Malformed
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,7 @@ def test_the_identity_is_the_same_with_or_without_credentials(monkeypatch):
 
 
 def test_a_recipe_dumps_and_shows_no_url_credential_but_hands_it_to_a_stage(tmp_path):
-    from bezoar.config import recipe_model
+    from bezoar.config import Recipe
 
     secret = f"bz-secret-{uuid.uuid4().hex}"
     recipe_path = tmp_path / "recipe.yaml"
@@ -128,5 +128,5 @@ def test_a_recipe_dumps_and_shows_no_url_credential_but_hands_it_to_a_stage(tmp_
                  repr(parse_spec(spec)), repr(build_backend(recipe.models.teacher).endpoints)):
         assert secret not in text and "127.0.0.1:800" in text, text
     handed = recipe.model_dump(mode="json", context={"credentials": True})  # what a stage process gets
-    again = recipe_model().model_validate(handed)
+    again = Recipe.model_validate(handed)
     assert again.models.teacher.spec == spec and secret in again.eval.mt_bench.judge.spec

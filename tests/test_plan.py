@@ -156,7 +156,7 @@ def test_planned_generate_calls_match_a_run_against_a_loopback_server(tmp_path, 
     from bezoar.config import load_recipe
     from bezoar.generate.stage import run_generate
     from bezoar.llm.cache import CallCache
-    from bezoar.pipeline import LazyModels
+    from bezoar.stage_process import LazyModels
     from bezoar.plan import make_plan
     from servers import OK_BODY, FaultServer
 

@@ -45,7 +45,7 @@ def test_paper_recipe_is_refused_in_seconds_naming_the_rows_and_the_variable(dat
 
 def test_shipped_tiny_recipe_passes(monkeypatch):
     from bezoar.config import load_recipe
-    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import check_recipe
 
     monkeypatch.chdir(REPO)  # the recipe's data paths are relative to the repository
@@ -55,7 +55,7 @@ def test_shipped_tiny_recipe_passes(monkeypatch):
 def test_every_problem_is_one_line_at_its_key(tmp_path, data_dir, monkeypatch):
     """Missing seed, malformed seed, unreachable n, short HH file, missing key, licence: all at once."""
     from bezoar.config import load_recipe
-    from bezoar.pipeline import STAGE_NAMES
+    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import Refused, refuse_before_spending
 
     bad_seed = tmp_path / "bad.jsonl"

@@ -162,7 +162,7 @@ def test_killed_process_group_resumes(dolly, sft_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def short_pairs(data_dir, tmp_path_factory) -> Path:
-    from bezoar.train.hh_rlhf import read_hh_pairs
+    from bezoar.hh_rlhf import read_hh_pairs
 
     pairs, _ = read_hh_pairs(data_dir / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")
     short = [p for p in pairs if sum(len(m.content) for m in p.prompt) < 200][:4]
@@ -174,7 +174,7 @@ def short_pairs(data_dir, tmp_path_factory) -> Path:
 def test_dpo_in_two_processes_matches_one(short_pairs, tmp_path):
     from bezoar.train.config import DPOStageConfig
     from bezoar.train.dpo import train_dpo
-    from bezoar.train.hh_rlhf import read_pairs
+    from bezoar.hh_rlhf import read_pairs
 
     train_dpo("local", read_pairs(short_pairs), tmp_path / "one", DPOStageConfig(**DPO), ref_cache_dir=tmp_path / "r1")
     finish(bezoar("dpo", "--pairs", str(short_pairs), "--out", str(tmp_path / "two"), "--num-processes", "2",

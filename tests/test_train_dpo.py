@@ -22,7 +22,7 @@ def trained(hh_file, tmp_path_factory):
     """Four steps over the same four short real pairs; held-out = the file's last four pairs."""
     from bezoar.train.config import DPOStageConfig
     from bezoar.train.dpo import train_dpo
-    from bezoar.train.hh_rlhf import read_hh_pairs, split_slices
+    from bezoar.hh_rlhf import read_hh_pairs, split_slices
 
     pairs, _ = read_hh_pairs(hh_file)
     short = [p for p in pairs if sum(len(m.content) for m in p.prompt) < 200][:4]
@@ -62,12 +62,12 @@ def test_reference_log_probs_are_cached_and_reused(trained, caplog, tmp_path):
 
 
 def test_sft_hh_then_dpo_stages_use_disjoint_slices(hh_file, tmp_path):
-    from bezoar.config import recipe_model
+    from bezoar.config import Recipe
     from bezoar.train.dpo import run_dpo
     from bezoar.train.sft import run_sft_hh
 
     steps = {**TINY, "max_steps": 1, "max_length": 128}
-    recipe = recipe_model().model_validate({
+    recipe = Recipe.model_validate({
         "sft": {"datasets": []},
         "sft_hh": {**steps, "data": {"path": str(hh_file), "sft_n": 4, "dpo_n": 4, "heldout_n": 2}},
         "dpo": steps})

@@ -16,7 +16,7 @@ def pairs_batch(data_dir):
 
     from bezoar.llm.weights import resolve_model_dir
     from bezoar.train.encoding import encode_pair, load_tokenizer
-    from bezoar.train.hh_rlhf import read_hh_pairs
+    from bezoar.hh_rlhf import read_hh_pairs
 
     tokenizer = load_tokenizer(resolve_model_dir(None))
     pairs, _ = read_hh_pairs(data_dir / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")

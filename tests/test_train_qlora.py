@@ -90,7 +90,7 @@ def test_nf4_dpo_then_export_matches_base_plus_adapter(qlora_sft, data_dir, tmp_
     from bezoar.train.config import DPOStageConfig
     from bezoar.train.dpo import train_dpo
     from bezoar.train.export import export
-    from bezoar.train.hh_rlhf import read_hh_pairs
+    from bezoar.hh_rlhf import read_hh_pairs
     from bezoar.train.student import resolve_base
 
     pairs, _ = read_hh_pairs(data_dir / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")

@@ -117,14 +117,14 @@ def test_sequential_stages_continue_one_adapter(data_dir, tmp_path):
     """The `sft` stage over two data sets: the second continues the first one's adapter."""
     from safetensors.torch import load_file
 
-    from bezoar.config import recipe_model
+    from bezoar.config import Recipe
     from bezoar.train.sft import run_sft
 
     run_dir = tmp_path / "run"
     for name, skip in (("lamini", 0), ("evol", 8)):
         write_jsonl(run_dir / "data/filtered" / f"{name}.jsonl", dolly_records(data_dir, 6, skip))
     steps = {**TINY, "max_steps": 2, "validation_fraction": 0.34}
-    recipe = recipe_model().model_validate({"sft": {**steps, "datasets": ["lamini", "evol"]}})
+    recipe = Recipe.model_validate({"sft": {**steps, "datasets": ["lamini", "evol"]}})
     result = run_sft(recipe, run_dir)
     first, second = (run_dir / "models/sft-1-lamini", run_dir / "models/sft-2-evol")
     assert result["output"] == str(second)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from bezoar.errors import DataError
-from bezoar.evaluate.intervals import paired_bootstrap_delta
+from bezoar.intervals import paired_bootstrap_delta
 from bezoar.records import write_json
 
 KINDS = ("mt_bench", "harness", "preference", "ifeval")

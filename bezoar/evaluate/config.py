@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bezoar.config import ModelConfig, StrictModel, expand_env
+from bezoar.config_base import ModelConfig, StrictModel, expand_env
 
 
 def data_path(relative: str) -> Path:

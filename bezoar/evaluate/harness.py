@@ -17,7 +17,7 @@ from pathlib import Path
 from bezoar.errors import BackendError, ConfigError
 from bezoar.evaluate.config import HarnessConfig
 from bezoar.evaluate.harness_tasks import LOCAL_TASKS, PREFIX, check_offline, expand_tasks, render_tasks, short_name
-from bezoar.evaluate.intervals import bootstrap_mean, normal_interval
+from bezoar.intervals import bootstrap_mean, normal_interval
 from bezoar.records import write_json
 
 log = logging.getLogger(__name__)

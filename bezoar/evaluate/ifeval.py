@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bezoar.errors import DataError
-from bezoar.evaluate.intervals import wilson
+from bezoar.intervals import wilson
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
 from bezoar.records import read_jsonl, write_json, write_jsonl

@@ -26,7 +26,7 @@ from bezoar.errors import ConfigError, DataError
 from bezoar.evaluate.config import MTBenchConfig
 from bezoar.evaluate.mt_bench_files import (Answer, Question, answer_record, load_answers, load_judge_prompts,
                                             load_questions, safe_name)
-from bezoar.filter.verdicts import parse_bracket_rating, parse_choice, parse_rating
+from bezoar.verdicts import parse_bracket_rating, parse_choice, parse_rating
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
 from bezoar.records import write_json, write_jsonl
@@ -190,7 +190,7 @@ def _why(reply, attempts: int) -> str:
 def judges_for(judge: CachedModel, mode: str) -> tuple[CachedModel, CachedModel, str]:
     """(single-answer judge, pairwise judge, effective mode).
 
-    In next-token mode the local judge is wrapped by bezoar.filter.next_token's scorers, which
+    In next-token mode the local judge is wrapped by bezoar.llm.next_token's scorers, which
     answer "Rating: [[6.84]]" / "Verdict: [[A]]" from the next-token distribution; the wrappers
     share the judge's cache, usage counters and budget.
     """
@@ -202,7 +202,7 @@ def judges_for(judge: CachedModel, mode: str) -> tuple[CachedModel, CachedModel,
     if judge.identity.startswith("anthropic:"):
         raise ConfigError(f"judge_mode next_token needs a local or OpenAI-compatible judge (got {judge.identity}: "
                           "the Messages API returns no log-probabilities); use generate")
-    from bezoar.filter.next_token import pair_scorer, rating_scorer
+    from bezoar.llm.next_token import pair_scorer, rating_scorer
 
     def wrap(backend) -> CachedModel:
         return CachedModel(backend, judge.cache, role=judge.role, usage=judge.usage, budget=judge.budget)

@@ -128,7 +128,7 @@ def _numbered(path: Path, schema: type[BaseModel] | None):
 def answer_record(question: Question, model_id: str, turns: list[str], extra: dict[str, Any]) -> dict:
     """FastChat's answer line. The answer_id is derived from the content (FastChat draws a random
     shortuuid), so a resumed run gives every answer the same id as before."""
-    from bezoar.llm.cache import canonical_hash
+    from bezoar.hashing import canonical_hash
 
     answer_id = canonical_hash([model_id, question.question_id, turns])[:22]
     return {"question_id": question.question_id, "answer_id": answer_id, "model_id": model_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 
-from bezoar.evaluate.intervals import bootstrap_mean
+from bezoar.intervals import bootstrap_mean
 
 
 def single_table(lines: list[dict], samples: int = 1000, seed: int = 0) -> dict:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
-from bezoar.evaluate.intervals import wilson
+from bezoar.intervals import wilson
 from bezoar.records import PreferencePair, write_json
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Scored:
 
 def load_pairs(path: Path, heldout_n: int | None = None) -> list[PreferencePair]:
     """HH-RLHF transcripts or bezoar pair JSONL; the last `heldout_n` pairs (split_slices' held-out slice)."""
-    from bezoar.train.hh_rlhf import read_pairs
+    from bezoar.hh_rlhf import read_pairs
 
     pairs = read_pairs(path)
     return pairs[-heldout_n:] if heldout_n else pairs

@@ -18,11 +18,13 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.errors import ConfigError
 from bezoar.evaluate.compare import checkpoint_order, compare
 from bezoar.evaluate.config import EvalConfig
 from bezoar.failures import FailureLog
-from bezoar.llm.cache import CachedModel, canonical_hash
+from bezoar.hashing import canonical_hash
+from bezoar.llm.cache import CachedModel
 from bezoar.records import write_json
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def _is_model(path: Path) -> bool:
     return True
 
 
-def run_eval(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
+def run_eval(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
     """The stage contract: evaluate each checkpoint, write the comparison, return a JSON summary."""
     from bezoar.llm.specs import release_models
 
@@ -79,7 +81,7 @@ def run_eval(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
     return summary
 
 
-def _mt_bench_judge(recipe, models) -> CachedModel:
+def _mt_bench_judge(recipe: Recipe, models) -> CachedModel:
     """eval.mt_bench.judge when the recipe names one (its own role in the usage table), else models.judge."""
     from bezoar.llm.specs import open_model
 
@@ -91,7 +93,7 @@ def _mt_bench_judge(recipe, models) -> CachedModel:
     return open_model(own, role="mt_bench_judge")
 
 
-def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
+def evaluate_checkpoint(recipe: Recipe, run_dir: Path, name: str, spec: str, judge: CachedModel,
                         model: CachedModel | None = None, free: Callable[[], None] = lambda: None) -> dict:
     """MT-Bench, harness and preference accuracy for one checkpoint (each skipped when up to date).
     `free` runs after each, so each evaluation's model copies are gone before the next loads its own."""
@@ -124,14 +126,14 @@ def evaluate_checkpoint(recipe, run_dir: Path, name: str, spec: str, judge: Cach
     return done
 
 
-def _ifeval(recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
+def _ifeval(recipe: Recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
     from bezoar.evaluate.ifeval import run_ifeval
 
     model = model or _open_checkpoint(recipe, name, spec, judge)
     return run_ifeval(model, recipe.eval.ifeval, out, name)
 
 
-def _open_checkpoint(recipe, name: str, spec: str, judge: CachedModel) -> CachedModel:
+def _open_checkpoint(recipe: Recipe, name: str, spec: str, judge: CachedModel) -> CachedModel:
     """The checkpoint with the student's settings, sharing the judge's call cache."""
     from bezoar.config import ModelConfig
     from bezoar.llm.specs import open_model
@@ -172,7 +174,7 @@ def _headline(summary: dict) -> dict:
     return {"metric": summary.get("metric"), "accuracy": summary.get("accuracy"), "ci95": summary.get("ci95")}
 
 
-def _mt_bench(recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
+def _mt_bench(recipe: Recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
     from bezoar.config import ModelConfig
     from bezoar.evaluate.mt_bench import run_mt_bench
     from bezoar.evaluate.mt_bench_files import spec_label
@@ -189,7 +191,7 @@ def _mt_bench(recipe, name: str, spec: str, judge: CachedModel, model: CachedMod
     return result
 
 
-def _preference_config(recipe):
+def _preference_config(recipe: Recipe):
     """eval.preference with its pairs defaulting to sft_hh.data's held-out slice."""
     config = recipe.eval.preference
     if config.pairs is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bezoar.errors import DataError
-from bezoar.evaluate.intervals import bootstrap_mean
+from bezoar.intervals import bootstrap_mean
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
 from bezoar.records import write_json, write_jsonl

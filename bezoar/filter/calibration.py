@@ -12,21 +12,18 @@ interval:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model
-from bezoar.filter.verdicts import parse_choice
+from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model, truncate
+from bezoar.verdicts import parse_choice
+from bezoar.intervals import wilson
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
 from bezoar.records import PreferencePair
 
 log = logging.getLogger(__name__)
-
-Z95 = 1.959964
-
 
 @dataclass
 class Rate:
@@ -44,23 +41,20 @@ class Rate:
         return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}] ({self.k}/{self.n})"
 
 
-def wilson(k: int, n: int, z: float = Z95) -> Rate:
-    """Wilson score interval. Written out (five lines) because scipy is only a transitive dependency here;
-    unlike the normal approximation it stays inside [0, 1] and is sound for small n and extreme rates."""
+def rate(k: int, n: int) -> Rate:
+    """k of n with its Wilson interval (sound for small n and extreme rates), to four decimals."""
     if n == 0:
         return Rate(k, n, None, None, None)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Rate(k, n, round(p, 4), round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4))
+    low, high = wilson(k, n)
+    return Rate(k, n, round(k / n, 4), round(low, 4), round(high, 4))
 
 
 def judge_check(model: CachedModel, pairs_path: Path | str, n: int = 100, scoring: str = "auto",
                 max_chars: int = 3000, max_new_tokens: int = 64,
                 progress: Callable[[int], None] | None = None) -> dict:
     """Agreement, position-bias and tie rates of `model` on the last `n` pairs of an HH-RLHF file."""
-    from bezoar.filter.next_token import pair_scorer
-    from bezoar.train.hh_rlhf import read_hh_pairs
+    from bezoar.llm.next_token import pair_scorer
+    from bezoar.hh_rlhf import read_hh_pairs
 
     pairs, bad = read_hh_pairs(pairs_path, skip_bad=True)
     chosen_pairs = pairs[-n:]  # the end of the file: the slice training never uses (see hh_rlhf.split_slices)
@@ -69,8 +63,8 @@ def judge_check(model: CachedModel, pairs_path: Path | str, n: int = 100, scorin
     prompt = load_prompt("judge_pairwise")
     conversations = []
     for pair in chosen_pairs:
-        history = _cut_left(_transcript(pair), max_chars)
-        chosen, rejected = (_cut(pair.chosen[-1].content, max_chars), _cut(pair.rejected[-1].content, max_chars))
+        history = _truncate_left(_transcript(pair), max_chars)
+        chosen, rejected = (truncate(pair.chosen[-1].content, max_chars), truncate(pair.rejected[-1].content, max_chars))
         conversations.append(prompt.render(conversation=history, response_a=chosen, response_b=rejected))
         conversations.append(prompt.render(conversation=history, response_a=rejected, response_b=chosen))
     replies = caller.chat(conversations, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), progress=progress)
@@ -92,13 +86,13 @@ def summarise(picks: list[str | None]) -> dict:
     same_position = sum(1 for a, b in both if a == b)
     first = sum(1 for p in picks if p == "A")
     figures = {
-        "agreement": asdict(wilson(agree, total)),
-        "agreement_decisive": asdict(wilson(agree, decisive)),
-        "position_bias": asdict(wilson(same_position, len(both))),
-        "tie_rate": asdict(wilson(sum(1 for p in picks if p == "tie"), total)),
-        "error_rate": asdict(wilson(sum(1 for p in picks if p is None), total)),
-        "prefers_first": asdict(wilson(first, decisive)),
-        "consistent_agreement": asdict(wilson(sum(1 for a, b in both if (a, b) == ("A", "B")), total // 2)),
+        "agreement": asdict(rate(agree, total)),
+        "agreement_decisive": asdict(rate(agree, decisive)),
+        "position_bias": asdict(rate(same_position, len(both))),
+        "tie_rate": asdict(rate(sum(1 for p in picks if p == "tie"), total)),
+        "error_rate": asdict(rate(sum(1 for p in picks if p is None), total)),
+        "prefers_first": asdict(rate(first, decisive)),
+        "consistent_agreement": asdict(rate(sum(1 for a, b in both if (a, b) == ("A", "B")), total // 2)),
         "judgments": total,
     }
     figures["near_chance"] = near_chance(figures)
@@ -116,10 +110,6 @@ def _transcript(pair: PreferencePair) -> str:
     return "\n\n".join(f"{names[m.role]}: {m.content}" for m in pair.prompt)
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " [...]"
-
-
-def _cut_left(text: str, limit: int) -> str:
+def _truncate_left(text: str, limit: int) -> str:
     """Keep the end of a long conversation: the last turns decide what a good next reply is."""
     return text if len(text) <= limit else "[...] " + text[-limit:]

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from bezoar.config import StrictModel
+from bezoar.config_base import StrictModel
 
 
 class HeuristicsConfig(StrictModel):

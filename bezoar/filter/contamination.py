@@ -11,10 +11,7 @@ lookup is one `searchsorted` per record.
 """
 from __future__ import annotations
 
-import bz2
 import csv
-import gzip
-import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -22,7 +19,8 @@ from pathlib import Path
 from typing import Iterator
 
 from bezoar.errors import ConfigError, DataError
-from bezoar.filter.heuristics import normalise
+from bezoar.filter.heuristics import lower_words
+from bezoar.records import open_data
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ class EvalIndex:
         """Eval items sharing an n-gram with `text` (first `limit`), each with the shared words."""
         import numpy as np
 
-        grams = list(_grams(normalise(text).split(), self.n, self.short_lengths))
+        grams = list(_grams(lower_words(text).split(), self.n, self.short_lengths))
         if not grams or not self.size:
             return []
         keys = np.fromiter((_hash(g) for g in grams), dtype=np.uint64, count=len(grams))
@@ -88,7 +86,7 @@ def build_index(paths: list[Path], n: int = 13, min_item_words: int = 8) -> Eval
     short: set[int] = set()
     for path, label in _files(paths):
         for where, segments in _read_items(path):
-            words_per_segment = [normalise(s).split() for s in segments]
+            words_per_segment = [lower_words(s).split() for s in segments]
             grams = set()
             for words in words_per_segment:
                 if len(words) >= n:
@@ -151,18 +149,11 @@ def _kind(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
-def _open(path: Path) -> io.TextIOBase:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8", newline="")
-
 
 def _read_items(path: Path) -> Iterator[tuple[str, list[str]]]:
     """(where, text segments) per item: a JSONL line, a JSON array element, a CSV row, a text line."""
     kind = _kind(path)
-    with _open(path) as handle:
+    with open_data(path, newline="") as handle:  # csv reads quoted line breaks itself
         if kind == ".jsonl":
             for number, line in enumerate(handle, 1):
                 if line.strip():

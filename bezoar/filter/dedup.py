@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from bezoar.errors import ConfigError
-from bezoar.filter.heuristics import normalise
+from bezoar.filter.heuristics import lower_words
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def exact_graph(texts: Sequence[str]) -> Graph:
     """Records whose normalised texts are identical are all linked."""
     groups: dict[str, list[int]] = defaultdict(list)
     for index, text in enumerate(texts):
-        groups[normalise(text)].append(index)
+        groups[lower_words(text)].append(index)
     graph: Graph = {}
     for members in groups.values():
         if len(members) > 1:
@@ -48,7 +48,7 @@ def exact_graph(texts: Sequence[str]) -> Graph:
 def shingles(text: str, max_n: int = 1) -> set[str]:
     """Content-word n-grams (n = 1..max_n) of the normalised text; stop words are dropped because in short
     instructions ("What is a polygon?" / "What is a hadron?") they would make unrelated questions look alike."""
-    words = normalise(text).split()
+    words = lower_words(text).split()
     content = [w for w in words if w not in _stopwords()] or words
     return {" ".join(content[i:i + n]) for n in range(1, max_n + 1) for i in range(len(content) - n + 1)}
 

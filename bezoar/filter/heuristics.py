@@ -92,14 +92,15 @@ def is_degenerate(text: str, max_fraction: float, n: int = 3, min_words: int = 1
     return repeated / max(1, sum(grams.values())) > max_fraction
 
 
-def normalise(text: str) -> str:
-    """Lower case, punctuation dropped, whitespace collapsed: the form every comparison uses."""
+def lower_words(text: str) -> str:
+    """Lower case, the `\\w+` words (underscores kept inside them) joined by one space: the form every
+    filter comparison uses. `bezoar.generate.runner.lower_alnum` differs: it splits at underscores."""
     return " ".join(_WORDS.findall(text.lower()))
 
 
 def copies_instruction(instruction: str, response: str, min_words: int = 5) -> bool:
     """The response is the instruction, or opens by repeating a (>= 5-word) instruction and adds little."""
-    inst, resp = normalise(instruction), normalise(response)
+    inst, resp = lower_words(instruction), lower_words(response)
     if not inst or not resp:
         return False
     if resp == inst:

@@ -7,7 +7,7 @@ reason>`): the filter writes it to failed.jsonl, never silently keeps or drops i
 
 All calls go through `CachedModel`, in chunks: every reply is committed to the cache as it arrives,
 so a killed run resumes without repeating a call. Local judges are scored by next-token
-probabilities (`bezoar.filter.next_token`) behind the same interface.
+probabilities (`bezoar.llm.next_token`) behind the same interface.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable
 
 from bezoar.errors import ConfigError
 from bezoar.filter.config import JudgeConfig
-from bezoar.filter.verdicts import Judgment, parse_judgment
+from bezoar.verdicts import Judgment, parse_judgment
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Conversation, Reply, Sampling
 from bezoar.records import Record
@@ -116,14 +116,14 @@ def decide(judgment: Judgment, config: JudgeConfig, scoring: str) -> bool | None
 def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig,
                   progress: Callable[[int], None] | None = None) -> list[JudgeResult]:
     """Judge each record (instruction, response); results are in input order."""
-    from bezoar.filter.next_token import rating_scorer
+    from bezoar.llm.next_token import rating_scorer
 
     mode = scoring_mode(model, config.scoring)
     if config.rule == "auto":
         config = config.model_copy(update={"rule": "top_fraction" if mode == "logprobs" else "rating"})
     caller = scoring_model(model, mode, rating_scorer)
     prompt, strict = load_prompt(config.prompt), load_prompt(config.strict_prompt)
-    pairs = [(_cut(r.instruction, config.max_chars), _cut(r.response, config.max_chars)) for r in records]
+    pairs = [(truncate(r.instruction, config.max_chars), truncate(r.response, config.max_chars)) for r in records]
     sampling = Sampling(temperature=0.0, max_new_tokens=config.max_new_tokens)
     prefill = config.prefill if mode == "generate" and config.prefill else None
     ask = (lambda conversation: conversation + [{"role": "assistant", "content": prefill}]) if prefill else (lambda c: c)
@@ -187,5 +187,6 @@ def _result(reply: Reply, config: JudgeConfig, mode: str, identity: str, prompt_
                        rule=config.rule)
 
 
-def _cut(text: str, limit: int) -> str:
+def truncate(text: str, limit: int) -> str:
+    """The first `limit` characters, marked ` [...]` when cut (what a judge is shown of a long text)."""
     return text if len(text) <= limit else text[:limit] + " [...]"

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import model_validator
 
+from bezoar.config import Recipe
 from bezoar.errors import BezoarError, DataError
 from bezoar.filter import contamination, dedup, heuristics
 from bezoar.filter.calibration import judge_check, near_chance
@@ -309,7 +310,7 @@ def _rate_text(rate: dict) -> str:
     return "n/a" if rate["value"] is None else f"{rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]"
 
 
-def run_filter(recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
+def run_filter(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
     """The recipe stage: data/generated/*.jsonl → data/filtered/{method}.jsonl (+ rejected, judgments, summary)."""
     # {method}.jsonl only: {method}.rejected.jsonl holds generation's eliminations, not records to filter.
     inputs = sorted(p for p in (Path(run_dir) / "data" / "generated").glob("*.jsonl") if "." not in p.stem)

@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from bezoar.config import StrictModel
+from bezoar.config_base import StrictModel
 from bezoar.llm.protocol import Sampling
 
 EvolOperation = Literal["add_constraints", "deepening", "concretizing", "increase_reasoning", "complicate_input"]
-IN_DEPTH: tuple[str, ...] = ("add_constraints", "deepening", "concretizing", "increase_reasoning", "complicate_input")
+IN_DEPTH: tuple[EvolOperation, ...] = ("add_constraints", "deepening", "concretizing", "increase_reasoning", "complicate_input")
 
 
 class SamplingConfig(StrictModel):
@@ -125,8 +125,8 @@ class OrcaConfig(SchemeConfig):
     """Orca explanation tuning (arXiv 2306.02707) over FLAN tasks with gold targets."""
 
     n: int = Field(5520, ge=0)
-    mix: dict[Literal["cot", "niv2", "t0", "flan2021", "other"], float] = Field(
-        default_factory=lambda: {"flan2021": 2.5, "t0": 2.0, "niv2": 0.44, "cot": 0.15, "other": 1.0})
+    mix: dict[Literal["cot", "niv2", "t0", "flan2021", "other"], float] = {
+        "flan2021": 2.5, "t0": 2.0, "niv2": 0.44, "cot": 0.15, "other": 1.0}
     """Sampling weight per FLAN sub-collection, over those present in the seeds (default: Orca's
     FLAN-5M, in millions of queries; `other` is any seed file without a known sub-collection)."""
     gold_max_words: int = Field(5, ge=1)

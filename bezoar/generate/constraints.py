@@ -196,7 +196,7 @@ def make_records(seeds: list, n: int, rng: random.Random, allowed: list[str] | N
     usable = [s for s in seeds if s.instruction.strip() and not s.context.strip()]  # context would bury the constraints
     if not usable:
         raise ConfigError("generate.constraints.seeds: no seed instruction without a context")
-    records = []
+    records: list[Record] = []
     order: list = []
     while len(records) < n:
         if not order:
@@ -228,7 +228,7 @@ def checker_doc(record: Record, key: int | str = 0) -> dict:
 
 def generate_constraints(config, out: Path | str, seed: int = 0) -> dict:
     """The `constraints` method: read the seeds, write `config.n` constraint prompts to `out`."""
-    from bezoar.generate.stage import load_seed_files
+    from bezoar.generate.seeds import load_seed_files
 
     if not config.seeds:
         raise ConfigError("generate.constraints.seeds: no seed files given (use --seeds PATH or the recipe)")

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from bezoar.generate.config import EvolConfig
 from bezoar.generate.elimination import equal_prompts, leaked_template
-from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, normalise, response_problem
+from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, lower_alnum, response_problem
 from bezoar.generate.seeds import Seed
+from bezoar.llm.cache import CachedModel
 from bezoar.prompts import scheme, template
 from bezoar.records import ChatMessage, Record, RecordMeta
 
@@ -56,12 +57,13 @@ class EvolInstruct:
 
     def __init__(self, context: Context, seeds: list[Seed], config: EvolConfig):
         self.context, self.config = context, config
-        self.judge, self.judge_spec = None, None
+        self.judge: CachedModel | None = None
+        self.judge_spec: str | None = None
         self.order = list(seeds)
         context.rng(METHOD, "order").shuffle(self.order)
         self.operation_text = scheme("evol_instruct")["operations"]
 
-    def use_judge(self, judge, judge_spec: str | None) -> None:
+    def use_judge(self, judge: CachedModel | None, judge_spec: str | None) -> None:
         """Elimination rule 1 (the equality check) asks this model, unless the config turns it off."""
         if self.config.equality_check:
             self.judge, self.judge_spec = judge, judge_spec
@@ -142,7 +144,7 @@ class EvolInstruct:
             return "empty_evolution"
         if leaked_template(text):
             return "leaked_template"
-        if normalise(text) == normalise(member.text):
+        if lower_alnum(text) == lower_alnum(member.text):
             return "no_information_gain"  # a verbatim copy needs no judge
         return None
 

@@ -47,6 +47,10 @@ class Candidate:
     instruction: str
 
 
+Item = Candidate | Rejection | Failure
+"""A listed instruction: still to answer (Candidate), or already an outcome."""
+
+
 def load_topics(path: Path | None) -> list[str]:
     if path is None:
         return list(word_list("topics.txt"))
@@ -95,13 +99,13 @@ class LaMini:
             index += count
             sampling = self.config.instruction_sampling.build(self.context.seed)
             replies = self.context.teacher.chat([p.conversation for p in prompts], sampling, self.context.progress)
-            items: list[Candidate | Rejection] = []
+            items: list[Item] = []
             for prompt, reply in zip(prompts, replies):
                 items += self._candidates(prompt, reply)
             self.prompt_batching.saw(len(prompts), sum(isinstance(i, Candidate) for i in items))
             yield from self._answer(items, wanted)
 
-    def _candidates(self, prompt: Prompt, reply) -> list[Candidate | Rejection]:
+    def _candidates(self, prompt: Prompt, reply) -> list[Item]:
         seed_ids = [s.id for s in prompt.examples]
         details = {"prompt_index": prompt.index, "mode": prompt.mode}
         if reply.failed:
@@ -111,7 +115,7 @@ class LaMini:
             parsed = parsed[:-1]  # the last item of a cut-off reply is probably cut too
         if not parsed:
             return [Rejection(METHOD, "unparseable_list", "instruction_list", seed_ids, reply.text, details)]
-        found: list[Candidate | Rejection] = []
+        found: list[Item] = []
         for position, text in enumerate(parsed):
             reason = self._problem(text)
             if reason:
@@ -134,7 +138,7 @@ class LaMini:
             return "near_copy_of_generated" if copied.startswith("generated:") else "near_copy_of_seed"
         return None
 
-    def _answer(self, items: list[Candidate | Rejection], wanted: Wanted) -> Iterator[list[Outcome]]:
+    def _answer(self, items: list[Item], wanted: Wanted) -> Iterator[list[Outcome]]:
         """Answer candidates in stream order, a slice at a time sized to what is still missing."""
         start = 0
         while start < len(items):
@@ -148,7 +152,7 @@ class LaMini:
             self.answer_batching.saw(taken, sum(isinstance(o, Record) for o in found))
             yield found
 
-    def _respond(self, chunk: list[Candidate | Rejection]) -> list[Outcome]:
+    def _respond(self, chunk: list[Item]) -> list[Outcome]:
         candidates = [c for c in chunk if isinstance(c, Candidate)]
         sampling = self.config.response_sampling.build(self.context.seed)
         answer_template = template(METHOD, "response")

@@ -38,7 +38,8 @@ class Orca:
         groups: dict[str, list[Seed]] = {}
         for seed in seeds:
             groups.setdefault(seed.sub_collection, []).append(seed)
-        self.weights = {g: config.mix.get(g, 0.0) for g in sorted(groups) if config.mix.get(g, 0.0) > 0}
+        mix: dict[str, float] = {name: weight for name, weight in config.mix.items()}  # looked up by any seed's name
+        self.weights = {g: mix.get(g, 0.0) for g in sorted(groups) if mix.get(g, 0.0) > 0}
         if not self.weights:
             raise DataError(f"generate.orca: the seeds' sub-collections ({', '.join(sorted(groups))}) all have weight 0 "
                             f"in generate.orca.mix ({config.mix}); give them a weight (seed files outside FLAN's "
@@ -64,7 +65,7 @@ class Orca:
         index, batching = 0, Batching(self.config.batch_size, prior=1.0)
         while True:
             size = batching.size(wanted())
-            draws = []
+            draws: list[tuple[Seed, str, int]] = []
             while len(draws) < size and (draw := self._draw(index)) is not None:
                 draws.append(draw)
                 index += 1

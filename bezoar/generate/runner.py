@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from bezoar.errors import BezoarError, DataError
 from bezoar.failures import FailureLog
-from bezoar.llm.cache import canonical_hash
+from bezoar.hashing import canonical_hash
 from bezoar.records import Lineage, Record, append_jsonl, read_jsonl, repair_tail, write_json
 
 log = logging.getLogger(__name__)
@@ -141,8 +141,9 @@ class Batching:
         self.produced += produced
 
 
-def normalise(text: str) -> str:
-    """The form in which two instructions count as the same (case, spacing and end punctuation aside)."""
+def lower_alnum(text: str) -> str:
+    """Lower case, letters and digits only (any run of punctuation, space or `_` is one space): the form in
+    which two generated instructions count as the same. `bezoar.filter.heuristics.lower_words` keeps `_`."""
     return re.sub(r"[\W_]+", " ", text.lower()).strip()
 
 
@@ -195,7 +196,7 @@ class _Progress:
                 failures.append(outcome)
                 continue
             if isinstance(outcome, Record):
-                key = normalise(outcome.instruction)
+                key = lower_alnum(outcome.instruction)
                 if key not in self.seen:
                     self.seen.add(key)
                     self.accepted += 1
@@ -274,7 +275,7 @@ def _existing(files: OutputFiles) -> tuple[set[str], set[str], set[str]]:
     if files.records.exists():
         for record in read_jsonl(files.records, Record):
             done.add(record.meta.id)
-            instructions.add(normalise(record.instruction))
+            instructions.add(lower_alnum(record.instruction))
     rejected = {row["id"] for row in read_jsonl(files.rejected)} if files.rejected.exists() else set()
     return done, instructions, rejected
 

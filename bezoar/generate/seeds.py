@@ -14,14 +14,21 @@ A malformed row raises `FILE:LINE: what`, or with `skip_bad` is counted and skip
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from collections.abc import Iterator
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bezoar.errors import DataError, located
 from bezoar.licences import dataset_licence
+from bezoar.records import open_data
+
+if TYPE_CHECKING:
+    from bezoar.generate.config import SeedFile
+
+log = logging.getLogger(__name__)
 
 SUB_COLLECTIONS = ("cot", "niv2", "t0", "flan2021")
 """FLAN 2022's sub-collections that Orca samples; anything else (Dialog, unlabelled files) is "other"."""
@@ -109,18 +116,26 @@ def _sub_collection_from_path(path: Path) -> str:
     return "other"
 
 
+def load_seed_files(seeds: list[SeedFile], skip_bad: bool) -> SeedSet:
+    """The seeds of every file a recipe lists (`generate.*.seeds`), with the bad rows logged."""
+    found = SeedSet()
+    for seed in seeds:
+        found.extend(read_seeds(seed.path, seed.licence, skip_bad, seed.limit))
+    for message in found.bad_lines[:5]:
+        log.warning("skipped %s", message)
+    if found.bad_lines:
+        log.warning("skipped %d malformed seed rows in all", len(found.bad_lines))
+    return found
+
+
 # --- file formats ----------------------------------------------------------------------------------
-
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else open(path, encoding="utf-8")
-
 
 def _rows(path: Path) -> Iterator[tuple[int, dict | Exception]]:
     """(line number, row) pairs; a row that cannot be decoded comes back as its exception."""
     suffixes = [s.lower() for s in path.suffixes if s.lower() != ".gz"]
     kind = suffixes[-1] if suffixes else ""
     try:
-        with _open(path) as handle:
+        with open_data(path) as handle:
             if kind == ".tsv":
                 yield from _tsv_rows(handle)
             elif kind == ".json":

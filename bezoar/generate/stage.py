@@ -6,11 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from bezoar.config import Recipe
 from bezoar.errors import ConfigError
 from bezoar.generate.config import EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
 from bezoar.generate.runner import Context, Meter, OutputFiles, generate_to_file
-from bezoar.generate.seeds import SeedSet, read_seeds
-from bezoar.records import file_sha256
+from bezoar.generate.seeds import SeedSet, load_seed_files
+from bezoar.hashing import file_sha256
 from bezoar.licences import dataset_licence, model_licence, require_commercial
 
 log = logging.getLogger(__name__)
@@ -24,17 +25,6 @@ def check_licences(seeds: list[SeedFile], teacher_spec: str, teacher_licence: st
         dataset, licence = dataset_licence(str(seed.path), seed.licence)
         require_commercial("seed", f"{seed.path} ({dataset})", licence)
     require_commercial("teacher", teacher_spec, model_licence(teacher_spec, teacher_licence))
-
-
-def load_seed_files(seeds: list[SeedFile], skip_bad: bool) -> SeedSet:
-    found = SeedSet()
-    for seed in seeds:
-        found.extend(read_seeds(seed.path, seed.licence, skip_bad, seed.limit))
-    for message in found.bad_lines[:5]:
-        log.warning("skipped %s", message)
-    if found.bad_lines:
-        log.warning("skipped %d malformed seed rows in all", len(found.bad_lines))
-    return found
 
 
 def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str, out: Path | str,
@@ -110,7 +100,7 @@ def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge
             "seed": seed, "settings": settings, "seed_files": files, "seed_rows": len(seeds.seeds)}
 
 
-def run_generate(recipe, run_dir: Path, models: dict) -> dict:
+def run_generate(recipe: Recipe, run_dir: Path, models: dict) -> dict:
     """The pipeline's generate stage: each scheme with `n > 0` into run_dir/data/generated/<method>.jsonl."""
     section, teacher_config = recipe.generate, recipe.models.teacher
     enabled = [m for m in METHODS if section.scheme(m).n > 0]

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from bezoar.generate.runner import OutputFiles, normalise
+from bezoar.generate.runner import OutputFiles, lower_alnum
 from bezoar.records import Record, read_jsonl
 
 
@@ -49,7 +49,7 @@ def record_stats(records: list[Record]) -> dict:
         "commercial_use": _count(r.licence.commercial_use.value for r in records),
         "instruction_words": distribution(len(t.split()) for t in instructions),
         "response_words": distribution(len(r.response.split()) for r in records),
-        "unique_instruction_fraction": _ratio(len({normalise(t) for t in instructions}), len(instructions)),
+        "unique_instruction_fraction": _ratio(len({lower_alnum(t) for t in instructions}), len(instructions)),
         "distinct_1": distinct_n(instructions, 1),
         "distinct_2": distinct_n(instructions, 2),
         "gold_agreement": _gold(details),

@@ -6,7 +6,6 @@ share one cache file (SQLite in WAL mode serialises writers; readers never block
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -17,18 +16,13 @@ from pathlib import Path
 from typing import Callable
 
 from bezoar.errors import BudgetExceeded
+from bezoar.hashing import canonical_hash
 from bezoar.llm.protocol import Backend, Conversation, Reply, Sampling
 
 SCHEMA = "CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, reply TEXT NOT NULL, created REAL NOT NULL)"
 # Failed items apart from replies: a failure is never served as a success, but a resumed run replays it
 # (no call) instead of asking again; `retry_failures` (bezoar run --retry-failed) asks again.
 FAILURES = "CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, error TEXT NOT NULL, created REAL NOT NULL)"
-
-
-def canonical_hash(value: object) -> str:
-    """sha256 over canonical JSON: the one hashing rule of the project."""
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def default_cache_path() -> Path:

@@ -18,7 +18,7 @@ from bezoar.llm.protocol import Reply, Sampling
 
 
 @dataclass
-class Job:
+class DecodeJob:
     """One (conversation, sample) to decode. `key` is the caller's handle."""
 
     key: Any
@@ -34,7 +34,7 @@ class Job:
 
 
 class JobSource(Protocol):
-    def take(self, most: int, wait: bool) -> list[Job] | None:
+    def take(self, most: int, wait: bool) -> list[DecodeJob] | None:
         """Up to `most` new jobs; may block when `wait`; None once no job will ever come again."""
         ...
 
@@ -42,10 +42,10 @@ class JobSource(Protocol):
 class ListSource:
     """A fixed list of jobs (the backend's `generate`)."""
 
-    def __init__(self, jobs: list[Job]):
+    def __init__(self, jobs: list[DecodeJob]):
         self.jobs = list(jobs)
 
-    def take(self, most: int, wait: bool) -> list[Job] | None:
+    def take(self, most: int, wait: bool) -> list[DecodeJob] | None:
         if not self.jobs:
             return None
         taken, self.jobs = self.jobs[:most], self.jobs[most:]
@@ -66,10 +66,10 @@ class Decoder:
         self.admit_at = max(1, max_batch // 4)
         self.active = 0
 
-    def run(self, source: JobSource, on_done: Callable[[Job, Reply], None]) -> None:
+    def run(self, source: JobSource, on_done: Callable[[DecodeJob, Reply], None]) -> None:
         import torch
 
-        rows: list[Job] = []
+        rows: list[DecodeJob] = []
         state: dict = {"cache": None, "mask": None, "logits": None}
         closed = False
         with torch.inference_mode():
@@ -96,7 +96,7 @@ class Decoder:
                 else:
                     state.update(cache=None, mask=None, logits=None)  # the next admission starts afresh
 
-    def _admit(self, rows: list[Job], new: list[Job], state: dict) -> None:
+    def _admit(self, rows: list[DecodeJob], new: list[DecodeJob], state: dict) -> None:
         import torch
         from transformers import DynamicCache
 
@@ -134,7 +134,7 @@ class Decoder:
                          use_cache=True, logits_to_keep=1)
         state.update(cache=cache, mask=mask, logits=out.logits[:, -1, :].float())
 
-    def _choose(self, rows: list[Job], logits) -> list[int]:
+    def _choose(self, rows: list[DecodeJob], logits) -> list[int]:
         chosen = logits.argmax(dim=-1)
         for r, job in enumerate(rows):
             if job.sampling.top_logprobs and not job.generated:
@@ -152,7 +152,7 @@ class Decoder:
             found.setdefault(self.tokenizer.decode([token]), value)  # two ids may decode alike: keep the likelier
         return found
 
-    def _append(self, job: Job, token: int) -> bool:
+    def _append(self, job: DecodeJob, token: int) -> bool:
         """Add a token; True when the job is finished (EOS, a stop string, or the length cap)."""
         job.generated.append(token)
         if token == self.eos or job.cancelled:
@@ -164,7 +164,7 @@ class Decoder:
                 return True
         return len(job.generated) >= job.sampling.max_new_tokens
 
-    def _reply(self, job: Job) -> Reply:
+    def _reply(self, job: DecodeJob) -> Reply:
         text = self.tokenizer.decode(job.generated, skip_special_tokens=True)
         cut = min((text.find(s) for s in job.sampling.stop if s and s in text), default=-1)
         if cut >= 0:

@@ -11,8 +11,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from bezoar.llm.cache import canonical_hash
-from bezoar.llm.continuous import Decoder, Job, ListSource
+from bezoar.hashing import canonical_hash
+from bezoar.llm.continuous import Decoder, DecodeJob, ListSource
 from bezoar.llm.device import DevicePlan, plan_device
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 from bezoar.llm.weights import content_identity, resolve_model_dir
@@ -117,14 +117,14 @@ class LocalBackend:
     def generate(self, conversations: list[Conversation], sampling: Sampling,
                  on_reply: OnReply | None = None) -> list[list[Reply]]:
         n = max(1, sampling.n)
-        jobs = [Job((i, s), self.encode(conversation), sampling, row_seed(sampling.seed, conversation, s))
+        jobs = [DecodeJob((i, s), self.encode(conversation), sampling, row_seed(sampling.seed, conversation, s))
                 for i, conversation in enumerate(conversations) for s in range(n)]
         # Longest prompts first: they share a prefill batch with similar lengths (less padding).
         jobs.sort(key=lambda job: -len(job.prompt_ids))
         results: list[list[Reply | None]] = [[None] * n for _ in conversations]
         remaining = [n] * len(conversations)
 
-        def done(job: Job, reply: Reply) -> None:
+        def done(job: DecodeJob, reply: Reply) -> None:
             index, sample = job.key
             results[index][sample] = reply
             remaining[index] -= 1

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request  # at module level: FastAPI resolves the handlers' annotations here
 
-from bezoar.llm.continuous import Decoder, Job
+from bezoar.llm.continuous import Decoder, DecodeJob
 from bezoar.llm.local import row_seed
 from bezoar.llm.protocol import Reply, Sampling
 
@@ -110,11 +110,11 @@ class QueueSource:
     """Requests from HTTP handlers, handed to the decoder as slots free up (continuous batching)."""
 
     def __init__(self):
-        self.queue: queue.Queue[Job] = queue.Queue()
+        self.queue: queue.Queue[DecodeJob] = queue.Queue()
         self.is_open: Callable[[], bool] = lambda: True  # Engine.run says when the HTTP side has gone
 
-    def take(self, most: int, wait: bool) -> list[Job] | None:
-        jobs: list[Job] = []
+    def take(self, most: int, wait: bool) -> list[DecodeJob] | None:
+        jobs: list[DecodeJob] = []
         while wait and not jobs:  # wake up now and then to notice that the HTTP side has gone
             try:
                 jobs.append(self.queue.get(timeout=0.5))
@@ -161,7 +161,7 @@ class Engine:
         ticket = id(future)
         self.waiting[ticket] = (loop, future, [None] * n)
         self.stats["requests"] += 1
-        jobs = [Job((ticket, sample), prompt, sampling, row_seed(sampling.seed, conversation, sample)) for sample in range(n)]
+        jobs = [DecodeJob((ticket, sample), prompt, sampling, row_seed(sampling.seed, conversation, sample)) for sample in range(n)]
         for job in jobs:
             self.source.queue.put(job)
         while gone is not None and not future.done():
@@ -187,7 +187,7 @@ class Engine:
                              f"exceed the model's context of {self.context} tokens")
         return prompt
 
-    def _done(self, job: Job, reply: Reply) -> None:
+    def _done(self, job: DecodeJob, reply: Reply) -> None:
         self.stats["largest_batch"] = max(self.stats["largest_batch"], self.decoder.active)
         ticket, sample = job.key
         if ticket not in self.waiting:  # cancelled: its client has gone

@@ -15,58 +15,16 @@ used on the wire and stripped everywhere else (see `bezoar.llm.endpoints`).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
-from bezoar.llm.endpoints import PROVIDER_KEY_ENV, PROVIDER_URLS, Endpoint, provider_host, public_spec, public_url
-
-if TYPE_CHECKING:
-    from bezoar.config import ModelConfig
-
-OPENAI_URL = PROVIDER_URLS["openai"]
-ANTHROPIC_URL = PROVIDER_URLS["anthropic"]
-KINDS = ("local", "openai", "anthropic")
+from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
+from bezoar.llm.protocol import Backend
+from bezoar.llm.spec_syntax import Spec, parse_spec
 
 
-@dataclass(frozen=True)
-class Spec:
-    kind: str
-    model: str | None = None
-    urls: tuple[str, ...] = field(default_factory=tuple)
-    """As written, credentials included: for requests only (`str` and `repr` show them public)."""
-
-    def __repr__(self) -> str:
-        return f"Spec({str(self)!r})"
-
-    def __str__(self) -> str:
-        """The spec without the credentials its URLs may carry."""
-        text = self.kind + (f":{self.model}" if self.model else "")
-        return text + (f"@{','.join(public_url(u) for u in self.urls)}" if self.urls and self.kind != "local" else "")
-
-
-def parse_spec(text: str) -> Spec:
-    """Parse a spec string; raises ValueError with the accepted forms when it is not one."""
-    text = (text or "").strip()
-    shown = public_spec(text)  # messages never echo a credential
-    kind, _, rest = text.partition(":")
-    if kind not in KINDS:
-        raise ValueError(f"model spec '{shown}' must start with one of {', '.join(KINDS)} "
-                         "(e.g. local, local:PATH, openai:MODEL@URL, anthropic:MODEL)")
-    if kind == "local":
-        return Spec("local", rest or None)
-    model, _, urls = rest.partition("@")
-    if not model:
-        raise ValueError(f"model spec '{shown}' names no model: write {kind}:MODEL")
-    url_list = tuple(u.strip().rstrip("/") for u in urls.split(",") if u.strip()) or (PROVIDER_URLS[kind],)
-    for url in url_list:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"model spec '{shown}': '{public_url(url)}' is not an http(s) URL")
-    return Spec(kind, model, url_list)
-
-
-def build_backend(config: "ModelConfig"):
+def build_backend(config: ModelConfig) -> Backend:
     """The backend object for a model config (loads local weights; checks API keys up front)."""
     spec = parse_spec(config.spec)
     if spec.kind == "local":
@@ -75,6 +33,7 @@ def build_backend(config: "ModelConfig"):
         return LocalBackend(spec.model, batch_size=config.batch_size, dtype=config.dtype)
     from bezoar.llm.remote import RetryPolicy
 
+    assert spec.model is not None  # parse_spec refuses a remote spec without a model
     endpoints = endpoints_for(config, spec)
     policy = RetryPolicy(config.max_retries, config.timeout_s, config.retry_backoff_s)
     if spec.kind == "openai":
@@ -86,7 +45,7 @@ def build_backend(config: "ModelConfig"):
     return AnthropicBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
 
 
-def endpoints_for(config: "ModelConfig", spec: Spec) -> tuple[Endpoint, ...]:
+def endpoints_for(config: ModelConfig, spec: Spec) -> tuple[Endpoint, ...]:
     """Each URL with the key it may carry: the variable named by `api_key_env` goes to every URL of
     the role; a provider's default variable only to that provider's own host; other URLs get none.
     Raises ConfigError when a key the role needs is not set (the key itself is never stored)."""
@@ -100,12 +59,12 @@ def endpoints_for(config: "ModelConfig", spec: Spec) -> tuple[Endpoint, ...]:
     return tuple(found)
 
 
-def _api_key(config: "ModelConfig", spec: Spec) -> None:
+def _api_key(config: ModelConfig, spec: Spec) -> None:
     """Check that every key the role needs is set (raises ConfigError naming the variable)."""
     endpoints_for(config, spec)
 
 
-_BACKENDS: dict[tuple, object] = {}
+_BACKENDS: dict[tuple, Backend] = {}
 
 
 def release_models(keep: list[CachedModel]) -> None:
@@ -118,7 +77,7 @@ def release_models(keep: list[CachedModel]) -> None:
     local.release_except([b.loaded for b in backends if hasattr(b, "loaded")])
 
 
-def open_model(config: "ModelConfig", role: str = "model", cache: CallCache | None = None) -> CachedModel:
+def open_model(config: ModelConfig, role: str = "model", cache: CallCache | None = None) -> CachedModel:
     """A role-bound, cached model. Roles with the same config share one backend (and its weights)."""
     names = [config.api_key_env, *PROVIDER_KEY_ENV.values()]  # a changed key builds a new backend
     key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from bezoar.config import StrictModel
+from bezoar.config_base import StrictModel
 from bezoar.filter.config import JudgeConfig
 
 

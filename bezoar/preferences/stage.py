@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.licences import model_licence
 from bezoar.llm.cache import CachedModel
@@ -144,7 +145,7 @@ def make_pairs(student: CachedModel, judge: CachedModel | None, records: list[Re
     return summary
 
 
-def run_preferences(recipe, run_dir: Path, models) -> dict:
+def run_preferences(recipe: Recipe, run_dir: Path, models) -> dict:
     """The stage contract. The student is the newest training output before dpo (sft-hh, else sft-N, else base)."""
     from bezoar.train.run import previous_output
 
@@ -166,7 +167,7 @@ def run_preferences(recipe, run_dir: Path, models) -> dict:
     return summary
 
 
-def _student(recipe, models, current: str) -> CachedModel:
+def _student(recipe: Recipe, models, current: str) -> CachedModel:
     """The base student from the run's models, or the trained checkpoint with the student's settings."""
     if current == recipe.models.student.spec:
         return models["student"]

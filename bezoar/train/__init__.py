@@ -1,6 +1,6 @@
 """Training: sequential LoRA/QLoRA SFT, SFT on HH-RLHF, DPO, template check, export.
 
-    hh_rlhf.py         HH-RLHF transcripts → PreferencePair; the disjoint sft / dpo / held-out slices
+    hh_rlhf.py         the recipe's HH-RLHF slices (reading the transcripts is bezoar.hh_rlhf)
     config.py          the recipe sections `sft`, `sft_hh`, `dpo` (paper defaults)
     encoding.py        chat records and pairs → token ids and loss labels (what the trainers see)
     examples.py        data files → tokenized train/validation rows

@@ -124,7 +124,7 @@ def dpo_command(
 ) -> None:
     """DPO with TRL and LoRA; the reference is the model with the adapter switched off."""
     from bezoar.errors import ConfigError
-    from bezoar.train.hh_rlhf import read_pairs
+    from bezoar.hh_rlhf import read_pairs
 
     settings = _settings("dpo", recipe, {"beta": beta, "max_steps": max_steps, "learning_rate": learning_rate,
                                          "per_device_train_batch_size": batch_size, "max_length": max_length,
@@ -144,7 +144,7 @@ def dpo_on_file(pairs: str, out: str, base: str, settings: dict, heldout_n: int,
     """`bezoar dpo`'s work (on every rank when launched): the file's last `heldout_n` pairs held out."""
     from bezoar.train.config import DPOStageConfig
     from bezoar.train.dpo import train_dpo
-    from bezoar.train.hh_rlhf import read_pairs
+    from bezoar.hh_rlhf import read_pairs
 
     found = read_pairs(Path(pairs))
     train, heldout = found[:len(found) - heldout_n], found[len(found) - heldout_n:] if heldout_n else []
@@ -164,7 +164,7 @@ def check_template_command(
     """Render one training example as the trainer sees it, loss tokens marked; exit 2 on template/EOS bugs."""
     from bezoar.train.encoding import load_tokenizer
     from bezoar.train.examples import read_conversations
-    from bezoar.train.hh_rlhf import read_pairs
+    from bezoar.hh_rlhf import read_pairs
     from bezoar.train.student import resolve_base
     from bezoar.train.template_check import SAMPLE, check_template, require_template, trained_template
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bezoar.config import StrictModel
+from bezoar.config_base import StrictModel
 
 
 class LoRASettings(StrictModel):
@@ -192,8 +192,7 @@ class DPOData(StrictModel):
     source: Literal["hh_rlhf", "generated", "mix"] = "hh_rlhf"
     generated: Path | None = None
     """Pair JSONL (prompt/chosen/rejected); None: the preferences stage's data/preferences/pairs.jsonl."""
-    weights: dict[Literal["hh_rlhf", "generated"], float] = Field(
-        default_factory=lambda: {"hh_rlhf": 1.0, "generated": 1.0})
+    weights: dict[Literal["hh_rlhf", "generated"], float] = {"hh_rlhf": 1.0, "generated": 1.0}
     """`mix`: pairs drawn in this proportion (every generated pair, HH-RLHF pairs to match, at most all)."""
 
 

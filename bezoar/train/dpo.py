@@ -20,12 +20,13 @@ import json
 import logging
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.records import PreferencePair, write_json
 from bezoar.train.config import DPOStageConfig
 from bezoar.train.examples import prepare_pairs, to_dataset
 from bezoar.train.launch import launch_stage, wants_launch
-from bezoar.train.run import Job, execute, previous_output
+from bezoar.train.run import TrainingJob, execute, previous_output
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def dpo_trainer_class():
     return BezoarDPOTrainer
 
 
-def dpo_arguments(job: Job) -> dict:
+def dpo_arguments(job: TrainingJob) -> dict:
     settings: DPOStageConfig = job.settings  # type: ignore[assignment]
     return {"beta": settings.beta, "max_length": None, "padding_free": False,
             "precompute_ref_log_probs": settings.precompute_ref_log_probs,
@@ -154,7 +155,7 @@ def dpo_arguments(job: Job) -> dict:
 
 def _heldout_metrics(heldout: list[PreferencePair]):
     """After training: TRL's reward accuracy and margins on pairs never trained on."""
-    def measure(trainer, job: Job) -> dict:
+    def measure(trainer, job: TrainingJob) -> dict:
         if not heldout:
             return {}
         prepared = prepare_pairs(job.tokenizer, heldout, job.settings.max_length, 0.0, job.settings.seed)
@@ -187,13 +188,13 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
     reference = f"{weights.identity}:{plan.dtype_name}:{plan.quantization}"
     cache = RefCache(ref_cache_dir or Path(out_dir) / "ref-logps", reference) if settings.precompute_ref_log_probs else None
     sample = ([m.model_dump() for m in pairs[0].prompt], [m.model_dump() for m in pairs[0].chosen])
-    job = Job(stage=stage, kind="dpo", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
+    job = TrainingJob(stage=stage, kind="dpo", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
               out_dir=Path(out_dir), settings=settings, sample=sample, after_training=_heldout_metrics(heldout or []),
               trainer_kwargs={"ref_cache": cache, "shared_prompt": settings.shared_prompt})
     return execute(job, dpo_trainer_class(), dpo_arguments)
 
 
-def run_dpo(recipe, run_dir: Path, models: dict | None = None) -> dict:
+def run_dpo(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `dpo` stage: DPO on the HH-RLHF slice after the SFT one, from the sft_hh output."""
     if wants_launch(recipe.dpo.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.dpo:run_dpo", recipe, Path(run_dir), recipe.dpo.launch)

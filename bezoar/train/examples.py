@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bezoar.errors import DataError, located
-from bezoar.records import ChatMessage, PreferencePair, _open_text
+from bezoar.records import ChatMessage, PreferencePair, open_data
 from bezoar.train.encoding import IGNORE, encode_pair, encode_sft
 
 log = logging.getLogger(__name__)
 
-Conversation = tuple[list[dict], list[dict]]  # (prompt messages, completion messages)
+PromptCompletion = tuple[list[dict], list[dict]]  # (prompt messages, completion messages)
 
 
 @dataclass
@@ -41,13 +41,13 @@ class Prepared:
                 "truncated": self.truncated, "prompt_boundary_mismatch": self.prompt_mismatch}
 
 
-def read_conversations(path: Path) -> tuple[list[Conversation], list[str]]:
+def read_conversations(path: Path) -> tuple[list[PromptCompletion], list[str]]:
     """(prompt, completion) pairs from a Record/messages JSONL file, and the reasons for bad lines."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file (run the stage that writes it, or give another path)")
     found, bad = [], []
-    with _open_text(path) as handle:
+    with open_data(path) as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -58,7 +58,7 @@ def read_conversations(path: Path) -> tuple[list[Conversation], list[str]]:
     return found, bad
 
 
-def _conversation(row: dict) -> Conversation:
+def _conversation(row: dict) -> PromptCompletion:
     messages = [ChatMessage.model_validate(m).model_dump() for m in row["messages"]]
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("the conversation does not end with an assistant message")
@@ -77,7 +77,7 @@ def _reason(error: Exception) -> str:
     return str(error).splitlines()[0]
 
 
-def pair_conversations(pairs: list[PreferencePair]) -> list[Conversation]:
+def pair_conversations(pairs: list[PreferencePair]) -> list[PromptCompletion]:
     """HH-RLHF pairs → SFT on the chosen reply (the paper's SFT-on-HH-RLHF step)."""
     return [([m.model_dump() for m in p.prompt], [m.model_dump() for m in p.chosen]) for p in pairs]
 
@@ -92,7 +92,7 @@ def split(rows: list, fraction: float, seed: int, cap: int | None) -> tuple[list
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
 
 
-def prepare_sft(tokenizer, conversations: list[Conversation], max_length: int, loss: str,
+def prepare_sft(tokenizer, conversations: list[PromptCompletion], max_length: int, loss: str,
                 fraction: float, seed: int, cap: int | None = None) -> Prepared:
     """Tokenize, drop rows without loss tokens, split off validation."""
     rows, truncated, mismatch, bad = [], 0, 0, []

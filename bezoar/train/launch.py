@@ -31,6 +31,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bezoar.config import Recipe
 from bezoar.errors import BezoarError, StageFailed
 from bezoar.train.config import LaunchSettings
 
@@ -108,7 +109,7 @@ def launch_call(function: str, kwargs: dict, settings: LaunchSettings, workdir: 
             "peak_rss_mb_total": sum(peaks)}
 
 
-def launch_stage(function: str, recipe, run_dir: Path, settings: LaunchSettings) -> dict:
+def launch_stage(function: str, recipe: Recipe, run_dir: Path, settings: LaunchSettings) -> dict:
     """A `bezoar run` training stage under `accelerate launch`; its summary gains a `launch` entry."""
     data = {"function": function, "recipe": recipe.model_dump(mode="json"), "run_dir": str(run_dir)}
     found = launch_call("bezoar.train.launch:run_stage_here", data, settings, Path(run_dir))
@@ -119,10 +120,8 @@ def run_stage_here(function: str, recipe: dict, run_dir: str) -> dict:
     """On each rank: rebuild the recipe and call the stage function (which now trains in place)."""
     from importlib import import_module
 
-    from bezoar.config import recipe_model
-
     module, _, name = function.partition(":")
-    return getattr(import_module(module), name)(recipe_model().model_validate(recipe), Path(run_dir), None)
+    return getattr(import_module(module), name)(Recipe.model_validate(recipe), Path(run_dir), None)
 
 
 def _free_port() -> int:

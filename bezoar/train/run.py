@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bezoar.llm.cache import canonical_hash
+from bezoar.config import Recipe
+from bezoar.hashing import canonical_hash
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
 from bezoar.train.examples import Prepared
@@ -34,7 +35,7 @@ SUMMARY = "summary.json"
 
 
 @dataclass
-class Job:
+class TrainingJob:
     stage: str
     kind: str  # "sft" or "dpo"
     base: str
@@ -48,7 +49,7 @@ class Job:
     sample: tuple[list[dict], list[dict]] = ([], [])
     """One (prompt, reply) in messages form: what the template check renders before training."""
     trainer_kwargs: dict = field(default_factory=dict)
-    after_training: Callable[[Any, "Job"], dict] | None = None
+    after_training: Callable[[Any, "TrainingJob"], dict] | None = None
     plan: TrainPlan | None = None
 
     def fingerprint(self) -> str:
@@ -59,7 +60,7 @@ class Job:
                                "base": self.weights.identity, "data": digest.hexdigest()})[:16]
 
 
-def execute(job: Job, trainer_class, kind_arguments: Callable[[Job], dict]) -> dict:
+def execute(job: TrainingJob, trainer_class, kind_arguments: Callable[[TrainingJob], dict]) -> dict:
     """Run `job` to completion (or return its existing summary when it is already done)."""
     out = job.out_dir
     fingerprint = job.fingerprint()
@@ -85,7 +86,7 @@ def execute(job: Job, trainer_class, kind_arguments: Callable[[Job], dict]) -> d
     return _finish(job, trainer, info, result, time.perf_counter() - start, checkpoint)
 
 
-def _check_template(job: Job) -> None:
+def _check_template(job: TrainingJob) -> None:
     prompt, reply = job.sample
     report = check_template(job.tokenizer, prompt, reply, loss=job.loss,
                             expected_sha256=job.settings.expected_chat_template,
@@ -93,7 +94,7 @@ def _check_template(job: Job) -> None:
     require_template(report, job.stage)
 
 
-def _resume_point(job: Job, fingerprint: str) -> Path | None:
+def _resume_point(job: TrainingJob, fingerprint: str) -> Path | None:
     out = job.out_dir
     info = _read(out / TRAIN_INFO)
     main = is_main_process()  # under `accelerate launch` every rank decides alike; only rank 0 touches files
@@ -114,7 +115,7 @@ def _resume_point(job: Job, fingerprint: str) -> Path | None:
     return checkpoint
 
 
-def common_arguments(job: Job) -> dict:
+def common_arguments(job: TrainingJob) -> dict:
     """TrainingArguments every bezoar run passes explicitly (TRL's defaults are not ours)."""
     s, plan = job.settings, job.plan
     validate = bool(job.prepared.validation)
@@ -147,7 +148,7 @@ def _renamed_arguments(checkpointing: bool) -> dict:
             **grouping}
 
 
-def _build_trainer(job: Job, trainer_class, kind_arguments):
+def _build_trainer(job: TrainingJob, trainer_class, kind_arguments):
     from trl import DPOConfig, SFTConfig
 
     from bezoar.train.examples import to_dataset
@@ -165,7 +166,7 @@ def _build_trainer(job: Job, trainer_class, kind_arguments):
     return trainer
 
 
-def _train_info(job: Job, fingerprint: str) -> dict:
+def _train_info(job: TrainingJob, fingerprint: str) -> dict:
     from bezoar.train.encoding import template_sha256
 
     return {"fingerprint": fingerprint, "stage": job.stage, "kind": job.kind, "base": job.base,
@@ -176,7 +177,7 @@ def _train_info(job: Job, fingerprint: str) -> dict:
             "settings": job.settings.model_dump(mode="json"), "data": job.prepared.summary()}
 
 
-def _finish(job: Job, trainer, info: dict, result, seconds: float, resumed_from: Path | None) -> dict:
+def _finish(job: TrainingJob, trainer, info: dict, result, seconds: float, resumed_from: Path | None) -> dict:
     out = job.out_dir
     extra = job.after_training(trainer, job) if job.after_training else {}
     model = trainer.model
@@ -201,7 +202,7 @@ def _finish(job: Job, trainer, info: dict, result, seconds: float, resumed_from:
     return summary
 
 
-def previous_output(recipe, run_dir: Path, before: str) -> str:
+def previous_output(recipe: Recipe, run_dir: Path, before: str) -> str:
     """The newest finished training output a stage continues from (else the student spec)."""
     order = [f"sft-{i}-{d.name}" for i, d in enumerate(recipe.sft.datasets, 1)] + ["sft-hh"]
     order = order[:order.index("sft-hh")] if before == "sft_hh" else order

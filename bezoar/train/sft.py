@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.train.config import SFTStageConfig, TrainSettings
-from bezoar.train.examples import Conversation, Prepared, pair_conversations, prepare_sft, read_conversations
+from bezoar.train.examples import PromptCompletion, Prepared, pair_conversations, prepare_sft, read_conversations
 from bezoar.train.launch import launch_stage, wants_launch
-from bezoar.train.run import Job, execute, previous_output
+from bezoar.train.run import TrainingJob, execute, previous_output
 from bezoar.train.template_check import SAMPLE
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def sft_trainer_class():
     return BezoarSFTTrainer
 
 
-def sft_arguments(job: Job) -> dict:
+def sft_arguments(job: TrainingJob) -> dict:
     """SFTConfig keywords beyond the shared ones: bezoar tokenized and truncated already."""
     # Padding-free flattens a batch into one row; without a varlen kernel (CPU, no flash-attn) its
     # attention then spans the whole batch, so there we pad length-grouped batches instead.
@@ -56,7 +57,7 @@ def _flash_attention() -> bool:
 
 
 def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: TrainSettings,
-              loss: str = "assistant", stage: str = "sft", sample: Conversation | None = None) -> dict:
+              loss: str = "assistant", stage: str = "sft", sample: PromptCompletion | None = None) -> dict:
     """Train (or resume, or skip when already done) one SFT run; returns its summary.
 
     `data` is JSONL files of chat records, or examples already prepared (then give `sample`, one
@@ -85,12 +86,12 @@ def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: T
     if not prepared.train:
         raise DataError(f"{', '.join(sources) or stage}: no usable training examples "
                         f"({len(prepared.bad)} malformed; first: {prepared.bad[:1]})")
-    job = Job(stage=stage, kind="sft", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
+    job = TrainingJob(stage=stage, kind="sft", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
               out_dir=Path(out_dir), settings=settings, loss=loss, sources=sources, sample=sample or SAMPLE)
     return execute(job, sft_trainer_class(), sft_arguments)
 
 
-def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
+def run_sft(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft` stage: each data set in order, each continuing the adapter of the one before."""
     if wants_launch(recipe.sft.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.sft:run_sft", recipe, Path(run_dir), recipe.sft.launch)
@@ -110,7 +111,7 @@ def run_sft(recipe, run_dir: Path, models: dict | None = None) -> dict:
     return {"steps": steps, "output": current}
 
 
-def run_sft_hh(recipe, run_dir: Path, models: dict | None = None) -> dict:
+def run_sft_hh(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     """The `sft_hh` stage: SFT on the chosen replies of the first `sft_n` HH-RLHF pairs."""
     if recipe.sft_hh.data.sft_n == 0:  # e.g. recipes/verifiable.yaml: DPO starts from the previous output
         return {"skipped": "sft_hh.data.sft_n is 0"}

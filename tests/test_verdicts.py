@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bezoar.filter.verdicts import parse_bracket_rating, parse_choice, parse_judgment
+from bezoar.verdicts import parse_bracket_rating, parse_choice, parse_judgment
 
 # (reply, verdict, rating, format)
 REPLIES = [

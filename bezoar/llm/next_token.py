@@ -23,7 +23,7 @@ import json
 import math
 
 from bezoar.errors import ConfigError
-from bezoar.llm.cache import canonical_hash
+from bezoar.hashing import canonical_hash
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 
 VERSION = 1  # bump when the scoring changes, so cached replies are not mistaken for new ones
@@ -155,7 +155,7 @@ def _as_reply(prefix: str, raw: dict[str, float], expected_value: bool, prompt_t
     if expected_value:
         value = f"{sum(float(c) * p for c, p in probabilities.items()):.2f}"
     else:
-        value = max(probabilities, key=probabilities.get)
+        value = max(probabilities, key=probabilities.__getitem__)
     evidence = json.dumps({"probabilities": {c: round(p, 4) for c, p in probabilities.items()}, "mass": round(mass, 4)})
     return Reply(text=f"{prefix}{value}]]\n{evidence}", finish_reason="stop", prompt_tokens=prompt_tokens,
                  completion_tokens=0)
