@@ -343,8 +343,9 @@ def eval_outputs(run_dir: Path) -> dict[str, str]:
 
 
 TIMING = ("tstamp", "wall", "seconds", "elapsed", "started", "ended", "time", "date", "rss", "cpu_s", "per_s",
-          "per_second")
-"""Keys (substrings) that measure the machine, not the result: left out of the comparison."""
+          "per_second", "usage")
+"""Keys (substrings) that measure the machine, or the calls this process made (a resumed run reads some
+from the cache), not the result: left out of the comparison."""
 
 
 def _without_timing(text: str, suffix: str) -> str:
