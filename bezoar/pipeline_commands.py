@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 # A table piped to a file, a log or a test is read whole: rich would cut it to 80 columns ("interr…").
-console = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 160)
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def register(app: typer.Typer) -> None:

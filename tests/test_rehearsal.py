@@ -35,11 +35,11 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
         faulty = rehearse(tmp_path / "faulty", upstream, recipe, faulty=True, poison=(poison,), secret=SECRET)
         assert faulty.returncode == 0, faulty.stderr[-3000:]
         faulty_generated, faulty_filtered = record_ids(faulty.run_dir, "generated"), record_ids(faulty.run_dir, "filtered")
+        manifest = json.loads((faulty.run_dir / "manifest.json").read_text())  # before --retry-failed changes it
         retried = rehearse(tmp_path / "faulty", upstream, recipe, faulty=False, args=("--retry-failed", "--only", "generate"))
         assert retried.returncode == 0, retried.stderr[-3000:]
 
     # The run completed: every stage done; the poisoned seed is the one failed item of generate.
-    manifest = json.loads((faulty.run_dir / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "done" for s in ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"))
     assert manifest["stages"]["generate"]["failed_items"] == 1
 
