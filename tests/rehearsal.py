@@ -209,11 +209,11 @@ def _stop(process: subprocess.Popen) -> None:
 def content_key(row: dict) -> str:
     """A record's id without its teacher field: the two runs reach the same teacher through proxies on
     different ports, and a record's id names the teacher's URLs (its lineage)."""
-    from bezoar.hashing import canonical_hash
+    from bezoar.records import Record
 
-    meta = row["meta"]
-    return canonical_hash({"messages": row["messages"], "method": meta["method"], "seed_ids": meta["seed_ids"],
-                           "template": meta["template"]})[:16]
+    record = Record.model_validate(row)
+    record.meta.teacher = ""
+    return record.with_id().meta.id
 
 
 def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:

@@ -36,6 +36,7 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
         assert faulty.returncode == 0, faulty.stderr[-3000:]
         faulty_generated, faulty_filtered = record_ids(faulty.run_dir, "generated"), record_ids(faulty.run_dir, "filtered")
         manifest = json.loads((faulty.run_dir / "manifest.json").read_text())  # before --retry-failed changes it
+        generate_failures = [f for f in failures(faulty.run_dir) if f["stage"].startswith("generate")]  # and these
         retried = rehearse(tmp_path / "faulty", upstream, recipe, faulty=False, args=("--retry-failed", "--only", "generate"))
         assert retried.returncode == 0, retried.stderr[-3000:]
 
@@ -51,7 +52,6 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
     assert faulty_filtered == {m: [i for i in ids if i != poisoned_id] for m, ids in clean_filtered.items()}
 
     # The failed item is on file with the server's reason.
-    generate_failures = [f for f in failures(faulty.run_dir) if f["stage"].startswith("generate")]
     assert len(generate_failures) == 1
     assert "HTTP 400" in generate_failures[0]["error"] and "context length exceeded" in generate_failures[0]["error"]
     assert poison in json.dumps(generate_failures[0]["input"])

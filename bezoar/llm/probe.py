@@ -33,53 +33,56 @@ class ProbeResult:
     """The endpoint's public URL (no credential)."""
     ok: bool
     cause: str = ""
+    temporary: bool = False
+    """Worth another try: a 429/5xx/529 answer, or a connection dropped mid-answer."""
+    retry_after: float | None = None
 
 
 def probe_endpoint(backend, endpoint, client: httpx.Client) -> ProbeResult:
     """One endpoint, retried while its answer is temporary, up to the role's `max_retries`."""
-    from bezoar.llm.remote import RETRY_STATUS, parse_retry_after
-
     policy = backend.policy
     attempt = 0
     while True:
-        result, response = _probe_once(backend, endpoint, client)
-        temporary = (response is not None and (response.status_code in RETRY_STATUS or response.status_code >= 500)) \
-            or result.cause.startswith("dropped")
-        if result.ok or not temporary or attempt == policy.max_retries:
+        result = _probe_once(backend, endpoint, client)
+        if result.ok or not result.temporary or attempt == policy.max_retries:
             return result
-        retry_after = parse_retry_after(response.headers.get("retry-after")) if response is not None else None
-        wait = policy.delay(attempt, retry_after)
+        wait = policy.delay(attempt, result.retry_after)
         log.info("role probe %s: %s; retry %d in %.1f s", endpoint.public, result.cause, attempt + 1, wait)
         time.sleep(wait)
         attempt += 1
 
 
-def _probe_once(backend, endpoint, client: httpx.Client) -> tuple[ProbeResult, httpx.Response | None]:
-    """One try: ok, or why not (status and the server's words, or the transport error), with the response."""
+def _probe_once(backend, endpoint, client: httpx.Client) -> ProbeResult:
+    """One try: ok, or why not (status and the server's words, or the transport error)."""
     args = backend.request_args(endpoint)  # url, params, headers, auth: exactly what a real call carries
     wire = {"params": args["params"], "headers": args["headers"], "auth": args["auth"]}
     try:
         if not backend.name.startswith("anthropic:"):
             response = client.get(f"{endpoint.base}/models", **wire)
-            if response.status_code == 200:
-                return ProbeResult(endpoint.public, True), response
             if response.status_code not in (404, 405, 501):  # 404/405/501: no such route, ask for one token
-                return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response)), response
+                return _answered(backend, endpoint, response)
         one_token = Sampling(temperature=0.0, max_new_tokens=1)
         body = backend.dialect.body([{"role": "user", "content": "ping"}], one_token, 0)
         response = client.post(args["url"], json=body, **wire)
     except httpx.ConnectTimeout:
-        return ProbeResult(endpoint.public, False, f"no connection within {PROBE_TIMEOUT_S:.0f} s"), None
+        return ProbeResult(endpoint.public, False, f"no connection within {PROBE_TIMEOUT_S:.0f} s")
     except httpx.TimeoutException:
         return ProbeResult(endpoint.public, False,
-                           f"no answer within the role's timeout_s ({client.timeout.read:.0f} s)"), None
+                           f"no answer within the role's timeout_s ({client.timeout.read:.0f} s)")
     except httpx.ConnectError as error:
-        return ProbeResult(endpoint.public, False, f"unreachable ({type(error).__name__})"), None
+        return ProbeResult(endpoint.public, False, f"unreachable ({type(error).__name__})")
     except httpx.TransportError as error:  # connected, then the answer broke off: worth another try
-        return ProbeResult(endpoint.public, False, f"dropped mid-answer ({type(error).__name__})"), None
+        return ProbeResult(endpoint.public, False, f"dropped mid-answer ({type(error).__name__})", temporary=True)
+    return _answered(backend, endpoint, response)
+
+
+def _answered(backend, endpoint, response: httpx.Response) -> ProbeResult:
+    from bezoar.llm.remote import is_temporary, parse_retry_after
+
     if response.status_code == 200:
-        return ProbeResult(endpoint.public, True), response
-    return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response)), response
+        return ProbeResult(endpoint.public, True)
+    return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response), is_temporary(response.status_code),
+                       parse_retry_after(response.headers.get("retry-after")))
 
 
 def _cause(backend, endpoint, response: httpx.Response) -> str:

@@ -41,6 +41,11 @@ SERVER_ERROR_STREAK = 3
 declared unavailable: one poisoned prompt is an item failure, a server that fails everything is not."""
 
 
+def is_temporary(status: int) -> bool:
+    """An HTTP status worth asking again: rate limits, timeouts, conflicts and every server error (529 too)."""
+    return status in RETRY_STATUS or status >= 500
+
+
 class MalformedReply(Exception):
     """The server answered 200 with a body we cannot read: worth a retry."""
 
@@ -215,7 +220,7 @@ class RemoteBackend:
             return Problem("key", text)
         if status == 429:
             return Problem("rate", text, retry_after)
-        if status in RETRY_STATUS or status >= 500:
+        if is_temporary(status):
             return Problem("server", text, retry_after)
         return Problem("item", text)
 
