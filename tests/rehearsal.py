@@ -90,17 +90,13 @@ class Rehearsal:
     stderr: str
     wall_s: float
     run_dir: Path
-    proxies: dict[str, Proxy] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    """{proxy: its port}: a later run on the same URLs (e.g. --retry-failed) passes these to rehearse."""
     logged: dict[str, list[dict]] = field(default_factory=dict)
     """{proxy: the requests it handled in this run}, read when the run ended: a later run in the same
     folder starts its proxies with fresh logs."""
     killed_at: float | None = None
     """When teacher endpoint B was killed (time.time(), as the proxies' logs)."""
-
-    @property
-    def ports(self) -> dict[str, int]:
-        """{proxy: its port}: a later run on the same URLs (e.g. --retry-failed) passes these to rehearse."""
-        return {name: proxy.port for name, proxy in self.proxies.items()}
 
     def requests(self, proxy: str | None = None) -> list[dict]:
         """What one proxy (or every proxy) handled in this run."""
@@ -183,8 +179,9 @@ def _run(workdir: Path, recipe: Path, run_dir: Path, env: dict, proxies: dict[st
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
+    ports = {name: proxy.port for name, proxy in proxies.items()}
     logged = {name: proxy.requests() for name, proxy in proxies.items()}
-    return Rehearsal(process.returncode, stdout, stderr, time.perf_counter() - started, run_dir, proxies, logged,
+    return Rehearsal(process.returncode, stdout, stderr, time.perf_counter() - started, run_dir, ports, logged,
                      killed_at)
 
 
