@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -10,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+# A table piped to a file, a log or a test is read whole: rich would cut it to 80 columns ("interr…").
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def register(app: typer.Typer) -> None:
@@ -65,7 +67,7 @@ def show_status(run_dir: Path, data: dict) -> None:
     planned = (data.get("plan") or {}).get("calls_by_stage", {})  # bezoar.plan, stored at run start
     for column in ("stage", "state", "counts", "failed", "time", "calls (hits)", "done/planned", "tokens", "cost"):
         table.add_column(column, justify="right" if column in ("failed", "time", "cost", "tokens", "done/planned")
-                         else "left")
+                         else "left", no_wrap=column in ("stage", "state"))  # never "interr…"
     total_cost = 0.0
     for name in STAGE_NAMES:
         stage = data.get("stages", {}).get(name, {})

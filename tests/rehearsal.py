@@ -67,8 +67,9 @@ class Proxy:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
 
-def start_proxy(name: str, upstream: str, workdir: Path, faults=(), poison=(), hang_s: float = 30) -> Proxy:
-    port = free_port()
+def start_proxy(name: str, upstream: str, workdir: Path, faults=(), poison=(), hang_s: float = 30,
+                port: int | None = None) -> Proxy:
+    port = port or free_port()
     log = workdir / f"proxy-{name}.jsonl"
     log.unlink(missing_ok=True)  # a later run in the same folder counts its own requests only
     command = [sys.executable, str(REPO / "tests" / "fault_proxy.py"), "--upstream", upstream, "--port", str(port),
@@ -89,12 +90,17 @@ class Rehearsal:
     stderr: str
     wall_s: float
     run_dir: Path
-    proxies: dict[str, Proxy] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    """{proxy: its port}: a later run on the same URLs (e.g. --retry-failed) passes these to rehearse."""
+    logged: dict[str, list[dict]] = field(default_factory=dict)
+    """{proxy: the requests it handled in this run}, read when the run ended: a later run in the same
+    folder starts its proxies with fresh logs."""
     killed_at: float | None = None
     """When teacher endpoint B was killed (time.time(), as the proxies' logs)."""
 
-    def requests(self) -> list[dict]:
-        return [r for proxy in self.proxies.values() for r in proxy.requests()]
+    def requests(self, proxy: str | None = None) -> list[dict]:
+        """What one proxy (or every proxy) handled in this run."""
+        return [r for name, rows in self.logged.items() if proxy in (None, name) for r in rows]
 
     def repeated_calls(self) -> int:
         """Successful answers delivered twice for the same request body."""
@@ -127,15 +133,15 @@ def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
 
 
 def rehearse(workdir: Path, upstream: str, recipe: Path, faulty: bool, poison: tuple[str, ...] = (),
-             secret: str | None = None, args: tuple[str, ...] = (), timeout_s: float = 2400) -> Rehearsal:
-    """One `bezoar run` of `recipe` through proxies in front of `upstream` (a `bezoar serve` base URL)."""
+             secret: str | None = None, args: tuple[str, ...] = (), timeout_s: float = 2400,
+             ports: dict[str, int] | None = None) -> Rehearsal:
+    """One `bezoar run` of `recipe` through proxies in front of `upstream` (a `bezoar serve` base URL), on
+    `ports` when given: the URLs are part of the recipe, so a run on other ports is another recipe."""
     workdir.mkdir(parents=True, exist_ok=True)
-    proxies = {
-        "teacher_a": start_proxy("teacher_a", upstream, workdir, TEACHER_FAULTS if faulty else (), poison),
-        "teacher_b": start_proxy("teacher_b", upstream, workdir, (), poison),
-        "judge": start_proxy("judge", upstream, workdir, JUDGE_FAULTS if faulty else (), poison),
-        "claude": start_proxy("claude", upstream, workdir, CLAUDE_FAULTS if faulty else (), poison),
-    }
+    faults = {"teacher_a": TEACHER_FAULTS, "teacher_b": (), "judge": JUDGE_FAULTS, "claude": CLAUDE_FAULTS}
+    proxies = {name: start_proxy(name, upstream, workdir, injected if faulty else (), poison,
+                                 port=(ports or {}).get(name))
+               for name, injected in faults.items()}
     env = _environment(workdir, proxies, secret)
     run_dir = workdir / "runs" / "rehearsal"
     try:
@@ -173,7 +179,10 @@ def _run(workdir: Path, recipe: Path, run_dir: Path, env: dict, proxies: dict[st
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-    return Rehearsal(process.returncode, stdout, stderr, time.perf_counter() - started, run_dir, proxies, killed_at)
+    ports = {name: proxy.port for name, proxy in proxies.items()}
+    logged = {name: proxy.requests() for name, proxy in proxies.items()}
+    return Rehearsal(process.returncode, stdout, stderr, time.perf_counter() - started, run_dir, ports, logged,
+                     killed_at)
 
 
 def _kill_b_mid_generate(process: subprocess.Popen, endpoint: Proxy, run_dir: Path) -> float | None:
@@ -206,12 +215,23 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=20)
 
 
+def content_key(row: dict) -> str:
+    """A record's id without its teacher field: the two runs reach the same teacher through proxies on
+    different ports, and a record's id names the teacher's URLs (its lineage)."""
+    from bezoar.records import Record
+
+    record = Record.model_validate(row)
+    record.meta.teacher = ""
+    return record.with_id().meta.id
+
+
 def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
+    """{data set: sorted content keys} of the records kept in data/FOLDER."""
     found = {}
     for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
-        if "." in path.stem:  # rejected/failed files
+        if "." in path.stem or path.stem in ("failed", "rejected", "judgments"):  # not records kept
             continue
-        found[path.stem] = sorted(json.loads(line)["meta"]["id"] for line in path.read_text().splitlines() if line.strip())
+        found[path.stem] = sorted(content_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
     return found
 
 
@@ -224,11 +244,11 @@ def failures(run_dir: Path) -> list[dict]:
 
 
 def poison_for(clean_run: Path) -> tuple[str, str]:
-    """(a text only one generated record's requests contain, that record's id): the clean run's first Orca
+    """(a text only one generated record's requests contain, that record's key): the clean run's first Orca
     record; its seed question is the poison."""
     first = json.loads((clean_run / "data" / "generated" / "orca.jsonl").read_text().splitlines()[0])
     question = next(m["content"] for m in first["messages"] if m["role"] == "user")
-    return question[:80], first["meta"]["id"]
+    return question[:80], content_key(first)
 
 
 def secret_hits(secret: str, *places: Path | str) -> list[str]:

@@ -137,3 +137,20 @@ def test_checkpoints_are_found_in_training_order(tmp_path):
     assert only == [found[-1]]
     with pytest.raises(ConfigError, match=r"eval.checkpoints: \['sft-9'\] not found"):
         find_checkpoints(tmp_path, EvalConfig(checkpoints=["sft-9"]), "local")
+
+
+def test_an_adapter_saved_twice_has_one_identity(tmp_path):
+    """Two processes save the same adapter with PEFT's target_modules in their own hash order, and the
+    Trainer's training_args.bin names its run's path: neither makes another model (else a resumed run
+    evaluates "another" checkpoint, with other cache keys, than an uninterrupted one)."""
+    from bezoar.llm.weights import content_identity
+
+    for name, modules in (("a", ["q_proj", "k_proj", "v_proj"]), ("b", ["v_proj", "q_proj", "k_proj"])):
+        adapter = tmp_path / name / "dpo"
+        adapter.mkdir(parents=True)
+        (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": modules}))
+        (adapter / "adapter_model.safetensors").write_bytes(b"weights")
+        (adapter / "training_args.bin").write_bytes(f"runs/{name}".encode())
+    assert content_identity(tmp_path / "a" / "dpo") == content_identity(tmp_path / "b" / "dpo")
+    (tmp_path / "b" / "dpo" / "adapter_config.json").write_text(json.dumps({"r": 16, "target_modules": ["q_proj"]}))
+    assert content_identity(tmp_path / "a" / "dpo") != content_identity(tmp_path / "b" / "dpo")

@@ -98,3 +98,19 @@ def test_a_refused_connection_fails_over_to_the_live_endpoint(cache):
         assert len(live.seen) == 10  # each item asked once there: a refused request never reached a server
     finally:
         live.close()
+
+
+def test_a_dead_endpoint_costs_an_item_none_of_its_retries(cache):
+    """The live endpoint asks to wait twice (429, Retry-After 1 s: longer than the dead one's cool-down),
+    and the one item has two retries: each time it comes back to the dead endpoint, the refusal must move it
+    to the live one without spending a retry, or the item runs out of them while the live server answers."""
+    live = FaultServer(["429", "429"])
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    try:
+        backend = build_backend(ModelConfig(spec=f"openai:m@{dead},{live.url}/v1", concurrency=1,
+                                            retry_backoff_s=0.01, timeout_s=5.0, max_retries=2))
+        replies = CachedModel(backend, cache).chat(prompts("item", 1), Sampling(max_new_tokens=4))
+        assert [r.text for r in replies] == ["fine"]
+        assert len(live.seen) == 3  # two 429s and the answer: a refused request never reached a server
+    finally:
+        live.close()

@@ -162,3 +162,24 @@ def test_probe_passes_when_one_endpoint_answers(tmp_path):
         server.close()
     assert [r.ok for r in results] == [True, False]
     assert [s["path"] for s in server.seen] == ["/v1/messages"] and server.seen[0]["body"]["max_tokens"] == 1
+
+
+@pytest.mark.parametrize("script, ok", [(["529", "reset", "503", "ok"], True), (["400"], False)])
+def test_probe_retries_a_busy_server_not_a_refusal(script, ok):
+    """A hosted API that answers 529 "overloaded" or drops a connection for a moment is not down: the probe
+    retries as a real call would; a 400 is an answer, and one try says so."""
+    from bezoar.config import ModelConfig
+    from bezoar.llm.probe import RoleUnreachable, probe_role
+    from bezoar.llm.specs import build_backend
+
+    server = FaultServer(script)
+    try:
+        backend = build_backend(ModelConfig(spec=f"anthropic:claude-x@{server.url}", max_retries=4, retry_backoff_s=0.01))
+        if ok:
+            assert [r.ok for r in probe_role("mt_bench_judge", backend)] == [True]
+        else:
+            with pytest.raises(RoleUnreachable, match="HTTP 400"):
+                probe_role("mt_bench_judge", backend)
+    finally:
+        server.close()
+    assert len(server.seen) == len(script)

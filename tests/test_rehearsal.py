@@ -35,13 +35,15 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
         faulty = rehearse(tmp_path / "faulty", upstream, recipe, faulty=True, poison=(poison,), secret=SECRET)
         assert faulty.returncode == 0, faulty.stderr[-3000:]
         faulty_generated, faulty_filtered = record_ids(faulty.run_dir, "generated"), record_ids(faulty.run_dir, "filtered")
-        retried = rehearse(tmp_path / "faulty", upstream, recipe, faulty=False, args=("--retry-failed", "--only", "generate"))
+        manifest = json.loads((faulty.run_dir / "manifest.json").read_text())  # before --retry-failed changes it
+        generate_failures = [f for f in failures(faulty.run_dir) if f["stage"].startswith("generate")]  # and these
+        retried = rehearse(tmp_path / "faulty", upstream, recipe, faulty=False, secret=SECRET, ports=faulty.ports,
+                           args=("--retry-failed", "--only", "generate"))  # the same URLs, without faults
         assert retried.returncode == 0, retried.stderr[-3000:]
 
     # The run completed: every stage done; the poisoned seed is the one failed item of generate.
-    manifest = json.loads((faulty.run_dir / "manifest.json").read_text())
     assert all(manifest["stages"][s]["status"] == "done" for s in ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"))
-    assert manifest["stages"]["generate"]["failed_items"] == 1
+    assert manifest["stages"]["generate"]["failed_items"] == 1, generate_failures
 
     # Its records are exactly the fault-free run's minus the poisoned one, in generate and in filter.
     clean_generated, clean_filtered = record_ids(done.run_dir, "generated"), record_ids(done.run_dir, "filtered")
@@ -51,7 +53,6 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
     assert faulty_filtered == {m: [i for i in ids if i != poisoned_id] for m, ids in clean_filtered.items()}
 
     # The failed item is on file with the server's reason.
-    generate_failures = [f for f in failures(faulty.run_dir) if f["stage"].startswith("generate")]
     assert len(generate_failures) == 1
     assert "HTTP 400" in generate_failures[0]["error"] and "context length exceeded" in generate_failures[0]["error"]
     assert poison in json.dumps(generate_failures[0]["input"])
@@ -62,7 +63,7 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
     for fault in set(TEACHER_FAULTS + JUDGE_FAULTS + CLAUDE_FAULTS):
         assert injected.get(fault, 0) >= 1, f"{fault} never injected: {injected}"
     assert injected["poison"] >= 1 and faulty.killed_at is not None, "teacher endpoint B was never killed"
-    assert [r for r in faulty.proxies["teacher_a"].requests() if r["t"] > faulty.killed_at and r["action"] == "forward"]
+    assert [r for r in faulty.requests("teacher_a") if r["t"] > faulty.killed_at and r["action"] == "forward"]
     assert faulty.repeated_calls() == 0
 
     # The report and `bezoar status` show the failure.
@@ -77,8 +78,9 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
     assert json.loads((faulty.run_dir / "manifest.json").read_text())["stages"]["generate"]["failed_items"] == 0
 
     # Keys went only where they belong, and the secret is nowhere in what the run left behind.
-    assert all(r["authorization"] is None for r in faulty.proxies["judge"].requests())  # OPENAI_API_KEY stayed home
+    assert all(r["authorization"] is None for r in faulty.requests("judge"))  # OPENAI_API_KEY stayed home
     basic = "Basic " + base64.b64encode(f"rehearsal:{SECRET}".encode()).decode()
-    assert {r["authorization"] for r in faulty.proxies["teacher_a"].requests()} == {_hash(basic)}  # URL user-info, on the wire
-    assert {r["authorization"] for r in faulty.proxies["claude"].requests()} == {_hash(SECRET)}  # api_key_env
-    assert secret_hits(SECRET, faulty.run_dir, tmp_path / "faulty" / "user-cache", faulty.stdout, faulty.stderr) == []
+    assert {r["authorization"] for r in faulty.requests("teacher_a")} == {_hash(basic)}  # URL user-info, on the wire
+    assert {r["authorization"] for r in faulty.requests("claude")} == {_hash(SECRET)}  # api_key_env
+    assert secret_hits(SECRET, faulty.run_dir, tmp_path / "faulty" / "user-cache", faulty.stdout, faulty.stderr,
+                       retried.stdout, retried.stderr) == []

@@ -92,7 +92,9 @@ def finish(process: subprocess.Popen) -> str:
 @pytest.fixture(scope="module")
 def dolly(data_dir, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ddp-data") / "dolly.jsonl"
-    write_jsonl(path, dolly_records(data_dir, 8))
+    # 24: length-grouped sampling cuts its mega-batches from a multiple of the batch that depends on the
+    # data size (24 // 16 global vs 24 // 8 per rank), so only such a size shows per-rank mega-batches
+    write_jsonl(path, dolly_records(data_dir, 24))
     return path
 
 

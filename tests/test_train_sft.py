@@ -113,6 +113,32 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, records_file
         assert (resumed[name].float() - tensor.float()).abs().max() < 1e-4, name
 
 
+def test_a_run_killed_while_finishing_takes_no_step_past_max_steps(records_file, tmp_path, monkeypatch):
+    """Killed after its checkpoint at max_steps was saved but before it was marked done (while writing its
+    summary): the resumed run ends at max_steps. 3 steps where an epoch has 2: transformers alone skips
+    the batch done in epoch 2 and trains one more before it checks the limit. The kill is raised in
+    `_finish` (a SIGKILL cannot be timed into that window reliably)."""
+    from bezoar.train import run
+    from bezoar.train.config import SFTStageConfig
+    from bezoar.train.sft import train_sft
+
+    out, settings = tmp_path / "adapter", SFTStageConfig(**{**TINY, "max_steps": 3, "eval_steps": 3})
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed while finishing")
+
+    monkeypatch.setattr(run, "_finish", killed)
+    with pytest.raises(SystemExit):
+        train_sft("local", [records_file], out, settings)
+    assert (out / "checkpoint-3" / "trainer_state.json").exists() and not (out / "summary.json").exists()
+    monkeypatch.undo()
+
+    summary = train_sft("local", [records_file], out, settings)
+    assert summary["global_step"] == 3 and summary["resumed_from"] == "checkpoint-3"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3]
+
+
 def test_sequential_stages_continue_one_adapter(data_dir, tmp_path):
     """The `sft` stage over two data sets: the second continues the first one's adapter."""
     from safetensors.torch import load_file

@@ -137,7 +137,8 @@ def _scoring(recipe: Recipe, run_dir: Path, name: str, spec: str) -> dict:
             log.warning("eval: preference accuracy skipped (no eval.preference.pairs and no sft_hh.data.path)")
         else:
             reference = _dpo_reference(name, spec)
-            done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, reference],
+            signed_reference = _weights_identity(reference) if reference else None  # its weights, not its path
+            done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, signed_reference],
                                        lambda out: _preference(spec, preference, out, reference))
             _free(f"{name} preference")
     return done

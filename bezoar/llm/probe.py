@@ -2,11 +2,14 @@
 
 OpenAI-compatible servers: `GET {url}/models`; a server without that route (404/405) gets one chat
 call of one token instead. Anthropic: one messages call of one token (it has no free route that checks
-a key). No retries: a probe asks "does this work now", and the answer must come in seconds.
+a key). A temporary answer (429, 5xx, 529 "overloaded", a connection reset mid-answer) is retried
+with the role's own retry policy, as a real call would be: a hosted API that is busy for a moment is not
+down. A refused connection or a connect timeout is not retried: nothing listens there.
 """
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import httpx
@@ -30,19 +33,34 @@ class ProbeResult:
     """The endpoint's public URL (no credential)."""
     ok: bool
     cause: str = ""
+    temporary: bool = False
+    """Worth another try: a 429/5xx/529 answer, or a connection dropped mid-answer."""
+    retry_after: float | None = None
 
 
 def probe_endpoint(backend, endpoint, client: httpx.Client) -> ProbeResult:
-    """One endpoint of a remote backend: ok, or why not (status and the server's words, or the transport error)."""
+    """One endpoint, retried while its answer is temporary, up to the role's `max_retries`."""
+    policy = backend.policy
+    attempt = 0
+    while True:
+        result = _probe_once(backend, endpoint, client)
+        if result.ok or not result.temporary or attempt == policy.max_retries:
+            return result
+        wait = policy.delay(attempt, result.retry_after)
+        log.info("role probe %s: %s; retry %d in %.1f s", endpoint.public, result.cause, attempt + 1, wait)
+        time.sleep(wait)
+        attempt += 1
+
+
+def _probe_once(backend, endpoint, client: httpx.Client) -> ProbeResult:
+    """One try: ok, or why not (status and the server's words, or the transport error)."""
     args = backend.request_args(endpoint)  # url, params, headers, auth: exactly what a real call carries
     wire = {"params": args["params"], "headers": args["headers"], "auth": args["auth"]}
     try:
         if not backend.name.startswith("anthropic:"):
             response = client.get(f"{endpoint.base}/models", **wire)
-            if response.status_code == 200:
-                return ProbeResult(endpoint.public, True)
             if response.status_code not in (404, 405, 501):  # 404/405/501: no such route, ask for one token
-                return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response))
+                return _answered(backend, endpoint, response)
         one_token = Sampling(temperature=0.0, max_new_tokens=1)
         body = backend.dialect.body([{"role": "user", "content": "ping"}], one_token, 0)
         response = client.post(args["url"], json=body, **wire)
@@ -51,11 +69,20 @@ def probe_endpoint(backend, endpoint, client: httpx.Client) -> ProbeResult:
     except httpx.TimeoutException:
         return ProbeResult(endpoint.public, False,
                            f"no answer within the role's timeout_s ({client.timeout.read:.0f} s)")
-    except httpx.TransportError as error:
+    except httpx.ConnectError as error:
         return ProbeResult(endpoint.public, False, f"unreachable ({type(error).__name__})")
+    except httpx.TransportError as error:  # connected, then the answer broke off: worth another try
+        return ProbeResult(endpoint.public, False, f"dropped mid-answer ({type(error).__name__})", temporary=True)
+    return _answered(backend, endpoint, response)
+
+
+def _answered(backend, endpoint, response: httpx.Response) -> ProbeResult:
+    from bezoar.llm.remote import is_temporary, parse_retry_after
+
     if response.status_code == 200:
         return ProbeResult(endpoint.public, True)
-    return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response))
+    return ProbeResult(endpoint.public, False, _cause(backend, endpoint, response), is_temporary(response.status_code),
+                       parse_retry_after(response.headers.get("retry-after")))
 
 
 def _cause(backend, endpoint, response: httpx.Response) -> str:

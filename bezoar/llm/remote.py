@@ -41,6 +41,11 @@ SERVER_ERROR_STREAK = 3
 declared unavailable: one poisoned prompt is an item failure, a server that fails everything is not."""
 
 
+def is_temporary(status: int) -> bool:
+    """An HTTP status worth asking again: rate limits, timeouts, conflicts and every server error (529 too)."""
+    return status in RETRY_STATUS or status >= 500
+
+
 class MalformedReply(Exception):
     """The server answered 200 with a body we cannot read: worth a retry."""
 
@@ -172,8 +177,8 @@ class RemoteBackend:
     async def _request(self, client, gate, conversation, sampling, sample_index) -> Reply:
         body = self.dialect.body(conversation, sampling, sample_index)
         started = time.monotonic()
-        problem = Problem("transport", "no attempt made")
-        for attempt in range(self.policy.max_retries + 1):
+        attempt, failovers = 0, 0
+        while True:
             state = self._pick()
             async with gate:
                 outcome = await self._attempt(client, state, body)
@@ -186,13 +191,23 @@ class RemoteBackend:
                                       f"credentials ({problem.text}); {state.endpoint.credential_hint()}, then run again")
             if problem.kind == "item":
                 return Reply.failure(problem.text)
-            if attempt < self.policy.max_retries:
-                # A dead endpoint's request moves to a live one at once; anything else waits its turn.
-                failover = problem.kind == "transport" and self._any_up()
-                wait = 0.0 if failover else self.policy.delay(attempt, problem.retry_after)
-                log.debug("%s: %s; retry %d in %.2f s", self.name, problem.text, attempt + 1, wait)
-                await asyncio.sleep(wait)
-        return self._give_up(problem, started)
+            if problem.kind == "transport" and self._any_up() and failovers < self._failover_limit:
+                # A dead endpoint's request moves to a live one at once, and it costs the item no retry:
+                # the retries are for what the live endpoints answer.
+                failovers += 1
+                log.debug("%s: %s; failing over", self.name, problem.text)
+                continue
+            if attempt >= self.policy.max_retries:
+                return self._give_up(problem, started)
+            wait = self.policy.delay(attempt, problem.retry_after)
+            attempt += 1
+            log.debug("%s: %s; retry %d in %.2f s", self.name, problem.text, attempt, wait)
+            await asyncio.sleep(wait)
+
+    @property
+    def _failover_limit(self) -> int:
+        """Free moves off dead endpoints per item: enough to pass every endpoint on every retry."""
+        return len(self.states) * (self.policy.max_retries + 1)
 
     async def _attempt(self, client: httpx.AsyncClient, state: EndpointState, body: dict) -> Reply | Problem:
         where = state.endpoint.public
@@ -215,7 +230,7 @@ class RemoteBackend:
             return Problem("key", text)
         if status == 429:
             return Problem("rate", text, retry_after)
-        if status in RETRY_STATUS or status >= 500:
+        if is_temporary(status):
             return Problem("server", text, retry_after)
         return Problem("item", text)
 
@@ -237,11 +252,12 @@ class RemoteBackend:
         return Reply.failure(f"{problem.text} ({spent})")
 
     def _pick(self) -> EndpointState:
-        """Round robin over the endpoints that are up; when all are down, the one that rested longest."""
+        """Round robin over the endpoints that are up; when all are down, the one that answered last (a
+        reset connection marks a live server down too), else the one that rested longest."""
         now = time.monotonic()
         up = [s for s in self.states if s.down_until <= now]
         if not up:
-            return min(self.states, key=lambda s: s.down_until)
+            return min(self.states, key=lambda s: (-s.answered_at, s.down_until))
         self._next += 1
         return up[self._next % len(up)]
 

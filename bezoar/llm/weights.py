@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -101,6 +102,10 @@ MODEL_JSON = frozenset({"config.json", "adapter_config.json", "generation_config
                         "model.safetensors.index.json", "chat_template.json"})
 
 
+TRAINING_RUN_FILES = frozenset({"training_args.bin"})
+"""Saved beside an adapter by the Trainer: the run's arguments (its output path among them), not the model."""
+
+
 def content_identity(path: Path) -> str:
     """A cheap content fingerprint of a model directory (sizes plus head and tail bytes of each file).
 
@@ -110,8 +115,11 @@ def content_identity(path: Path) -> str:
     and a resumed run's evaluation other cache keys than an uninterrupted one's.
     """
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.iterdir() if p.is_file() and (p.suffix in (".safetensors", ".bin")
-                                                                     or p.name in MODEL_JSON)):
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.name not in TRAINING_RUN_FILES
+                       and (p.suffix in (".safetensors", ".bin") or p.name in MODEL_JSON)):
+        if file.name == "adapter_config.json":
+            digest.update(f"{file.name}:{_adapter_config_text(file)}".encode())
+            continue
         size = file.stat().st_size
         digest.update(f"{file.name}:{size}".encode())
         with open(file, "rb") as handle:
@@ -120,3 +128,16 @@ def content_identity(path: Path) -> str:
                 handle.seek(-(1 << 16), os.SEEK_END)
                 digest.update(handle.read())
     return f"{path.name}@{digest.hexdigest()[:16]}"
+
+
+PEFT_SETS = ("target_modules", "modules_to_save", "exclude_modules")
+"""LoraConfig fields PEFT keeps as sets and saves as lists in the process's hash order (PYTHONHASHSEED):
+two identical adapters saved by two processes differ in this order only."""
+
+
+def _adapter_config_text(file: Path) -> str:
+    config = json.loads(file.read_text(encoding="utf-8"))
+    for key in PEFT_SETS:
+        if isinstance(config.get(key), list):
+            config[key] = sorted(config[key])
+    return json.dumps(config, sort_keys=True)

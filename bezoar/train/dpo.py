@@ -114,7 +114,11 @@ def dpo_trainer_class():
                 log.info("reference log-probs for %d %s pairs read from the cache (%s)", len(dataset), name, key)
                 return (dataset.add_column("ref_chosen_logps", cached["ref_chosen_logps"])
                         .add_column("ref_rejected_logps", cached["ref_rejected_logps"]))
-            chosen, rejected = self._reference_pass(dataset, batch_size)
+            # A DataLoader draws its base seed from the global RNG even unshuffled: without the fork, a
+            # run that computes these draws one number more than a resumed run that reads them from the
+            # cache, and the two train on their pairs in different orders (found by tests/test_chaos.py).
+            with torch.random.fork_rng(devices=[]):
+                chosen, rejected = self._reference_pass(dataset, batch_size)
             if key and self.accelerator.is_main_process:
                 self.ref_cache.save(key, chosen, rejected)
             return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)

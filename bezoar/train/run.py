@@ -159,11 +159,43 @@ def _build_trainer(job: TrainingJob, trainer_class, kind_arguments):
     args = config_class(**common_arguments(job), **kind_arguments(job))
 
     callbacks = [MetricsLog(job.out_dir / "metrics.jsonl", job.stage), tensorboard_callback(job.out_dir / "tensorboard")]
-    trainer = trainer_class(model=model, args=args, train_dataset=to_dataset(job.prepared.train),
+    trainer = _mended(trainer_class)(model=model, args=args, train_dataset=to_dataset(job.prepared.train),
                             eval_dataset=to_dataset(job.prepared.validation), processing_class=job.tokenizer,
                             peft_config=peft_config, callbacks=callbacks, **job.trainer_kwargs)
     quiet(trainer)
     return trainer
+
+
+def _mended(trainer_class):
+    """`trainer_class` with two mends of transformers' Trainer, both at private seams (hence `require`):
+
+    - resumed from a checkpoint already at `max_steps` (a run killed after its last save, while
+      finishing), it trains no further: transformers 5.24 skips the batches done, then takes one more
+      step before it checks the limit (found by benchmarks/bench_chaos.py: DPO ended at step 3 of 2);
+    - length-grouped sampling forms its mega-batches from the global batch, not the per-rank one, so N
+      processes see the same examples at each step as one process with the same global batch
+      (found by benchmarks/bench_ddp.py: with 24 examples the loss curves parted at step 1)."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from bezoar.train.versions import require
+
+    require("transformers", "bezoar's trainer mends (Trainer._run_epoch, Trainer._get_train_sampler)")
+
+    class Mended(trainer_class):
+        def _run_epoch(self, *args, **kwargs):
+            if 0 < self.state.max_steps <= self.state.global_step:
+                self.control.should_training_stop = True
+                return None
+            return super()._run_epoch(*args, **kwargs)
+
+        def _get_train_sampler(self, *args, **kwargs):
+            sampler = super()._get_train_sampler(*args, **kwargs)
+            if isinstance(sampler, LengthGroupedSampler):
+                sampler.batch_size *= self.args.world_size
+            return sampler
+
+    Mended.__name__ = Mended.__qualname__ = trainer_class.__name__
+    return Mended
 
 
 def _train_info(job: TrainingJob, fingerprint: str) -> dict:
