@@ -97,8 +97,9 @@ def main() -> None:
     parser.add_argument("--sample-tokens", type=int, default=128)
     parser.add_argument("--margin", type=float, default=0.5)
     parser.add_argument("--beta", type=float, default=0.1)
-    parser.add_argument("--learning-rate", type=float, default=5e-5)
-    parser.add_argument("--epochs", type=float, default=2.0)
+    parser.add_argument("--learning-rate", type=float, default=5e-4,
+                        help="5e-5 left the DPO loss at 0.685 after 2 epochs (a LoRA barely moved)")
+    parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--accumulation", type=int, default=2)
     parser.add_argument("--limit", type=int, default=None, help="IFEval prompts (default all 541)")
