@@ -37,6 +37,21 @@ def call_key(identity: str, sampling: Sampling, messages: Conversation, sample_i
                            "messages": messages, "sample": sample_index})
 
 
+def _wal_mode(conn: sqlite3.Connection, patience_s: float = 120) -> None:
+    """Switch to WAL. SQLite answers this pragma 'database is locked' at once, without waiting out the
+    busy timeout, while another process is switching the same new file (seen with two writers on a
+    loaded machine), so it is retried here."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class CallCache:
     """SQLite key → reply store, and key → error for failed items. One connection per thread; every
     write commits at once. With `retry_failures`, recorded failures are not replayed but asked again."""
@@ -53,7 +68,7 @@ class CallCache:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            _wal_mode(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
         return conn
