@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import resource
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -149,12 +151,12 @@ def _free(finished: str) -> None:
     from bezoar.llm.local import free_memory
 
     free_memory()
-    try:  # Linux: current and peak resident set of this process
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-        log.info("eval: %s done; RSS %d MB (peak %d MB)", finished, int(status["VmRSS"].split()[0]) // 1024,
-                 int(status["VmHWM"].split()[0]) // 1024)
-    except (OSError, KeyError, ValueError):
-        pass
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # as the stage's manifest entry
+    try:  # Linux: resident pages now (statm's second field)
+        now_mb = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+        log.info("eval: %s done; RSS %d MB (peak %d MB)", finished, now_mb, peak_mb)
+    except (OSError, ValueError):
+        log.info("eval: %s done; peak RSS %d MB", finished, peak_mb)
 
 
 def _ifeval(recipe: Recipe, name: str, spec: str, judge: CachedModel, model: CachedModel | None, out: Path) -> dict:
