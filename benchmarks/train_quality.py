@@ -92,6 +92,7 @@ def sft_quality(out: Path, examples: int) -> dict:
 def preference_quality(out: Path, sft_n: int, dpo_n: int, heldout_n: int) -> dict:
     from bezoar.config import Recipe
     from bezoar.evaluate.preference import preference_accuracy
+    from bezoar.pipeline import Manifest
     from bezoar.train.dpo import run_dpo
     from bezoar.train.hh_rlhf import hh_slices
     from bezoar.train.sft import run_sft_hh
@@ -104,6 +105,7 @@ def preference_quality(out: Path, sft_n: int, dpo_n: int, heldout_n: int) -> dic
                                       "sft_n": sft_n, "dpo_n": dpo_n, "heldout_n": heldout_n}},
         "dpo": {**common, "learning_rate": 2e-4, "validation_fraction": 0.1}})
     sft = run_sft_hh(recipe, out)
+    Manifest(out).update("sft_hh", status="done", summary=sft)  # what `bezoar run` records; dpo asks it
     dpo = run_dpo(recipe, out)
     heldout = hh_slices(recipe.sft_hh.data)["heldout"]
     scores = {}

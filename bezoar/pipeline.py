@@ -28,6 +28,7 @@ from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
 from bezoar.hashing import canonical_hash, file_sha256
 from bezoar.llm.cache import Usage
 from bezoar.records import write_json
+from bezoar.stage_outputs import RECORDS_VERSION
 from bezoar.stages import STAGE_NAMES, STAGES, Stage, stage_named
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,8 @@ def fingerprint(recipe: Recipe, stage: Stage, previous: str) -> tuple[str, dict[
     config = {s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections}
     roles = {r: getattr(recipe.models, r).model_dump(mode="json") for r in stage.roles}
     basis = {"stage": stage.name, "config": config, "roles": roles, "seed": recipe.run.seed,
-             "commercial": recipe.run.require_commercial_use, "inputs": inputs, "previous": previous}
+             "commercial": recipe.run.require_commercial_use, "inputs": inputs, "previous": previous,
+             "records": RECORDS_VERSION}
     return canonical_hash(basis), inputs
 
 

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from bezoar.config import Recipe
+from bezoar.generate.config import METHODS
 
 YIELDS = {
     "lamini_candidates_per_prompt": 0.5,  # share of the asked-for instructions that parse and pass the checks
@@ -221,7 +222,7 @@ def plan_filter(recipe: Recipe) -> list[PlanLine]:
     config = recipe.filter.judge
     if not config.enabled:
         return []
-    records = sum(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca"))
+    records = sum(recipe.generate.scheme(m).n for m in METHODS)
     judged = math.ceil(records * YIELDS["filter_judged_share"])
     schemes = recipe.generate
     longest = max(schemes.lamini.response_sampling.max_new_tokens, schemes.evol.response_sampling.max_new_tokens,

@@ -18,6 +18,7 @@ from pathlib import Path
 from bezoar.config import Recipe
 from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
+from bezoar.generate.config import METHODS
 from bezoar.records import open_data
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,7 @@ def roles_for(recipe: Recipe, stages: set[str]) -> dict[str, tuple[tuple, ModelC
     """Role name → (its key path in the recipe, its ModelConfig), for the roles these stages call."""
     roles: dict[str, tuple[tuple, ModelConfig]] = {}
     generate = recipe.generate
-    if "generate" in stages and any(generate.scheme(m).n for m in ("lamini", "evol", "orca")):
+    if "generate" in stages and generate.enabled_methods():
         roles["teacher"] = (("models", "teacher"), recipe.models.teacher)
         if generate.evol.n and generate.evol.equality_check:
             roles["judge"] = (("models", "judge"), recipe.models.judge)
@@ -322,7 +323,7 @@ def estimate_disk_mb(recipe: Recipe, stages: set[str]) -> dict[str, float]:
     a 3B model at r=16 on q,k,v) plus logs; an evaluation writes answers, judgments and lm-eval output."""
     parts: dict[str, float] = {}
     if "generate" in stages or "filter" in stages:
-        records = sum(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca"))
+        records = sum(recipe.generate.scheme(m).n for m in METHODS)
         parts["records"] = records * 6 * 1024 / MB
     trained = [s for s in ("sft", "sft_hh", "dpo") if s in stages]
     for name in trained:

@@ -26,7 +26,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", "bezoar.train.sft:run_sft", ("sft",), ("student",)),
     Stage("sft_hh", "bezoar.train.sft:run_sft_hh", ("sft_hh",), ("student",)),
     Stage("preferences", "bezoar.preferences.stage:run_preferences", ("preferences",), ("student", "judge")),
-    Stage("dpo", "bezoar.train.dpo:run_dpo", ("dpo", "sft_hh"), ("student",)),
+    Stage("dpo", "bezoar.train.dpo:run_dpo", ("dpo",), ("student",)),
     Stage("eval", "bezoar.evaluate.runner:run_eval", ("eval",), ("judge", "student")),
     Stage("report", "bezoar.report.html:run_report", (), ()),
 )

@@ -33,12 +33,16 @@ def run(tmp_path_factory, data_dir, embedded):
     from bezoar.config import load_recipe
     from bezoar.evaluate.runner import run_eval
     from bezoar.llm.cache import CachedModel, CallCache
+    from bezoar.pipeline import Manifest
 
     tmp = tmp_path_factory.mktemp("eval-stage")
     run_dir = tmp / "run"
     _adapter(run_dir / "models" / "sft-1-tiny", random_weights=True)
     _adapter(run_dir / "models" / "dpo", random_weights=False)
-    (run_dir / "models" / "notes").mkdir()  # not a model: ignored
+    (run_dir / "models" / "notes").mkdir()  # not a checkpoint the manifest records: ignored
+    manifest = Manifest(run_dir)  # as `bezoar run` records the training stages it finished
+    manifest.update("sft", status="done", summary={"checkpoints": {"sft-1-tiny": "models/sft-1-tiny"}})
+    manifest.update("dpo", status="done", summary={"checkpoints": {"dpo": "models/dpo"}, "reference": "base"})
     recipe_file = tmp / "recipe.yaml"
     recipe_file.write_text(f"""
 run: {{name: stage-test, run_dir: {run_dir}, max_failure_rate: 1.0}}
@@ -63,8 +67,7 @@ def test_every_checkpoint_is_evaluated_into_its_folder(run):
             assert (run_dir / "eval" / kind / checkpoint / "summary.json").exists()
         assert (run_dir / "eval/mt_bench" / checkpoint / "model_answer" / f"{checkpoint}.jsonl").exists()
     dpo = json.loads((run_dir / "eval/preference/dpo/summary.json").read_text())
-    assert dpo["metric"] == "dpo_reward" and dpo["reference"].endswith(str(json.loads(
-        (run_dir / "models/dpo/adapter_config.json").read_text())["base_model_name_or_path"]))
+    assert dpo["metric"] == "dpo_reward" and dpo["reference"] == "local"  # DPO started from the base student
 
 
 @pytest.mark.slow
@@ -121,22 +124,33 @@ def test_eval_section_errors_name_file_line_and_key(tmp_path):
     assert lines[2].startswith(f"{recipe}:7: eval.preference.heldout_n: Input should be greater than or equal to 1")
 
 
-def test_checkpoints_are_found_in_training_order(tmp_path):
+def test_checkpoints_are_what_the_manifest_records_in_training_order(tmp_path):
+    from bezoar.errors import ConfigError
     from bezoar.evaluate.config import EvalConfig
     from bezoar.evaluate.runner import find_checkpoints
-    from bezoar.errors import ConfigError
+    from bezoar.pipeline import Manifest
 
-    for name in ("dpo", "sft-hh", "sft-10-orca", "sft-2-evol", "sft-1-lamini"):
-        (tmp_path / "models" / name).mkdir(parents=True)
-        (tmp_path / "models" / name / "adapter_config.json").write_text("{}")
-    (tmp_path / "models" / "sft-3-empty").mkdir()  # no weights: not a checkpoint
-    found = find_checkpoints(tmp_path, EvalConfig(), "local")
-    assert [name for name, _ in found] == ["base", "sft-1-lamini", "sft-2-evol", "sft-10-orca", "sft-hh", "dpo"]
-    assert found[-1][1] == f"local:{(tmp_path / 'models/dpo').resolve()}"
-    only = find_checkpoints(tmp_path, EvalConfig(checkpoints=["dpo"], include_base=False), "local")
+    run_dir = tmp_path / "run"
+    for name in ("dpo", "sft-hh", "sft-10-orca", "sft-2-evol", "sft-1-lamini", "sft-3-stray"):
+        (run_dir / "models" / name).mkdir(parents=True)
+        (run_dir / "models" / name / "adapter_config.json").write_text("{}")
+    manifest = Manifest(run_dir)
+    sft = ("sft-1-lamini", "sft-2-evol", "sft-10-orca")
+    manifest.update("sft", status="done", summary={"checkpoints": {n: f"models/{n}" for n in sft}})
+    manifest.update("sft_hh", status="done", summary={"checkpoints": {"sft-hh": "models/sft-hh"}})
+    # A dpo stage running again: its old summary hands nothing on until the stage is done.
+    manifest.update("dpo", status="running", summary={"checkpoints": {"dpo": "models/dpo"}})
+    names = [name for name, _ in find_checkpoints(run_dir, EvalConfig(), "local")]
+    assert names == ["base", *sft, "sft-hh"]  # sft-3-stray is a folder, not a recorded checkpoint
+    manifest.update("dpo", status="done")
+    moved = run_dir.rename(tmp_path / "moved")  # recorded paths are relative to the run: a moved run resolves
+    found = find_checkpoints(moved, EvalConfig(), "local")
+    assert [name for name, _ in found] == ["base", *sft, "sft-hh", "dpo"]
+    assert found[-1][1] == f"local:{(moved / 'models/dpo').resolve()}"
+    only = find_checkpoints(moved, EvalConfig(checkpoints=["dpo"], include_base=False), "local")
     assert only == [found[-1]]
-    with pytest.raises(ConfigError, match=r"eval.checkpoints: \['sft-9'\] not found"):
-        find_checkpoints(tmp_path, EvalConfig(checkpoints=["sft-9"]), "local")
+    with pytest.raises(ConfigError, match=r"eval.checkpoints: \['sft-9'\] are not among the checkpoints"):
+        find_checkpoints(moved, EvalConfig(checkpoints=["sft-9"]), "local")
 
 
 def test_an_adapter_saved_twice_has_one_identity(tmp_path):

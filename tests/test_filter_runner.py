@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,7 +19,9 @@ from bezoar.config import load_recipe
 from bezoar.errors import DataError
 from bezoar.filter.runner import load_inputs, run_filter
 from bezoar.llm.cache import CachedModel, CallCache
+from bezoar.pipeline import Manifest
 from bezoar.records import ChatMessage, Record, RecordMeta, read_jsonl, write_jsonl
+from bezoar.stage_outputs import handed_on
 
 REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
@@ -45,8 +48,12 @@ def make_run(tmp_path: Path, data_dir: Path, good: int = 12) -> tuple[Path, Path
     # The rewording follows its original (ties in a duplicate cluster keep the first record read).
     write_jsonl(run_dir / "data/generated/lamini.jsonl", lamini + [planted["refusal"], planted["near_duplicate"]])
     write_jsonl(run_dir / "data/generated/evol.jsonl", evol + [planted["truncated"], planted["contamination"]])
+    # The pipeline's record of a done generate stage: what it hands on, by name.
+    Manifest(run_dir).update("generate", status="done", summary={"outputs": handed_on(run_dir, {
+        "lamini": run_dir / "data/generated/lamini.jsonl", "evol": run_dir / "data/generated/evol.jsonl"})})
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("filter:\n"
+    recipe.write_text("generate: {lamini: {n: 6}, evol: {n: 6}, orca: {n: 0}}\n"
+                      "filter:\n"
                       "  judge: {chunk_size: 2, rule: top_fraction, keep_fraction: 0.5}\n"
                       f"  contamination: {{eval_paths: ['{data_dir / 'eval/mt_bench/question.jsonl'}']}}\n")
     return run_dir, recipe, planted
@@ -133,6 +140,7 @@ def test_killed_mid_judging_resumes_without_repeating_a_call(tmp_path, data_dir,
     fresh_dir = tmp_path / "fresh"
     (fresh_dir / "data").mkdir(parents=True)
     os.symlink(run_dir / "data/generated", fresh_dir / "data/generated")
+    shutil.copy(run_dir / "manifest.json", fresh_dir / "manifest.json")  # its paths are relative to the run
     fresh = CachedModel(embedded, CallCache(tmp_path / "fresh.sqlite"), role="judge")
     run_filter(load_recipe(recipe_path), fresh_dir, {"judge": fresh})
 

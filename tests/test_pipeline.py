@@ -113,3 +113,21 @@ def test_a_budget_stops_the_stage_cleanly_and_says_which(workspace):
     stage = manifest(workspace / "runs" / "budget")["stages"]["generate"]
     assert stage["status"] == "stopped" and "max_calls=2" in stage["error"]
     assert cached_calls(workspace / "runs" / "budget") <= 2  # never a call past the budget
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(CHAOS_RUNS_S)
+def test_a_stage_whose_input_stage_never_ran_says_which_to_run(workspace):
+    """Stage inputs come from the manifest: dpo alone, in a run where sft_hh never ran, asks for
+    sft_hh's HH-RLHF slice by name and stops in one line, without scanning for a stray file."""
+    recipe = yaml.safe_load((workspace / "reference.yaml").read_text())
+    recipe["run"]["name"] = "dpo-alone"
+    (workspace / "dpo-alone.yaml").write_text(yaml.safe_dump(recipe))
+    stray = workspace / "runs" / "dpo-alone" / "data" / "hh" / "dpo.jsonl"  # where sft_hh would write it
+    stray.parent.mkdir(parents=True)
+    stray.write_text("")
+    result = bezoar("run", "dpo-alone.yaml", "--only", "dpo", cwd=workspace)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "the sft_hh stage has not handed on 'hh_dpo'" in result.stderr and "Traceback" not in result.stderr
+    stage = manifest(workspace / "runs" / "dpo-alone")["stages"]["dpo"]
+    assert stage["status"] == "failed" and "--from sft_hh" in stage["error"]

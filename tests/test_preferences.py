@@ -7,6 +7,8 @@ import random
 
 import pytest
 
+from bezoar.errors import DataError
+
 DOLLY = "seeds/dolly15k_open_qa_subset.jsonl"
 
 
@@ -90,6 +92,6 @@ def test_dpo_data_mix_takes_pairs_in_the_weights_proportion(tmp_path):
     only, counts = dpo_pairs(DPOData(source="generated", generated=generated), hh, tmp_path, 0)
     assert len(only) == 10 and counts == {"generated_pairs": 10}
     assert dpo_pairs(DPOData(), hh, tmp_path, 0)[0] is hh
-    with pytest.raises(Exception, match="no such file"):
-        dpo_pairs(DPOData(source="generated"), hh, tmp_path, 0)
+    with pytest.raises(DataError, match="the preferences stage has not handed on 'pairs'"):
+        dpo_pairs(DPOData(source="generated"), hh, tmp_path, 0)  # no pairs file named, and no stage recorded one
     assert json.loads(generated.read_text().splitlines()[0])["prompt"][0]["content"] == "g0"

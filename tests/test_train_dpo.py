@@ -63,6 +63,7 @@ def test_reference_log_probs_are_cached_and_reused(trained, caplog, tmp_path):
 
 def test_sft_hh_then_dpo_stages_use_disjoint_slices(hh_file, tmp_path):
     from bezoar.config import Recipe
+    from bezoar.pipeline import Manifest
     from bezoar.train.dpo import run_dpo
     from bezoar.train.sft import run_sft_hh
 
@@ -72,6 +73,7 @@ def test_sft_hh_then_dpo_stages_use_disjoint_slices(hh_file, tmp_path):
         "sft_hh": {**steps, "data": {"path": str(hh_file), "sft_n": 4, "dpo_n": 4, "heldout_n": 2}},
         "dpo": steps})
     sft = run_sft_hh(recipe, tmp_path)
+    Manifest(tmp_path).update("sft_hh", status="done", summary=sft)  # as the pipeline records a done stage
     dpo = run_dpo(recipe, tmp_path)
     slices = {name: [json.loads(line)["meta"]["id"] for line in (tmp_path / f"data/hh/{name}.jsonl").open()]
               for name in ("sft", "dpo", "heldout")}
@@ -80,3 +82,7 @@ def test_sft_hh_then_dpo_stages_use_disjoint_slices(hh_file, tmp_path):
     info = json.loads((tmp_path / "models/dpo/bezoar-train.json").read_text())
     assert info["continued_adapter"] == sft["output"] == str(tmp_path / "models/sft-hh")
     assert dpo["heldout_pairs"] == 2 and dpo["hh_pairs"] == 4
+    # What each stage handed on, by name, relative to the run directory.
+    assert sft["outputs"] == {f"hh_{n}": f"data/hh/{n}.jsonl" for n in ("sft", "dpo", "heldout")}
+    assert sft["checkpoints"] == {"sft-hh": "models/sft-hh"}
+    assert dpo["checkpoints"] == {"dpo": "models/dpo"} and dpo["reference"] == "sft-hh"

@@ -146,14 +146,20 @@ def test_sequential_stages_continue_one_adapter(data_dir, tmp_path):
     from bezoar.config import Recipe
     from bezoar.train.sft import run_sft
 
+    from bezoar.pipeline import Manifest
+
     run_dir = tmp_path / "run"
-    for name, skip in (("lamini", 0), ("evol", 8)):
-        write_jsonl(run_dir / "data/filtered" / f"{name}.jsonl", dolly_records(data_dir, 6, skip))
+    kept = {name: run_dir / "data/filtered" / f"{name}.jsonl" for name in ("lamini", "evol")}
+    for (name, path), skip in zip(kept.items(), (0, 8)):
+        write_jsonl(path, dolly_records(data_dir, 6, skip))
+    # The pipeline's record of a done filter stage (what sft asks for by name), paths relative to the run.
+    Manifest(run_dir).update("filter", status="done", summary={"outputs": {n: f"data/filtered/{n}.jsonl" for n in kept}})
     steps = {**TINY, "max_steps": 2, "validation_fraction": 0.34}
     recipe = Recipe.model_validate({"sft": {**steps, "datasets": ["lamini", "evol"]}})
     result = run_sft(recipe, run_dir)
     first, second = (run_dir / "models/sft-1-lamini", run_dir / "models/sft-2-evol")
     assert result["output"] == str(second)
+    assert result["checkpoints"] == {"sft-1-lamini": "models/sft-1-lamini", "sft-2-evol": "models/sft-2-evol"}
     info = json.loads((second / "bezoar-train.json").read_text())
     assert info["continued_adapter"] == str(first)
     assert all(step["initial_eval"]["eval_loss"] > 0 for step in result["steps"])

@@ -98,10 +98,9 @@ class PreferenceConfig(StrictModel):
     enabled: bool = True
     pairs: Path | None = None
     """HH-RLHF JSONL(.gz) transcripts, or bezoar pair JSONL (prompt/chosen/rejected). None: the
-    held-out slice of `sft_hh.data` (the pairs SFT-HH and DPO never train on)."""
+    held-out slice of `sft_hh.data` that the sft_hh stage hands on (pairs SFT-HH and DPO never train on)."""
     heldout_n: int | None = Field(None, ge=1)
-    """Score the LAST N pairs of the file (split_slices' held-out rule). None: sft_hh.data.heldout_n
-    when `pairs` is None, else every pair."""
+    """Score only the LAST N pairs of the file (split_slices' held-out rule). None: every pair."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N of those pairs (each pair is two forward passes per model)."""
     batch_size: int = Field(8, ge=1)

@@ -1,6 +1,7 @@
 """The `eval` stage: every chosen evaluation on every checkpoint of a run, then the comparison.
 
-    run_dir/models/<checkpoint>/        LoRA adapters written by the training stages (sft-1-*, sft-hh, dpo)
+The checkpoints (sft-1-*, sft-hh, dpo), DPO's reference and the held-out HH-RLHF pairs are what the
+training stages handed on in the run's manifest (`bezoar.stage_outputs`); the base student comes first.
     run_dir/eval/mt_bench/<checkpoint>/ FastChat answer and judgment files, summary.json
     run_dir/eval/harness/<checkpoint>/  rendered task YAMLs, lm-eval results, summary.json
     run_dir/eval/preference/<checkpoint>/summary.json
@@ -22,41 +23,33 @@ from pathlib import Path
 
 from bezoar.config import Recipe
 from bezoar.errors import ConfigError
-from bezoar.evaluate.compare import checkpoint_order, compare
+from bezoar.evaluate.compare import compare
 from bezoar.evaluate.config import EvalConfig
 from bezoar.failures import FailureLog
 from bezoar.hashing import canonical_hash
 from bezoar.llm.cache import CachedModel
 from bezoar.records import write_json
+from bezoar.stage_outputs import checkpoints, done_summary, output
 
 log = logging.getLogger(__name__)
 
-TRAIN_INFO = "bezoar-train.json"  # written by bezoar.train.run when training starts (records its base)
-
-
 def find_checkpoints(run_dir: Path, config: EvalConfig, student_spec: str) -> list[tuple[str, str]]:
-    """(name, model spec) for the base student and every model directory under run_dir/models."""
+    """(name, model spec) for the base student and every model the run's training stages recorded as done
+    in its manifest, in training order."""
     found = [("base", student_spec)] if config.include_base else []
-    models = Path(run_dir) / "models"
-    directories = [p for p in models.iterdir() if _is_model(p)] if models.is_dir() else []
-    found += [(p.name, f"local:{p.resolve()}") for p in sorted(directories, key=lambda p: checkpoint_order(p.name))]
+    for name, path in checkpoints(run_dir):
+        if path.is_dir():
+            found.append((name, f"local:{path.resolve()}"))
+        else:
+            log.warning("eval: checkpoint %s is recorded in the manifest but %s is gone; skipped", name, path)
     if config.checkpoints is not None:
-        names = {name for name, _ in found}
+        names = [name for name, _ in found]
         unknown = [c for c in config.checkpoints if c not in names]
         if unknown:
-            raise ConfigError(f"eval.checkpoints: {unknown} not found under {models} (found: {sorted(names)})")
+            raise ConfigError(f"eval.checkpoints: {unknown} are not among the checkpoints {Path(run_dir) / 'manifest.json'} "
+                              f"records (found: {names})")
         found = [(n, s) for n, s in found if n in config.checkpoints or (n == "base" and config.include_base)]
     return found
-
-
-def _is_model(path: Path) -> bool:
-    """Weights are there, and a training run that wrote them has finished (its summary is written last)."""
-    if not path.is_dir() or not any((path / f).exists() for f in ("adapter_config.json", "config.json")):
-        return False
-    if (path / TRAIN_INFO).exists() and not (path / "summary.json").exists():
-        log.warning("eval: %s is still training (no summary.json); skipped", path)
-        return False
-    return True
 
 
 def run_eval(recipe: Recipe, run_dir: Path, models: Mapping[str, CachedModel]) -> dict:
@@ -134,11 +127,12 @@ def _scoring(recipe: Recipe, run_dir: Path, name: str, spec: str) -> dict:
                                 lambda out: run_harness(spec, config.harness, out))
         _free(f"{name} harness")
     if config.preference.enabled:
-        preference = _preference_config(recipe)
+        preference = _preference_config(recipe, run_dir)
         if preference.pairs is None:
-            log.warning("eval: preference accuracy skipped (no eval.preference.pairs and no sft_hh.data.path)")
+            log.warning("eval: preference accuracy skipped (no eval.preference.pairs, and sft_hh handed on no "
+                        "held-out HH-RLHF pairs: sft_hh.data)")
         else:
-            reference = _dpo_reference(name, spec)
+            reference = _dpo_reference(recipe, run_dir, name)
             signed_reference = _weights_identity(reference) if reference else None  # its weights, not its path
             done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, signed_reference],
                                        lambda out: _preference(spec, preference, out, reference))
@@ -224,35 +218,21 @@ def _mt_bench(recipe: Recipe, name: str, spec: str, judge: CachedModel, model: C
     return result
 
 
-def _preference_config(recipe: Recipe):
-    """eval.preference with its pairs defaulting to sft_hh.data's held-out slice."""
+def _preference_config(recipe: Recipe, run_dir: Path):
+    """eval.preference with its pairs defaulting to the held-out HH-RLHF slice the sft_hh stage handed on."""
     config = recipe.eval.preference
-    if config.pairs is not None:
-        return config
-    data = getattr(getattr(recipe, "sft_hh", None), "data", None)
-    if data is None or getattr(data, "path", None) is None:
-        return config
-    return config.model_copy(update={"pairs": data.path, "heldout_n": config.heldout_n or data.heldout_n or None})
+    heldout = output(run_dir, "sft_hh", "hh_heldout") if config.pairs is None else None
+    return config.model_copy(update={"pairs": heldout}) if heldout else config
 
 
-def _dpo_reference(name: str, spec: str) -> str | None:
-    """DPO's reference: the model DPO started from (the training stage records it as `base` in
-    bezoar-train.json, normally models/sft-hh); else the adapter's base model."""
-    if not name.startswith("dpo") or not spec.startswith("local:"):
-        return None
-    adapter = Path(spec.removeprefix("local:"))
-    info = _read_json(adapter / TRAIN_INFO)
-    base = info.get("base") or _read_json(adapter / "adapter_config.json").get("base_model_name_or_path")
-    if not base:
-        return None
-    return base if base == "local" or base.startswith(("local:", "openai:", "anthropic:")) else f"local:{base}"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
+def _dpo_reference(recipe: Recipe, run_dir: Path, name: str) -> str | None:
+    """For the dpo checkpoint: the model DPO started from (its stage records the checkpoint's name, or
+    "base" for the student), which DPO's implicit reward is measured against."""
+    reference = done_summary(run_dir, "dpo").get("reference") if name == "dpo" else None
+    if reference == "base":
+        return recipe.models.student.spec
+    path = dict(checkpoints(run_dir)).get(reference) if reference else None
+    return f"local:{path.resolve()}" if path else None
 
 
 def _preference(spec: str, config, out: Path, reference: str | None) -> dict:

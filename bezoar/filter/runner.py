@@ -33,6 +33,7 @@ from bezoar.failures import FailureLog
 from bezoar.filter.judge import JudgeResult, judge_records
 from bezoar.llm.cache import CachedModel
 from bezoar.records import Record, read_jsonl, write_json, write_jsonl
+from bezoar.stage_outputs import handed_on, required_output
 
 log = logging.getLogger(__name__)
 
@@ -311,14 +312,15 @@ def _rate_text(rate: dict) -> str:
 
 
 def run_filter(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
-    """The recipe stage: data/generated/*.jsonl → data/filtered/{method}.jsonl (+ rejected, judgments, summary)."""
-    # {method}.jsonl only: {method}.rejected.jsonl holds generation's eliminations, not records to filter.
-    inputs = sorted(p for p in (Path(run_dir) / "data" / "generated").glob("*.jsonl") if "." not in p.stem)
-    if not inputs:
-        if not any(recipe.generate.scheme(m).n for m in ("lamini", "evol", "orca")):  # constraint prompts only
-            return {"skipped": "no generated records to filter (the recipe generates none)", "failed_items": 0}
-        raise DataError(f"{run_dir}/data/generated: no *.jsonl to filter (run the generate stage first)")
+    """The recipe stage: the generate stage's records per method → data/filtered/{method}.jsonl (+ rejected,
+    judgments, summary); the kept files are handed on to sft under their method's name."""
+    methods = recipe.generate.enabled_methods()
+    if not methods:  # constraint prompts only
+        return {"skipped": "no generated records to filter (the recipe generates none)", "failed_items": 0}
+    # In name order, as the filter always read them: near-dedup keeps the first record of a cluster.
+    inputs = [required_output(run_dir, "generate", method) for method in sorted(methods)]
     config: FilterConfig = recipe.filter
     judge = models.get("judge") if config.judge.enabled or config.dedup.judge_clusters else None
-    return run(inputs, Path(run_dir) / "data" / "filtered", config, judge, per_method=True,
-               max_failure_rate=recipe.run.max_failure_rate)
+    summary = run(inputs, Path(run_dir) / "data" / "filtered", config, judge, per_method=True,
+                  max_failure_rate=recipe.run.max_failure_rate)
+    return {**summary, "outputs": handed_on(run_dir, summary["outputs"])}

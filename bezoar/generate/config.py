@@ -158,6 +158,11 @@ class ConstraintsConfig(SchemeConfig):
         return self
 
 
+METHODS = ("lamini", "evol", "orca")
+"""The schemes that make instruction/response records, in the recipe's order (also the names the generate
+stage hands their files on under, and the filter its kept records)."""
+
+
 class GenerateConfig(StrictModel):
     """The generate stage: writes data/generated/{lamini,evol,orca}.jsonl under the run directory."""
 
@@ -169,3 +174,7 @@ class GenerateConfig(StrictModel):
 
     def scheme(self, method: str) -> SchemeConfig:
         return getattr(self, method)
+
+    def enabled_methods(self) -> list[str]:
+        """The record-making schemes this recipe runs (n > 0)."""
+        return [m for m in METHODS if self.scheme(m).n > 0]

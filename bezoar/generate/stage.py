@@ -8,15 +8,15 @@ from typing import Any
 
 from bezoar.config import Recipe
 from bezoar.errors import ConfigError
-from bezoar.generate.config import EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
+from bezoar.generate.config import METHODS, EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
 from bezoar.generate.runner import Context, Meter, OutputFiles, generate_to_file
 from bezoar.generate.seeds import SeedSet, load_seed_files
 from bezoar.hashing import file_sha256
 from bezoar.licences import dataset_licence, model_licence, require_commercial
+from bezoar.stage_outputs import handed_on
 
 log = logging.getLogger(__name__)
 
-METHODS = ("lamini", "evol", "orca")
 
 
 def check_licences(seeds: list[SeedFile], teacher_spec: str, teacher_licence: str | None) -> None:
@@ -103,7 +103,7 @@ def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge
 def run_generate(recipe: Recipe, run_dir: Path, models: dict) -> dict:
     """The pipeline's generate stage: each scheme with `n > 0` into run_dir/data/generated/<method>.jsonl."""
     section, teacher_config = recipe.generate, recipe.models.teacher
-    enabled = [m for m in METHODS if section.scheme(m).n > 0]
+    enabled = section.enabled_methods()
     if recipe.run.require_commercial_use:  # every scheme's seeds pass before any scheme starts
         for method in enabled:
             check_licences(section.scheme(method).seeds, teacher_config.spec, teacher_config.licence)
@@ -123,7 +123,8 @@ def run_generate(recipe: Recipe, run_dir: Path, models: dict) -> dict:
         results["constraints"] = generate("constraints", section.constraints, None, "", out, seed=recipe.run.seed,
                                           require_commercial_use=recipe.run.require_commercial_use)
         outputs["constraints"] = str(out)
-    return {"schemes": results, "outputs": outputs, "failed_items": sum(r["failed_items"] for r in results.values())}
+    return {"schemes": results, "outputs": handed_on(Path(run_dir), outputs),
+            "failed_items": sum(r["failed_items"] for r in results.values())}
 
 
 __all__ = ["generate", "run_generate", "check_licences", "EvolConfig", "LaMiniConfig", "OrcaConfig"]

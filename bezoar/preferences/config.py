@@ -14,7 +14,7 @@ class PreferencesConfig(StrictModel):
     """Off: the stage does nothing (dpo.data: hh_rlhf needs no generated pairs)."""
     prompts: Path | None = None
     """JSONL of prompt records (constraint prompts, or any records whose first user turn is the prompt);
-    None: the generate stage's data/prompts/constraints.jsonl."""
+    None: the constraint prompts the generate stage handed on."""
     limit: int | None = Field(None, ge=1)
     """Only the first N prompts."""
     k: int = Field(4, ge=2)

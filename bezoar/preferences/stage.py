@@ -24,6 +24,7 @@ from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Reply, Sampling
 from bezoar.preferences.config import PreferencesConfig
 from bezoar.records import ChatMessage, Lineage, PreferencePair, Record, read_jsonl, write_json, write_jsonl
+from bezoar.stage_outputs import continued_model, handed_on, output
 
 log = logging.getLogger(__name__)
 
@@ -146,25 +147,25 @@ def make_pairs(student: CachedModel, judge: CachedModel | None, records: list[Re
 
 
 def run_preferences(recipe: Recipe, run_dir: Path, models) -> dict:
-    """The stage contract. The student is the newest training output before dpo (sft-hh, else sft-N, else base)."""
-    from bezoar.train.run import previous_output
-
+    """The stage contract. The prompts are the generate stage's constraint prompts (or `preferences.prompts`);
+    the student is the newest checkpoint before dpo (sft-hh, else sft-N, else the base)."""
     config: PreferencesConfig = recipe.preferences
     if not config.enabled:
         return {"skipped": "preferences.enabled is false"}
     run_dir = Path(run_dir)
-    path = config.prompts or run_dir / "data" / "prompts" / "constraints.jsonl"
-    if not Path(path).exists():
-        raise DataError(f"{path}: no prompts (set generate.constraints.n, or preferences.prompts)")
+    path = config.prompts or output(run_dir, "generate", "constraints")
+    if path is None or not Path(path).exists():
+        raise DataError(f"{path or run_dir}: no constraint prompts (the generate stage hands them on when "
+                        "generate.constraints.n > 0; or set preferences.prompts)")
     records = load_prompts(path, config.limit)
-    current = previous_output(recipe, run_dir, before="dpo")
+    current = continued_model(run_dir, "dpo", recipe.models.student.spec)
     student = _student(recipe, models, current)
     judge = models["judge"] if config.judge_unconstrained and any(not constraints_of(r)[0] for r in records) else None
     out_dir = run_dir / "data" / "preferences"
     summary = make_pairs(student, judge, records, config, current, recipe.run.seed, out_dir)
     summary.pop("pairs_data")
     write_json(out_dir / "summary.json", summary)
-    return summary
+    return {**summary, "outputs": handed_on(run_dir, {"pairs": out_dir / "pairs.jsonl"})}
 
 
 def _student(recipe: Recipe, models, current: str) -> CachedModel:

@@ -85,7 +85,7 @@ def write_cards(data: RunData) -> list[Path]:
         _write(path, *dataset_card(method, records, data))
         written.append(path)
     for checkpoint in data.training:
-        directory = data.run_dir / "models" / checkpoint
+        directory = data.checkpoints[checkpoint]
         if (directory / "adapter_config.json").exists() or (directory / "config.json").exists():
             _write(directory / "README.md", *model_card(checkpoint, data))
             written.append(directory / "README.md")

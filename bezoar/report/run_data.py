@@ -1,9 +1,11 @@
 """Everything the report shows, read from a run directory's plain files (each part optional).
 
-    manifest.json                       stages, times, calls, cost, versions, the recipe
-    data/generated/<method>.jsonl       what the teacher made
-    data/filtered/<method>.jsonl        what survived; rejected.jsonl with every reason
-    models/<checkpoint>/metrics.jsonl   training and validation loss, DPO rewards
+    manifest.json                       stages, times, calls, cost, versions, the recipe; and what each
+                                        stage handed on (bezoar.stage_outputs), found by name:
+      generate: <method>                what the teacher made
+      filter: <method>, rejected        what survived; what did not, with every reason
+      sft, sft_hh, dpo: checkpoints     each checkpoint's metrics.jsonl (training and validation
+                                        loss, DPO rewards)
     eval/comparison.json, eval/mt_bench/<checkpoint>/summary.json
 """
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bezoar.generate.config import METHODS
 from bezoar.records import Lineage, Record, read_jsonl
+from bezoar.stage_outputs import checkpoints, outputs
 
 
 @dataclass
@@ -24,6 +28,8 @@ class RunData:
     kept: dict[str, list[Record]] = field(default_factory=dict)
     rejected: list[Record] = field(default_factory=list)
     training: dict[str, list[dict]] = field(default_factory=dict)
+    checkpoints: dict[str, Path] = field(default_factory=dict)
+    """Checkpoint name -> its folder (where its model card goes)."""
     comparison: dict | None = None
     mt_bench: dict[str, dict] = field(default_factory=dict)
     ifeval: dict[str, dict] = field(default_factory=dict)
@@ -72,17 +78,19 @@ def load(run_dir: Path) -> RunData:
         from bezoar.run_state import read_manifest
 
         data.manifest = read_manifest(manifest)  # a corrupt one is one line naming it, not a traceback
-    for path in sorted((run_dir / "data" / "generated").glob("*.jsonl")):
-        if "." not in path.stem:  # {method}.rejected.jsonl holds generation's eliminations
-            data.generated[path.stem] = _records(path)
-    filtered = run_dir / "data" / "filtered"
-    for path in sorted(filtered.glob("*.jsonl")):
-        if path.stem == "rejected":
-            data.rejected = _records(path)
-        elif path.stem not in ("kept", "judgments"):
-            data.kept[path.stem] = _records(path)
-    for path in sorted((run_dir / "models").glob("*/metrics.jsonl")):
-        data.training[path.parent.name] = list(read_jsonl(path, skip_bad=True))
+    # What the stages handed on (the manifest's record of them), by the names they gave it.
+    generated, filtered = outputs(run_dir, "generate"), outputs(run_dir, "filter")
+    for method in METHODS:
+        if method in generated:
+            data.generated[method] = _records(generated[method])
+        if method in filtered:
+            data.kept[method] = _records(filtered[method])
+    if "rejected" in filtered:
+        data.rejected = _records(filtered["rejected"])
+    data.checkpoints = dict(checkpoints(run_dir))
+    for name, directory in data.checkpoints.items():
+        if (directory / "metrics.jsonl").exists():  # the training log in every checkpoint's folder
+            data.training[name] = list(read_jsonl(directory / "metrics.jsonl", skip_bad=True))
     comparison = run_dir / "eval" / "comparison.json"
     if comparison.exists():
         data.comparison = json.loads(comparison.read_text())

@@ -135,7 +135,7 @@ class SFTDataset(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]+$")
     """Label of this step (models/sft-<i>-<name>); also the default file name."""
     path: Path | None = None
-    """JSONL of `Record`s; default `<run_dir>/data/filtered/<name>.jsonl` (the filter stage's output)."""
+    """JSONL of `Record`s; default: the kept records the filter stage handed on under this name."""
 
     @model_validator(mode="before")
     @classmethod
@@ -191,7 +191,7 @@ class DPOData(StrictModel):
 
     source: Literal["hh_rlhf", "generated", "mix"] = "hh_rlhf"
     generated: Path | None = None
-    """Pair JSONL (prompt/chosen/rejected); None: the preferences stage's data/preferences/pairs.jsonl."""
+    """Pair JSONL (prompt/chosen/rejected); None: the pairs the preferences stage handed on."""
     weights: dict[Literal["hh_rlhf", "generated"], float] = {"hh_rlhf": 1.0, "generated": 1.0}
     """`mix`: pairs drawn in this proportion (every generated pair, HH-RLHF pairs to match, at most all)."""
 

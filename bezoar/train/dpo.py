@@ -23,10 +23,11 @@ from pathlib import Path
 from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.records import PreferencePair, write_json
+from bezoar.stage_outputs import handed_on, latest_checkpoint, output, required_output
 from bezoar.train.config import DPOStageConfig
 from bezoar.train.examples import prepare_pairs, to_dataset
 from bezoar.train.launch import launch_stage, wants_launch
-from bezoar.train.run import TrainingJob, execute, previous_output
+from bezoar.train.run import TrainingJob, execute
 
 log = logging.getLogger(__name__)
 
@@ -195,33 +196,38 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
 
 
 def run_dpo(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
-    """The `dpo` stage: DPO on the HH-RLHF slice after the SFT one, from the sft_hh output."""
+    """The `dpo` stage: DPO on the pairs `dpo.data` names (the HH-RLHF slice sft_hh hands on, the
+    preferences stage's pairs, or both), from the newest checkpoint before it."""
     if wants_launch(recipe.dpo.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.dpo:run_dpo", recipe, Path(run_dir), recipe.dpo.launch)
-    from bezoar.train.hh_rlhf import hh_slices
-
     run_dir = Path(run_dir)
     data = recipe.dpo.data
-    needs_hh = data.source != "generated" or recipe.sft_hh.data.path is not None  # held-out pairs when there
-    slices = hh_slices(recipe.sft_hh.data, run_dir) if needs_hh else {"dpo": [], "heldout": []}
-    pairs, counts = dpo_pairs(data, slices["dpo"], run_dir, recipe.dpo.seed)
-    base = previous_output(recipe, run_dir, before="dpo")
-    summary = train_dpo(base, pairs, run_dir / "models" / "dpo", recipe.dpo, heldout=slices["heldout"],
+    hh = _read_pairs(required_output(run_dir, "sft_hh", "hh_dpo")) if data.source != "generated" else []
+    heldout = output(run_dir, "sft_hh", "hh_heldout")  # TRL's reward accuracy on them after training
+    pairs, counts = dpo_pairs(data, hh, run_dir, recipe.dpo.seed)
+    latest = latest_checkpoint(run_dir, before="dpo")
+    base = str(latest[1]) if latest else recipe.models.student.spec
+    out = run_dir / "models" / "dpo"
+    summary = train_dpo(base, pairs, out, recipe.dpo, heldout=_read_pairs(heldout) if heldout else [],
                         ref_cache_dir=run_dir / "data" / "hh" / "ref-logps")
-    summary.update(counts)
-    return summary
+    # The reference by checkpoint name ("base": the student), which eval's implicit reward needs.
+    return {**summary, **counts, "checkpoints": handed_on(run_dir, {"dpo": out}),
+            "reference": latest[0] if latest else "base"}
+
+
+def _read_pairs(path: Path) -> list[PreferencePair]:
+    from bezoar.records import read_jsonl
+
+    return list(read_jsonl(path, PreferencePair))
 
 
 def dpo_pairs(data, hh: list[PreferencePair], run_dir: Path, seed: int) -> tuple[list[PreferencePair], dict]:
     """`dpo.data`: the HH-RLHF slice, the generated pairs, or both in the weights' proportion (shuffled)."""
     import random
 
-    from bezoar.records import read_jsonl
-
     if data.source == "hh_rlhf":
         return hh, {"hh_pairs": len(hh)}
-    path = data.generated or run_dir / "data" / "preferences" / "pairs.jsonl"
-    generated = list(read_jsonl(path, PreferencePair))
+    generated = _read_pairs(data.generated or required_output(run_dir, "preferences", "pairs"))
     if data.source == "generated":
         return generated, {"generated_pairs": len(generated)}
     share = data.weights.get("hh_rlhf", 0.0) / max(data.weights.get("generated", 0.0), 1e-9)

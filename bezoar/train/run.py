@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bezoar.config import Recipe
 from bezoar.hashing import canonical_hash
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
@@ -232,16 +231,6 @@ def _finish(job: TrainingJob, trainer, info: dict, result, seconds: float, resum
             shutil.rmtree(checkpoint, ignore_errors=True)
         write_json(out / SUMMARY, summary)  # last: marks the run done
     return summary
-
-
-def previous_output(recipe: Recipe, run_dir: Path, before: str) -> str:
-    """The newest finished training output a stage continues from (else the student spec)."""
-    order = [f"sft-{i}-{d.name}" for i, d in enumerate(recipe.sft.datasets, 1)] + ["sft-hh"]
-    order = order[:order.index("sft-hh")] if before == "sft_hh" else order
-    for name in reversed(order):
-        if (run_dir / "models" / name / SUMMARY).exists():
-            return str(run_dir / "models" / name)
-    return recipe.models.student.spec
 
 
 def _read(path: Path) -> dict:

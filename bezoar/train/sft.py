@@ -14,10 +14,12 @@ from pathlib import Path
 
 from bezoar.config import Recipe
 from bezoar.errors import DataError
+from bezoar.stage_outputs import continued_model, handed_on, required_output
 from bezoar.train.config import SFTStageConfig, TrainSettings
 from bezoar.train.examples import PromptCompletion, Prepared, pair_conversations, prepare_sft, read_conversations
+from bezoar.train.hh_rlhf import handed_on_slices, hh_slices
 from bezoar.train.launch import launch_stage, wants_launch
-from bezoar.train.run import TrainingJob, execute, previous_output
+from bezoar.train.run import TrainingJob, execute
 from bezoar.train.template_check import SAMPLE
 
 log = logging.getLogger(__name__)
@@ -97,39 +99,41 @@ def run_sft(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
         return launch_stage("bezoar.train.sft:run_sft", recipe, Path(run_dir), recipe.sft.launch)
     config: SFTStageConfig = recipe.sft
     current = recipe.models.student.spec
-    steps = []
+    steps, trained = [], {}
     for index, dataset in enumerate(config.datasets, 1):
-        path = dataset.path or Path(run_dir) / "data" / "filtered" / f"{dataset.name}.jsonl"
+        name = f"sft-{index}-{dataset.name}"
+        path = dataset.path or required_output(run_dir, "filter", dataset.name)  # the filter's kept records
         if path.exists() and not any(line.strip() for line in path.open(encoding="utf-8")):
             log.warning("%s is empty (the filter kept nothing): skipping SFT on %s", path, dataset.name)
-            steps.append({"stage": f"sft-{index}-{dataset.name}", "skipped": f"{path} is empty"})
+            steps.append({"stage": name, "skipped": f"{path} is empty"})
             continue
-        out = Path(run_dir) / "models" / f"sft-{index}-{dataset.name}"
-        summary = train_sft(current, [path], out, config, config.loss, stage=f"sft-{index}-{dataset.name}")
-        steps.append(summary)
-        current = str(out)
-    return {"steps": steps, "output": current}
+        out = Path(run_dir) / "models" / name
+        steps.append(train_sft(current, [path], out, config, config.loss, stage=name))
+        current, trained[name] = str(out), out
+    return {"steps": steps, "output": current, "checkpoints": handed_on(run_dir, trained)}
 
 
 def run_sft_hh(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
-    """The `sft_hh` stage: SFT on the chosen replies of the first `sft_n` HH-RLHF pairs."""
+    """The `sft_hh` stage: SFT on the chosen replies of the first `sft_n` HH-RLHF pairs. It also hands on
+    the recipe's HH-RLHF slices (DPO's pairs, the held-out pairs evaluation scores), trained on or not."""
     if recipe.sft_hh.data.sft_n == 0:  # e.g. recipes/verifiable.yaml: DPO starts from the previous output
-        return {"skipped": "sft_hh.data.sft_n is 0"}
+        data = recipe.sft_hh.data
+        slices = hh_slices(data, Path(run_dir)) if data.path is not None else {}
+        return {"skipped": "sft_hh.data.sft_n is 0", "outputs": handed_on_slices(slices, Path(run_dir))}
     if wants_launch(recipe.sft_hh.launch):  # this process only starts the ranks and waits
         return launch_stage("bezoar.train.sft:run_sft_hh", recipe, Path(run_dir), recipe.sft_hh.launch)
     from bezoar.train.encoding import load_tokenizer
-    from bezoar.train.hh_rlhf import hh_slices
     from bezoar.train.student import resolve_base
 
-    config = recipe.sft_hh
-    slices = hh_slices(config.data, Path(run_dir))
-    base = previous_output(recipe, Path(run_dir), before="sft_hh")
+    config, run_dir = recipe.sft_hh, Path(run_dir)
+    slices = hh_slices(config.data, run_dir)
+    base = continued_model(run_dir, "sft_hh", recipe.models.student.spec)
     weights = resolve_base(base)
     tokenizer = load_tokenizer(weights.adapter_dir or weights.base_dir, config.template)
     conversations = pair_conversations(slices["sft"])
     prepared = prepare_sft(tokenizer, conversations, config.max_length, config.loss,
                            config.validation_fraction, config.seed, config.max_validation_examples)
-    out = Path(run_dir) / "models" / "sft-hh"
+    out = run_dir / "models" / "sft-hh"
     summary = train_sft(base, prepared, out, config, config.loss, stage="sft-hh", sample=conversations[0])
-    summary["hh_pairs"] = len(slices["sft"])
-    return summary
+    return {**summary, "hh_pairs": len(slices["sft"]), "outputs": handed_on_slices(slices, run_dir),
+            "checkpoints": handed_on(run_dir, {"sft-hh": out})}
