@@ -222,7 +222,7 @@ def winrate_command(
 
 @eval_app.command("run")
 def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; evaluates its run directory's checkpoints.")) -> None:
-    """The eval stage alone: every checkpoint under the run's models/, then the comparison."""
+    """The eval stage alone: the base and every checkpoint the run's manifest records, then the comparison."""
     from bezoar.config import load_recipe
     from bezoar.evaluate.runner import run_eval
 

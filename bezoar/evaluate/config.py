@@ -129,6 +129,7 @@ class EvalConfig(StrictModel):
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     ifeval: IFEvalConfig = Field(default_factory=IFEvalConfig)
     checkpoints: list[str] | None = None
-    """Which of run_dir/models/* to evaluate (e.g. [sft-3, dpo]); None is every checkpoint found."""
+    """Which of the run's checkpoints to evaluate, by name (e.g. [sft-3-orca, dpo]); None: every one
+    its manifest records."""
     include_base: bool = True
     """Evaluate the untrained student too (the comparison's baseline)."""

@@ -46,8 +46,9 @@ def find_checkpoints(run_dir: Path, config: EvalConfig, student_spec: str) -> li
         names = [name for name, _ in found]
         unknown = [c for c in config.checkpoints if c not in names]
         if unknown:
-            raise ConfigError(f"eval.checkpoints: {unknown} are not among the checkpoints {Path(run_dir) / 'manifest.json'} "
-                              f"records (found: {names})")
+            manifest = Path(run_dir) / "manifest.json"
+            raise ConfigError(f"eval.checkpoints: {unknown} are not among the checkpoints {manifest} records "
+                              f"(found: {names})")
         found = [(n, s) for n, s in found if n in config.checkpoints or (n == "base" and config.include_base)]
     return found
 
