@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -155,7 +156,9 @@ def cache_rows(run_dir: Path) -> dict[str, float]:
         return {}
     for _ in range(50):
         try:
-            with sqlite3.connect(path, timeout=10) as conn:
+            # closing(): sqlite3's own `with` only commits; a connection left to the garbage collector
+            # removes the WAL's side files whenever it is collected, in the middle of a later check.
+            with closing(sqlite3.connect(path, timeout=10)) as conn:
                 return dict(conn.execute("SELECT key, created FROM calls"))
         except sqlite3.OperationalError:  # the table not created yet, or a writer holding the lock
             time.sleep(0.1)

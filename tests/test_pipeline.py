@@ -7,6 +7,7 @@ import hashlib
 import json
 import sqlite3
 import subprocess
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,8 @@ def cached_calls(run_dir: Path) -> int:
     if not path.exists():
         return 0
     try:
-        return sqlite3.connect(path, timeout=5).execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+        with closing(sqlite3.connect(path, timeout=5)) as conn:  # closed now, not whenever it is collected
+            return conn.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
 
@@ -64,9 +66,10 @@ def test_report_renders_in_headless_chromium(workspace):
 
 
 def tree_digest(folder: Path) -> str:
+    """Every file's path and bytes; SQLite's -wal/-shm side files come and go with the cache's readers."""
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
-        if path.is_file():
+        if path.is_file() and not path.name.endswith(("-wal", "-shm")):
             digest.update(str(path).encode() + path.read_bytes())
     return digest.hexdigest()
 

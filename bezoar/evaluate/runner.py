@@ -26,7 +26,7 @@ from bezoar.errors import ConfigError
 from bezoar.evaluate.compare import compare
 from bezoar.evaluate.config import EvalConfig
 from bezoar.failures import FailureLog
-from bezoar.hashing import canonical_hash
+from bezoar.hashing import canonical_hash, file_sha256
 from bezoar.llm.cache import CachedModel
 from bezoar.records import write_json
 from bezoar.stage_outputs import checkpoints, done_summary, output
@@ -135,7 +135,9 @@ def _scoring(recipe: Recipe, run_dir: Path, name: str, spec: str) -> dict:
         else:
             reference = _dpo_reference(recipe, run_dir, name)
             signed_reference = _weights_identity(reference) if reference else None  # its weights, not its path
-            done["preference"] = _once(run_dir / "eval" / "preference" / name, [preference, identity, signed_reference],
+            # The pairs by content too: the held-out slice lives in the run, whose path is no part of the result.
+            signed = preference.model_dump(mode="json") | {"pairs": file_sha256(preference.pairs)}
+            done["preference"] = _once(run_dir / "eval" / "preference" / name, [signed, identity, signed_reference],
                                        lambda out: _preference(spec, preference, out, reference))
             _free(f"{name} preference")
     return done
