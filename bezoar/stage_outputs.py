@@ -78,18 +78,12 @@ def checkpoints(run_dir: Path, stages: tuple[str, ...] = TRAINING) -> list[tuple
     return found
 
 
-def latest_checkpoint(run_dir: Path, before: str) -> tuple[str, Path] | None:
-    """(name, directory) of the newest model a done stage before `before` trained: what `before`
-    continues from (None: nothing trained yet, so the base student)."""
+def continued_from(run_dir: Path, before: str, student_spec: str) -> tuple[str, str]:
+    """(name, model) that `before` trains or samples from: the newest checkpoint a done stage before it
+    trained, as (its name, its directory); else ("base", the student spec)."""
     earlier = tuple(s for s in TRAINING if STAGE_NAMES.index(s) < STAGE_NAMES.index(before))
     trained = checkpoints(run_dir, earlier)
-    return trained[-1] if trained else None
-
-
-def continued_model(run_dir: Path, before: str, student_spec: str) -> str:
-    """What `before` trains or samples from: the newest checkpoint's directory, else the student spec."""
-    latest = latest_checkpoint(run_dir, before)
-    return str(latest[1]) if latest else student_spec
+    return (trained[-1][0], str(trained[-1][1])) if trained else ("base", student_spec)
 
 
 def _resolve(run_dir: Path, path: str) -> Path:

@@ -2,6 +2,7 @@
 
 The checkpoints (sft-1-*, sft-hh, dpo), DPO's reference and the held-out HH-RLHF pairs are what the
 training stages handed on in the run's manifest (`bezoar.stage_outputs`); the base student comes first.
+
     run_dir/eval/mt_bench/<checkpoint>/ FastChat answer and judgment files, summary.json
     run_dir/eval/harness/<checkpoint>/  rendered task YAMLs, lm-eval results, summary.json
     run_dir/eval/preference/<checkpoint>/summary.json

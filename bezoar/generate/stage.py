@@ -18,7 +18,6 @@ from bezoar.stage_outputs import handed_on
 log = logging.getLogger(__name__)
 
 
-
 def check_licences(seeds: list[SeedFile], teacher_spec: str, teacher_licence: str | None) -> None:
     """The commercial-use gate: raises LicenceError naming the first seed or teacher that fails, before any call."""
     for seed in seeds:

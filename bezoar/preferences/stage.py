@@ -24,7 +24,7 @@ from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Reply, Sampling
 from bezoar.preferences.config import PreferencesConfig
 from bezoar.records import ChatMessage, Lineage, PreferencePair, Record, read_jsonl, write_json, write_jsonl
-from bezoar.stage_outputs import continued_model, handed_on, output
+from bezoar.stage_outputs import continued_from, handed_on, output
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def run_preferences(recipe: Recipe, run_dir: Path, models) -> dict:
         raise DataError(f"{path or run_dir}: no constraint prompts (the generate stage hands them on when "
                         "generate.constraints.n > 0; or set preferences.prompts)")
     records = load_prompts(path, config.limit)
-    current = continued_model(run_dir, "dpo", recipe.models.student.spec)
+    _, current = continued_from(run_dir, "dpo", recipe.models.student.spec)
     student = _student(recipe, models, current)
     judge = models["judge"] if config.judge_unconstrained and any(not constraints_of(r)[0] for r in records) else None
     out_dir = run_dir / "data" / "preferences"

@@ -23,7 +23,7 @@ from pathlib import Path
 from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.records import PreferencePair, write_json
-from bezoar.stage_outputs import handed_on, latest_checkpoint, output, required_output
+from bezoar.stage_outputs import continued_from, handed_on, output, required_output
 from bezoar.train.config import DPOStageConfig
 from bezoar.train.examples import prepare_pairs, to_dataset
 from bezoar.train.launch import launch_stage, wants_launch
@@ -205,14 +205,12 @@ def run_dpo(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
     hh = _read_pairs(required_output(run_dir, "sft_hh", "hh_dpo")) if data.source != "generated" else []
     heldout = output(run_dir, "sft_hh", "hh_heldout")  # TRL's reward accuracy on them after training
     pairs, counts = dpo_pairs(data, hh, run_dir, recipe.dpo.seed)
-    latest = latest_checkpoint(run_dir, before="dpo")
-    base = str(latest[1]) if latest else recipe.models.student.spec
+    reference, base = continued_from(run_dir, "dpo", recipe.models.student.spec)
     out = run_dir / "models" / "dpo"
     summary = train_dpo(base, pairs, out, recipe.dpo, heldout=_read_pairs(heldout) if heldout else [],
                         ref_cache_dir=run_dir / "data" / "hh" / "ref-logps")
     # The reference by checkpoint name ("base": the student), which eval's implicit reward needs.
-    return {**summary, **counts, "checkpoints": handed_on(run_dir, {"dpo": out}),
-            "reference": latest[0] if latest else "base"}
+    return {**summary, **counts, "checkpoints": handed_on(run_dir, {"dpo": out}), "reference": reference}
 
 
 def _read_pairs(path: Path) -> list[PreferencePair]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bezoar.config import Recipe
 from bezoar.errors import DataError
-from bezoar.stage_outputs import continued_model, handed_on, required_output
+from bezoar.stage_outputs import continued_from, handed_on, required_output
 from bezoar.train.config import SFTStageConfig, TrainSettings
 from bezoar.train.examples import PromptCompletion, Prepared, pair_conversations, prepare_sft, read_conversations
 from bezoar.train.hh_rlhf import handed_on_slices, hh_slices
@@ -127,7 +127,7 @@ def run_sft_hh(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dic
 
     config, run_dir = recipe.sft_hh, Path(run_dir)
     slices = hh_slices(config.data, run_dir)
-    base = continued_model(run_dir, "sft_hh", recipe.models.student.spec)
+    _, base = continued_from(run_dir, "sft_hh", recipe.models.student.spec)
     weights = resolve_base(base)
     tokenizer = load_tokenizer(weights.adapter_dir or weights.base_dir, config.template)
     conversations = pair_conversations(slices["sft"])
