@@ -217,3 +217,78 @@ class DPOStageConfig(TrainSettings):
     shared_prompt: bool = True
     """Run the prompt of a pair once for both replies (one packed sequence with a mask that hides
     the chosen reply from the rejected one) instead of twice."""
+
+
+class GRPORewards(StrictModel):
+    """The verifiable reward of one completion: the share of its prompt's constraints that lm-eval's
+    IFEval checkers find met (open-instruct's `IFEvalVerifier`), in [0, 1], plus two optional
+    shaping terms, both off by default."""
+
+    eos_penalty: float = Field(0.0, ge=0)
+    """Subtracted when the completion stops at `max_completion_length` without an end-of-sequence
+    (an answer cut off mid-way is not an answer)."""
+    overlong_penalty: float = Field(0.0, ge=0)
+    """DAPO's soft overlong punishment, at most this much: 0 up to `max_completion_length -
+    overlong_buffer` tokens, then falling linearly to `-overlong_penalty` at `max_completion_length`."""
+    overlong_buffer: int = Field(32, ge=1)
+    """Tokens before the cap over which the overlong penalty grows."""
+
+
+class GRPOStageConfig(TrainSettings):
+    """GRPO (TRL's GRPOTrainer) with a LoRA adapter and verifiable rewards on constraint prompts.
+
+    A step samples `num_generations` completions for each of its prompts, scores them with the
+    IFEval checkers, and takes a policy-gradient step on the advantages within each prompt's group.
+    Batches count completions: a step sees `per_device_train_batch_size x gradient_accumulation_steps`
+    completions, i.e. that divided by `num_generations` prompts."""
+
+    num_generations: int = Field(4, ge=2)
+    """Completions per prompt, the group whose mean is the baseline (TRL: 8; 4 on a CPU budget)."""
+    max_completion_length: int = Field(128, ge=1)
+    """Longest completion in tokens (TRL: 512). Rollouts cost about this many decode steps per batch."""
+    temperature: float = Field(1.0, gt=0, le=2)
+    """Sampling temperature of the rollouts (TRL: 1.0): the spread within a group is the signal."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.0, ge=0)
+    """KL pull towards the reference (the adapter switched off). TRL's default 0 loads no reference."""
+    epsilon: float = Field(0.2, gt=0)
+    """PPO clipping range of the importance ratio (TRL: 0.2)."""
+    loss_type: Literal["grpo", "dapo", "dr_grpo", "bnpo"] = "dapo"
+    """Token-loss aggregation (TRL's default `dapo`: normalised by the active tokens of the global batch)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """Divide advantages by the group's (or batch's) reward std (TRL: group; Dr. GRPO: none)."""
+    mask_truncated_completions: bool = False
+    """Leave completions cut at `max_completion_length` out of the loss (DAPO)."""
+    num_iterations: int = Field(1, ge=1)
+    """Optimisation passes over each generated batch (TRL's mu)."""
+    rollout: Literal["auto", "bezoar", "transformers", "transformers_continuous"] = "auto"
+    """Who generates the rollouts: bezoar's continuous-batching decoder (per-row seeds), transformers'
+    `generate` (TRL's default) or transformers' `generate_batch` (`use_transformers_continuous_batching`).
+    `auto`: bezoar on a CPU, where it measured fastest (benchmarks/bench_rollouts.py), transformers
+    `generate` on a GPU, where it was not measured."""
+    rewards: GRPORewards = Field(default_factory=GRPORewards)
+    learning_rate: float = Field(2e-5, gt=0)
+    """Not tuned on IFEval; LoRA takes ~10x the full-model rates GRPO uses (TRL: 1e-6)."""
+    warmup_steps: int = Field(0, ge=0)
+    num_train_epochs: float = Field(1.0, gt=0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    """Completions per micro-batch (rollouts are generated for the whole step at once)."""
+    gradient_accumulation_steps: int = Field(2, ge=1)
+    max_length: int = Field(512, ge=16)
+    """Longest prompt in tokens; longer prompts are left out (counted)."""
+    validation_fraction: float = Field(0.0, ge=0, le=0)
+    """GRPO has no validation loss worth a rollout pass; IFEval and held-out prompts measure it."""
+    load_best_model_at_end: bool = False
+    logging_steps: int = Field(1, ge=1)
+    """Every step is expensive and its reward is the curve worth watching."""
+    eval_steps: int = Field(5, ge=1)
+    """Save a checkpoint every this many steps (there is no evaluation)."""
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> "GRPOStageConfig":
+        completions = self.per_device_train_batch_size * self.gradient_accumulation_steps * self.launch.num_processes
+        if completions % self.num_generations:
+            raise ValueError(f"per_device_train_batch_size x gradient_accumulation_steps x launch.num_processes "
+                             f"({completions}) must be a multiple of num_generations ({self.num_generations}): a step "
+                             "takes whole groups of completions")
+        return self

@@ -1,4 +1,4 @@
-"""One training run, shared by SFT and DPO: skip if done, resume if killed, check the template,
+"""One training run, shared by SFT, DPO and GRPO: skip if done, resume if killed, check the template,
 train with TRL, keep the best checkpoint, and write the summary last.
 
 A run is identified by a fingerprint of everything that decides its result (settings, loss, base
@@ -36,7 +36,7 @@ SUMMARY = "summary.json"
 @dataclass
 class TrainingJob:
     stage: str
-    kind: str  # "sft" or "dpo"
+    kind: str  # "sft", "dpo" or "grpo"
     base: str
     weights: BaseWeights
     tokenizer: Any
@@ -148,13 +148,13 @@ def _renamed_arguments(checkpointing: bool) -> dict:
 
 
 def _build_trainer(job: TrainingJob, trainer_class, kind_arguments):
-    from trl import DPOConfig, SFTConfig
+    from trl import DPOConfig, GRPOConfig, SFTConfig
 
     from bezoar.train.examples import to_dataset
 
     model = load_model(job.weights, job.plan)
     model, peft_config = attach_adapter(model, job.weights, job.settings, job.plan)
-    config_class = SFTConfig if job.kind == "sft" else DPOConfig
+    config_class = {"sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}[job.kind]
     args = config_class(**common_arguments(job), **kind_arguments(job))
 
     callbacks = [MetricsLog(job.out_dir / "metrics.jsonl", job.stage), tensorboard_callback(job.out_dir / "tensorboard")]

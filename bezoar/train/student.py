@@ -60,7 +60,7 @@ def bitsandbytes_available() -> bool:
 
 def plan_training(settings: TrainSettings, longest: int | None = None, kind: str = "sft") -> TrainPlan:
     """Resolve dtype (measured by `plan_device`), quantization, optimizer, dropout and checkpointing
-    for a `kind` ("sft" or "dpo") of training."""
+    for a `kind` ("sft", "dpo" or "grpo") of training."""
     device = plan_device(settings.dtype)
     cuda = device.device == "cuda"
     quantization = settings.quantization

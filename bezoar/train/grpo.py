@@ -1,0 +1,130 @@
+"""GRPO with TRL's GRPOTrainer, a LoRA adapter and verifiable rewards: `train_grpo`.
+
+Each optimizer step samples `num_generations` completions for each of its constraint prompts from
+the policy being trained, scores every completion with lm-eval's IFEval checkers (the share of the
+prompt's constraints met; `bezoar.train.rewards`), and moves the policy towards the completions
+that beat their group's mean. The reference model, when `beta > 0`, is the policy with its adapter
+switched off (or TRL's frozen copy of a continued adapter): never a second copy of the base.
+
+Like SFT and DPO, a run goes through `bezoar.train.run.execute`: it is skipped when done, resumes
+from its newest complete checkpoint after a kill (adapter, optimizer, scheduler, RNG, position in
+the prompt order; bezoar's rollouts are seeded by step, so the resumed run draws the same samples),
+writes `metrics.jsonl` (reward, its spread, completion lengths, clipped share per step) and, last,
+`summary.json`.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from statistics import mean
+
+from bezoar.errors import DataError
+from bezoar.records import Record
+from bezoar.train.config import GRPOStageConfig
+from bezoar.train.examples import Prepared
+from bezoar.train.rewards import prompt_row, reward_functions
+from bezoar.train.rollouts import BezoarRollouts
+from bezoar.train.run import TrainingJob, execute
+from bezoar.train.template_check import SAMPLE
+
+log = logging.getLogger(__name__)
+
+
+def grpo_trainer_class():
+    """TRL's GRPOTrainer, quiet about the experimental `rollout_func` bezoar passes on purpose."""
+    from trl import GRPOTrainer
+
+    from bezoar.train.versions import require
+
+    require("trl", "bezoar's GRPO rollouts (GRPOTrainer's experimental rollout_func)")
+
+    class BezoarGRPOTrainer(GRPOTrainer):
+        def __init__(self, *args, **kwargs):
+            with warnings.catch_warnings():  # the library never prints; the choice is logged instead
+                warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
+                super().__init__(*args, **kwargs)
+
+    return BezoarGRPOTrainer
+
+
+def rollout_engine(settings: GRPOStageConfig, device: str) -> str:
+    """`auto` resolved: bezoar's decoder on a CPU (measured fastest there), transformers on a GPU."""
+    if settings.rollout != "auto":
+        return settings.rollout
+    return "bezoar" if device == "cpu" else "transformers"
+
+
+def grpo_arguments(job: TrainingJob) -> dict:
+    """GRPOConfig keywords beyond the shared ones (TRL's names and meanings)."""
+    s: GRPOStageConfig = job.settings  # type: ignore[assignment]
+    return {"num_generations": s.num_generations, "max_completion_length": s.max_completion_length,
+            "temperature": s.temperature, "top_p": s.top_p, "beta": s.beta, "epsilon": s.epsilon,
+            "loss_type": s.loss_type, "scale_rewards": s.scale_rewards, "num_iterations": s.num_iterations,
+            "mask_truncated_completions": s.mask_truncated_completions, "remove_unused_columns": False,
+            "use_transformers_continuous_batching": rollout_engine(s, job.plan.device) == "transformers_continuous",
+            "shuffle_dataset": True, "log_completions": False}
+
+
+def prepare_prompts(tokenizer, records: list[Record], settings: GRPOStageConfig) -> Prepared:
+    """Constraint prompts → GRPO rows (conversation + checker fields + length). A prompt without
+    constraints (nothing can verify its answers) or longer than `max_length` is left out and counted."""
+    rows, bad = [], []
+    for record in records:
+        row = prompt_row(record)
+        if not row["instruction_id_list"]:
+            bad.append(f"{record.meta.id or '?'}: no constraints, so no program can score its answers")
+            continue
+        text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        length = len(tokenizer(text, add_special_tokens=False).input_ids)
+        if length > settings.max_length:
+            bad.append(f"{record.meta.id or '?'}: the prompt has {length} tokens, over max_length={settings.max_length}")
+            continue
+        rows.append({**row, "length": length + settings.max_completion_length})
+    return Prepared(rows, [], bad)
+
+
+def reward_summary(trainer, job: TrainingJob) -> dict:
+    """After training: the reward and completion length at the first and last steps, and time per step."""
+    rows = [row for row in trainer.state.log_history if "reward" in row]
+    if not rows:
+        return {}
+    found = {"first_reward": rows[0]["reward"], "last_reward": rows[-1]["reward"],
+             "mean_reward": mean(row["reward"] for row in rows),
+             "first_completion_length": rows[0].get("completions/mean_length"),
+             "last_completion_length": rows[-1].get("completions/mean_length"),
+             "zero_std_share": mean(row.get("frac_reward_zero_std", 0.0) for row in rows),
+             "rollout": rollout_engine(job.settings, job.plan.device)}  # type: ignore[arg-type]
+    times = [row["step_time"] for row in rows if "step_time" in row]
+    if times:
+        found["s_per_step"] = mean(times)
+    return found
+
+
+def train_grpo(config: GRPOStageConfig, prompts: list[Record] | Path, start_model: str, out_dir: Path,
+               stage: str = "grpo") -> dict:
+    """Train (or resume, or skip when done) one GRPO run from `start_model` (`local`, `local:PATH`, an
+    adapter directory) on constraint prompts (records, or a JSONL of them); returns its summary."""
+    from bezoar.preferences.stage import load_prompts
+    from bezoar.train.encoding import load_tokenizer
+    from bezoar.train.student import plan_training, resolve_base
+
+    records = load_prompts(Path(prompts)) if isinstance(prompts, (str, Path)) else list(prompts)
+    weights = resolve_base(start_model)
+    tokenizer = load_tokenizer(weights.adapter_dir or weights.base_dir, config.template)
+    prepared = prepare_prompts(tokenizer, records, config)
+    if not prepared.train:
+        raise DataError(f"{stage}: no usable constraint prompt ({prepared.bad[:1] or 'none given'})")
+    if prepared.bad:
+        log.warning("%s: %d prompts left out, e.g. %s", stage, len(prepared.bad), prepared.bad[0])
+    engine = rollout_engine(config, plan_training(config, kind="grpo").device)
+    job = TrainingJob(stage=stage, kind="grpo", base=start_model, weights=weights, tokenizer=tokenizer,
+                      prepared=prepared, out_dir=Path(out_dir), settings=config,
+                      sample=(prepared.train[0]["prompt"], SAMPLE[1]), after_training=reward_summary)
+    job.trainer_kwargs = {"reward_funcs": reward_functions(config.rewards, config.max_completion_length,
+                                                           [tokenizer.eos_token_id])}
+    if engine == "bezoar":
+        job.trainer_kwargs["rollout_func"] = BezoarRollouts(tokenizer, config.max_completion_length,
+                                                            config.temperature, config.top_p, config.seed)
+    log.info("%s: rollouts by %s", stage, engine)
+    return execute(job, grpo_trainer_class(), grpo_arguments)
