@@ -3,18 +3,13 @@ rollouts bezoar's seeded decoder, and a run killed after a checkpoint resumes wh
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 DOLLY = "seeds/dolly15k_open_qa_subset.jsonl"
 TYPES = ["punctuation:no_comma", "change_case:english_lowercase", "startend:quotation", "detectable_format:title"]
 # 2 prompts x 2 completions per step, 16 new tokens: seconds per step on two cores.
@@ -172,23 +167,11 @@ RUNNER = textwrap.dedent("""
 def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, prompts_file, tmp_path):
     """Kill a real GRPO process after its step-2 checkpoint, start again: it resumes at step 2 (optimizer,
     scheduler, prompt order, and the same seeded rollouts) and ends with the uninterrupted run's weights."""
-    from safetensors.torch import load_file
-
     from bezoar.train.config import GRPOStageConfig
     from bezoar.train.grpo import train_grpo
 
     out, settings = tmp_path / "adapter", GRPOStageConfig(**TINY)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(prompts_file), str(out), settings.model_dump_json()],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (out / "checkpoint-2" / "trainer_state.json").exists():
-        assert process.poll() is None, "the training process ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.2)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    assert not (out / "summary.json").exists()
+    kill_after_checkpoint(RUNNER, [str(prompts_file), str(out), settings.model_dump_json()], out, step=2)
 
     summary = train_grpo(settings, prompts_file, "local", out)
     assert summary["resumed_from"] == "checkpoint-2" and summary["global_step"] == 4
@@ -196,8 +179,4 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, prompts_file
     assert [row["step"] for row in rows if "reward" in row] == [1, 2, 3, 4]  # nothing repeated or lost
     uninterrupted = [json.loads(line) for line in (trained[0] / "metrics.jsonl").open()]
     assert [r["reward"] for r in rows if "reward" in r] == [r["reward"] for r in uninterrupted if "reward" in r]
-    resumed = load_file(out / "adapter_model.safetensors")
-    reference = load_file(trained[0] / "adapter_model.safetensors")
-    assert resumed.keys() == reference.keys()
-    for name, tensor in reference.items():
-        assert (resumed[name].float() - tensor.float()).abs().max() < 1e-4, name
+    assert_same_adapter(out, trained[0])

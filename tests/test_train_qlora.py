@@ -5,20 +5,15 @@ the same greedy text as base + adapter."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from bezoar.records import write_jsonl
+from killing import kill_after_checkpoint
 from test_train_sft import dolly_records
 
-REPO = Path(__file__).resolve().parents[1]
 # A backward through a bitsandbytes kernel that has none drops gradients silently: fail instead.
 pytestmark = pytest.mark.filterwarnings("error:.*autograd kernel was not registered")
 QLORA = dict(quantization="nf4", dtype="float32", max_steps=3, per_device_train_batch_size=4,
@@ -43,16 +38,7 @@ def qlora_sft(data_dir, tmp_path_factory) -> tuple[Path, dict]:
     data, out = root / "dolly.jsonl", root / "sft"
     write_jsonl(data, dolly_records(data_dir, 8))
     settings = SFTStageConfig(**QLORA)
-    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(data), str(out), settings.model_dump_json()],
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (out / "checkpoint-2" / "trainer_state.json").exists():
-        assert process.poll() is None, "the QLoRA run ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.5)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
+    kill_after_checkpoint(RUNNER, [str(data), str(out), settings.model_dump_json()], out, step=2)
     return out, train_sft("local", [data], out, settings)
 
 

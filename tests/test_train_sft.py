@@ -3,10 +3,6 @@ resumes after SIGKILL exactly where it was, stages continue one adapter, and exp
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -14,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bezoar.records import ChatMessage, Record, RecordMeta, write_jsonl
+from killing import assert_same_adapter, kill_after_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=1, warmup_steps=0,
             learning_rate=3e-3, eval_steps=2, logging_steps=1, max_length=64, validation_fraction=0.0)
 
@@ -83,34 +79,18 @@ RUNNER = textwrap.dedent("""
 def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, records_file, tmp_path):
     """Kill a real training process after its step-2 checkpoint, start again: it resumes at step 2
     (optimizer, scheduler, data order) and ends with the uninterrupted run's weights."""
-    from safetensors.torch import load_file
-
     from bezoar.train.config import SFTStageConfig
     from bezoar.train.sft import train_sft
 
     out = tmp_path / "adapter"
     settings = SFTStageConfig(**TINY)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-c", RUNNER, str(records_file), str(out), settings.model_dump_json()],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (out / "checkpoint-2" / "trainer_state.json").exists():
-        assert process.poll() is None, "the training process ended before its first checkpoint"
-        assert time.time() < deadline
-        time.sleep(0.5)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(timeout=60)
-    assert not (out / "summary.json").exists()
+    kill_after_checkpoint(RUNNER, [str(records_file), str(out), settings.model_dump_json()], out, step=2)
 
     summary = train_sft("local", [records_file], out, settings)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").open()]
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3, 4, 5, 6]  # nothing repeated or lost
     assert summary["global_step"] == 6
-    resumed = load_file(out / "adapter_model.safetensors")
-    uninterrupted = load_file(trained[0] / "adapter_model.safetensors")
-    assert resumed.keys() == uninterrupted.keys()
-    for name, tensor in uninterrupted.items():
-        assert (resumed[name].float() - tensor.float()).abs().max() < 1e-4, name
+    assert_same_adapter(out, trained[0])
 
 
 def test_a_run_killed_while_finishing_takes_no_step_past_max_steps(records_file, tmp_path, monkeypatch):

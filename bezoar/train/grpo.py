@@ -20,7 +20,7 @@ from pathlib import Path
 from statistics import mean
 
 from bezoar.errors import DataError
-from bezoar.records import Record
+from bezoar.records import Record, read_jsonl
 from bezoar.train.config import GRPOStageConfig
 from bezoar.train.examples import Prepared
 from bezoar.train.rewards import prompt_row, reward_functions
@@ -102,14 +102,14 @@ def reward_summary(trainer, job: TrainingJob) -> dict:
 
 
 def train_grpo(config: GRPOStageConfig, prompts: list[Record] | Path, start_model: str, out_dir: Path,
-               stage: str = "grpo") -> dict:
+               stage: str = "grpo", callbacks: list | None = None) -> dict:
     """Train (or resume, or skip when done) one GRPO run from `start_model` (`local`, `local:PATH`, an
-    adapter directory) on constraint prompts (records, or a JSONL of them); returns its summary."""
-    from bezoar.preferences.stage import load_prompts
+    adapter directory) on constraint prompts (records, or a JSONL of them); returns its summary.
+    `callbacks`: extra TrainerCallbacks, e.g. `bezoar.train.metrics.CPUBudget` to stop at a CPU budget."""
     from bezoar.train.encoding import load_tokenizer
     from bezoar.train.student import plan_training, resolve_base
 
-    records = load_prompts(Path(prompts)) if isinstance(prompts, (str, Path)) else list(prompts)
+    records = list(read_jsonl(prompts, Record)) if isinstance(prompts, (str, Path)) else list(prompts)
     weights = resolve_base(start_model)
     tokenizer = load_tokenizer(weights.adapter_dir or weights.base_dir, config.template)
     prepared = prepare_prompts(tokenizer, records, config)
@@ -120,7 +120,8 @@ def train_grpo(config: GRPOStageConfig, prompts: list[Record] | Path, start_mode
     engine = rollout_engine(config, plan_training(config, kind="grpo").device)
     job = TrainingJob(stage=stage, kind="grpo", base=start_model, weights=weights, tokenizer=tokenizer,
                       prepared=prepared, out_dir=Path(out_dir), settings=config,
-                      sample=(prepared.train[0]["prompt"], SAMPLE[1]), after_training=reward_summary)
+                      sample=(prepared.train[0]["prompt"], SAMPLE[1]), after_training=reward_summary,
+                      callbacks=list(callbacks or []))
     job.trainer_kwargs = {"reward_funcs": reward_functions(config.rewards, config.max_completion_length,
                                                            [tokenizer.eos_token_id])}
     if engine == "bezoar":

@@ -37,6 +37,26 @@ class MetricsLog(TrainerCallback):
         append_jsonl(self.path, [row])
 
 
+class CPUBudget(TrainerCallback):
+    """Stop training (after a checkpoint) at the step end nearest to `seconds` of this process's CPU
+    time since the callback was made: arms of an experiment compared at the same CPU budget on a
+    shared machine, where wall time says more about the neighbours than about the method. Nearest:
+    it stops once the CPU left is under half of what the last step took."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = self.last = time.process_time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.process_time()
+        step, self.last = now - self.last, now
+        if now - self.start + step / 2 >= self.seconds:
+            log.info("CPU budget of %.0f s reached at step %d (%.0f s used): stopping", self.seconds,
+                     state.global_step, now - self.start)
+            control.should_training_stop = control.should_save = True
+        return control
+
+
 class QuietProgress(ProgressCallback):
     """transformers' tqdm bars, minus the dict it prints on every log event: one logging line instead."""
 

@@ -50,6 +50,8 @@ class TrainingJob:
     trainer_kwargs: dict = field(default_factory=dict)
     after_training: Callable[[Any, "TrainingJob"], dict] | None = None
     plan: TrainPlan | None = None
+    callbacks: list = field(default_factory=list)
+    """Extra transformers TrainerCallbacks (e.g. `CPUBudget`); not part of the fingerprint."""
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -157,7 +159,8 @@ def _build_trainer(job: TrainingJob, trainer_class, kind_arguments):
     config_class = {"sft": SFTConfig, "dpo": DPOConfig, "grpo": GRPOConfig}[job.kind]
     args = config_class(**common_arguments(job), **kind_arguments(job))
 
-    callbacks = [MetricsLog(job.out_dir / "metrics.jsonl", job.stage), tensorboard_callback(job.out_dir / "tensorboard")]
+    callbacks = [MetricsLog(job.out_dir / "metrics.jsonl", job.stage), tensorboard_callback(job.out_dir / "tensorboard"),
+                 *job.callbacks]
     trainer = _mended(trainer_class)(model=model, args=args, train_dataset=to_dataset(job.prepared.train),
                             eval_dataset=to_dataset(job.prepared.validation), processing_class=job.tokenizer,
                             peft_config=peft_config, callbacks=callbacks, **job.trainer_kwargs)
