@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from killing import assert_same_adapter, kill_after_checkpoint
+
 DOLLY = "seeds/dolly15k_open_qa_subset.jsonl"
 TYPES = ["punctuation:no_comma", "change_case:english_lowercase", "startend:quotation", "detectable_format:title"]
 # 2 prompts x 2 completions per step, 16 new tokens: seconds per step on two cores.
