@@ -106,14 +106,15 @@ def dpo_round(args, records: list, start: str, out: Path, cache) -> tuple[str, d
 
 def grpo_phase(args, records: list, start: str, out: Path, cache, budget_s: float) -> tuple[str, dict]:
     """Prompts that teach (sampled from `start`), then GRPO from `start` until `budget_s` CPU seconds."""
+    from bezoar.preferences.config import SelectionConfig
     from bezoar.preferences.teaching import select_teaching_prompts
     from bezoar.train.config import GRPOStageConfig
     from bezoar.train.grpo import train_grpo
     from bezoar.train.metrics import CPUBudget
 
     before = time.process_time()
-    chosen = select_teaching_prompts(student(start, cache), records, out / "teaching", k=args.grpo_generations,
-                                     temperature=args.temperature, max_new_tokens=args.grpo_tokens, seed=args.seed)
+    config = SelectionConfig(k=args.grpo_generations, temperature=args.temperature, max_new_tokens=args.grpo_tokens)
+    chosen = select_teaching_prompts(student(start, cache), records, config, args.seed, out / "teaching")
     kept = chosen.pop("records")
     selection = {k: chosen[k] for k in ("candidates", "kept", "kept_share", "reasons", "types_before", "types_after")}
     if not kept:

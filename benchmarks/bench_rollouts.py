@@ -68,8 +68,11 @@ def run_transformers(model, tokenizer, prompts, args, continuous: bool) -> list[
            for p in prompts]
     model.eval()
     with torch.no_grad():
-        if continuous:
-            outputs = model.generate_batch(ids, generation_config=config, progress_bar=False)
+        if continuous:  # TRL's config caps the paged cache at 50% of memory; 10% here (shared machine)
+            from transformers.generation import ContinuousBatchingConfig
+
+            outputs = model.generate_batch(ids, generation_config=config, progress_bar=False,
+                                           continuous_batching_config=ContinuousBatchingConfig(max_memory_percent=0.1))
             lengths = [len(o.generated_tokens) for o in outputs.values()]
         else:
             longest = max(map(len, ids))
@@ -97,6 +100,10 @@ def run_bezoar(model, tokenizer, prompts, args) -> list[int]:
 def one_engine(args) -> None:
     """Child process: load the policy, warm up, time one rollout batch; print one JSON line."""
     model, tokenizer, plan = policy()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     prompts = constraint_prompts(args.prompts, args.generations)
     run = (lambda p: run_bezoar(model, tokenizer, p, args)) if args.engine == "bezoar" else \
         (lambda p: run_transformers(model, tokenizer, p, args, args.engine == "transformers_continuous"))
@@ -116,6 +123,10 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads (0: the plan's). On an oversubscribed machine every multi-threaded op "
+                             "waits a scheduler quantum for its second thread (measured: a 8x576x1536 matmul took "
+                             "24 ms with 2 threads, 0.08 ms for 1 row on 1 thread), so 1 thread measures the code")
     parser.add_argument("--engine", help=argparse.SUPPRESS)  # the child's engine
     args = parser.parse_args()
     if args.engine:
@@ -125,7 +136,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for engine in engines:
             command = [sys.executable, __file__, "--engine", engine] + [
-                f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("prompts", "generations", "max_tokens")]
+                f"--{k.replace('_', '-')}={getattr(args, k)}" for k in ("prompts", "generations", "max_tokens", "threads")]
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 print(f"{engine}: failed\n{done.stderr[-2000:]}")
@@ -136,7 +147,7 @@ def main() -> None:
                   f"({row['tok_cpu_s']:6.1f} per CPU-s), peak RSS {row['peak_rss_mb']:.0f} MB ({row['dtype']})", flush=True)
             results[engine].append(row)
     figures = {"prompts": args.prompts, "generations": args.generations, "max_tokens": args.max_tokens,
-               "rounds": args.rounds, "peak_rss_mb_parent": round(peak_rss_mb(), 1)}
+               "rounds": args.rounds, "threads": args.threads or "plan", "peak_rss_mb_parent": round(peak_rss_mb(), 1)}
     for engine, rows in results.items():
         good = [r for r in rows if "tok_s" in r]
         if good:
@@ -148,7 +159,10 @@ def main() -> None:
             figures[engine] = {"failed": rows[0]["failed"]}
     base = figures.get("transformers", {}).get("tok_s")
     for engine in engines:
+        pairs = zip(results[engine], results.get("transformers", []))  # round by round: the same neighbours
+        ratios = [round(r["tok_s"] / t["tok_s"], 2) for r, t in pairs if "tok_s" in r and "tok_s" in t]
         if base and "tok_s" in figures[engine]:
+            figures[engine]["per_round_vs_transformers"] = ratios
             figures[engine]["speed_vs_transformers"] = round(figures[engine]["tok_s"] / base, 2)
             figures[engine]["cpu_speed_vs_transformers"] = round(
                 figures[engine]["tok_per_cpu_s"] / figures["transformers"]["tok_per_cpu_s"], 2)

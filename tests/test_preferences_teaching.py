@@ -26,7 +26,8 @@ def test_verdicts_follow_the_spread_of_scores():
     assert verdict([met, missed], "spread", 0.0) == "kept"
     assert verdict([[True, False], [False, True]], "spread", 0.0) == "no_spread"  # 0.5 each: no advantage
     assert verdict([[True, False], [False, True]], "pass_rate", 0.0) == "no_spread"  # none fully met
-    assert verdict([[True, True], [True, False]], "spread", 0.5) == "no_spread"  # 1.0 vs 0.5: under the margin
+    assert verdict([[True, True], [True, False]], "spread", 0.5) == "kept"  # 1.0 vs 0.5: the margin reached
+    assert verdict([[True, True], [True, False]], "spread", 0.75) == "no_spread"  # under it
     assert verdict([[True, True], [True, False]], "pass_rate", 0.5) == "kept"
     assert verdict([[], []], "spread", 0.0) == "unscored"
 
@@ -58,11 +59,12 @@ def test_selection_keeps_prompts_whose_samples_differ(data_dir, local_model, tmp
     from bezoar.evaluate.ifeval import share_followed
     from bezoar.generate.constraints import checker_doc
     from bezoar.llm.protocol import Sampling
+    from bezoar.preferences.config import SelectionConfig
     from bezoar.preferences.teaching import select_teaching_prompts
     from bezoar.records import Record, read_jsonl
 
     records = _records(data_dir, 6, ["punctuation:no_comma", "change_case:english_lowercase", "startend:quotation"])
-    summary = select_teaching_prompts(local_model, records, tmp_path, k=3, max_new_tokens=16, seed=0)
+    summary = select_teaching_prompts(local_model, records, SelectionConfig(k=3, max_new_tokens=16), 0, tmp_path)
     assert sum(summary["reasons"].values()) == summary["candidates"] == 6
     assert local_model.usage.calls == 6 * 3
     kept = list(read_jsonl(tmp_path / "kept.jsonl", Record))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -31,3 +32,21 @@ class PreferencesConfig(StrictModel):
     """How prompts without constraints are scored (a rating of each answer by models.judge)."""
     judge_unconstrained: bool = True
     """Score prompts without constraints with the judge; False drops them."""
+
+
+class SelectionConfig(StrictModel):
+    """Prompts that teach (`bezoar.preferences.teaching`): before pairing or GRPO, the current model
+    samples `k` answers per candidate prompt and only prompts whose answers score differently are kept."""
+
+    k: int = Field(4, ge=2)
+    """Answers sampled per prompt. With the preferences step's own k, temperature, top_p,
+    max_new_tokens and seed, the step reads these very answers back from the call cache."""
+    temperature: float = Field(1.0, gt=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1)
+    rule: Literal["spread", "pass_rate"] = "spread"
+    """`spread`: keep when the best and worst scores differ, by at least `min_spread` (the score is the
+    share of constraints met, GRPO's reward: no spread, no advantage). `pass_rate`: keep when the share
+    of samples meeting every constraint is strictly between 0 and 1."""
+    min_spread: float = Field(0.0, ge=0, le=1)
+    """`spread` only: the least gap between best and worst (the preferences step can pass its margin)."""

@@ -5,9 +5,9 @@ all zero, and the preferences step gets no pair from it (all fail) or a tie (all
 embedded 135M model, 187 of 400 constraint prompts gave no pair because all four samples failed
 (recipes/verifiable.yaml). So before training, the current model samples k answers per candidate,
 lm-eval's IFEval checkers score each (share of constraints met, as the rewards do), and a prompt is
-kept when its scores spread: best - worst > `min_spread` (0: any difference; the preferences step
-passes its margin). `rule="pass_rate"` keeps instead the prompts whose share of fully-met samples is
-strictly between 0 and 1.
+kept when its scores spread: best > worst, by at least `min_spread` (the preferences step can pass
+its margin). `rule="pass_rate"` keeps instead the prompts whose share of fully-met samples is
+strictly between 0 and 1. Settings: `bezoar.preferences.config.SelectionConfig`.
 
     out_dir/kept.jsonl       the kept records, each with meta.details.teaching (scores, pass rate)
     out_dir/dropped.jsonl    every other prompt: id, reason (all_fail, all_pass, no_spread, unscored), scores
@@ -27,10 +27,10 @@ import random
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Literal
 
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
+from bezoar.preferences.config import SelectionConfig
 from bezoar.records import Record, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def verdict(flags: list[list[bool]], rule: str, min_spread: float) -> str:
         return "all_pass"
     if rule == "pass_rate":
         return "kept" if any(passed) else "no_spread"
-    return "kept" if max(scores) - min(scores) > min_spread else "no_spread"
+    spread = max(scores) - min(scores)
+    return "kept" if spread > 0 and spread >= min_spread else "no_spread"
 
 
 def type_shares(records: list[Record], flags: list[list[list[bool]]]) -> dict[str, dict]:
@@ -87,15 +88,15 @@ def type_shares(records: list[Record], flags: list[list[list[bool]]]) -> dict[st
             for name, (n, met, checked) in sorted(counts.items())}
 
 
-def select_teaching_prompts(student: CachedModel, records: list[Record], out_dir: Path | None = None, k: int = 4,
-                            temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 128,
-                            rule: Literal["spread", "pass_rate"] = "spread", min_spread: float = 0.0,
-                            seed: int = 0) -> dict:
-    """Sample k answers per candidate prompt from `student`, keep the prompts that teach (see the module
-    docstring); write kept.jsonl, dropped.jsonl and summary.json under out_dir when given. Returns the
-    summary, with the kept records under `records` (not written to summary.json)."""
+def select_teaching_prompts(student: CachedModel, records: list[Record], config: SelectionConfig, seed: int = 0,
+                            out_dir: Path | None = None) -> dict:
+    """Sample `config.k` answers per candidate prompt from `student`, keep the prompts that teach (see the
+    module docstring); write kept.jsonl, dropped.jsonl and summary.json under out_dir when given. Returns
+    the summary, with the kept records under `records` (not written to summary.json)."""
     started = time.perf_counter()
-    sampling = Sampling(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, n=k)
+    k, rule, min_spread = config.k, config.rule, config.min_spread
+    sampling = Sampling(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                        seed=seed, n=k)
     flags = sample_and_check(student, records, sampling)
     kept, kept_flags, dropped = [], [], []
     reasons: dict[str, int] = defaultdict(int)
@@ -113,8 +114,8 @@ def select_teaching_prompts(student: CachedModel, records: list[Record], out_dir
         kept_flags.append(per_sample)
     summary = {"candidates": len(records), "kept": len(kept), "kept_share": len(kept) / max(len(records), 1),
                "reasons": dict(reasons), "rule": rule, "min_spread": min_spread,
-               "sampling": {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens,
-                            "seed": seed},
+               "sampling": {"k": k, "temperature": config.temperature, "top_p": config.top_p,
+                            "max_new_tokens": config.max_new_tokens, "seed": seed},
                "mean_score_before": _mean_score(flags), "mean_score_after": _mean_score(kept_flags),
                "types_before": type_shares(records, flags), "types_after": type_shares(kept, kept_flags),
                "student": student.identity, "wall_s": round(time.perf_counter() - started, 1)}
