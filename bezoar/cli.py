@@ -35,11 +35,21 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check.")) -
     """Check a recipe without a model call: keys and values, input files, HH-RLHF rows, seed counts,
     API keys, the licence gate and free disk; every problem one line, all at once."""
     from bezoar.config import load_recipe
-    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import check_recipe
 
-    check_recipe(load_recipe(recipe), recipe, STAGE_NAMES)
+    check_recipe(load_recipe(recipe), recipe)
     console.print(f"[green]ok[/green] {recipe}")
+
+
+@app.command()
+def recipe(reference: bool = typer.Option(False, "--reference", help="Print every recipe key (Markdown).")) -> None:
+    """What a recipe may say: `--reference` prints every key of run, models and each step type, with its
+    type, default and meaning (the same text as docs/recipe.md)."""
+    from bezoar.recipe_reference import reference_markdown
+
+    if not reference:
+        raise typer.BadParameter("say what to show: --reference")
+    print(reference_markdown(), end="")
 
 
 @app.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, ValidationError, field_serializer,
@@ -20,7 +21,7 @@ from bezoar.llm.spec_syntax import parse_spec
 class StrictModel(BaseModel):
     """Unknown keys are errors (a typo must never be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(StrictModel):
@@ -87,6 +88,16 @@ class ModelConfig(StrictModel):
         if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
             raise ValueError("must be the *name* of an environment variable (e.g. OPENAI_API_KEY), not a key")
         return value
+
+
+DATA_DEFAULT = "../shared/data"
+"""Where bezoar looks for data when BEZOAR_DATA is unset: the one default of every command and recipe
+(recipes write `${BEZOAR_DATA:-../shared/data}`), relative to the current directory."""
+
+
+def data_path(relative: str) -> Path:
+    """`$BEZOAR_DATA/relative`, or `../shared/data/relative` when the variable is unset."""
+    return Path(os.environ.get("BEZOAR_DATA") or DATA_DEFAULT) / relative
 
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

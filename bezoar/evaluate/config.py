@@ -2,7 +2,8 @@
 
 Defaults follow the sources: MT-Bench as FastChat's llm_judge runs it, the harness with the Open LLM
 Leaderboard (v1) few-shot settings, preference accuracy on held-out HH-RLHF pairs. Data paths
-default to `${BEZOAR_DATA:-data}/...`, so pointing `BEZOAR_DATA` at a data folder is enough.
+default to `${BEZOAR_DATA:-../shared/data}/...` (bezoar.config_base.data_path), so pointing `BEZOAR_DATA`
+at a data folder is enough.
 """
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bezoar.config_base import ModelConfig, StrictModel, expand_env
-
-
-def data_path(relative: str) -> Path:
-    """`$BEZOAR_DATA/relative` (`data/relative` when the variable is unset)."""
-    return Path(expand_env("${BEZOAR_DATA:-data}")) / relative
+from bezoar.config_base import ModelConfig, StrictModel, data_path
 
 
 class MTBenchConfig(StrictModel):

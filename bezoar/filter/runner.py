@@ -24,7 +24,6 @@ from typing import Any
 
 from pydantic import model_validator
 
-from bezoar.config import Recipe
 from bezoar.errors import BezoarError, DataError
 from bezoar.filter import contamination, dedup, heuristics
 from bezoar.filter.calibration import judge_check, near_chance
@@ -33,7 +32,6 @@ from bezoar.failures import FailureLog
 from bezoar.filter.judge import JudgeResult, judge_records
 from bezoar.llm.cache import CachedModel
 from bezoar.records import Record, read_jsonl, write_json, write_jsonl
-from bezoar.stage_outputs import handed_on, required_output
 
 log = logging.getLogger(__name__)
 
@@ -309,18 +307,3 @@ def _calibrate(judge: CachedModel, config: FilterConfig) -> dict:
 
 def _rate_text(rate: dict) -> str:
     return "n/a" if rate["value"] is None else f"{rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]"
-
-
-def run_filter(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
-    """The recipe stage: the generate stage's records per method → data/filtered/{method}.jsonl (+ rejected,
-    judgments, summary); the kept files are handed on to sft under their method's name."""
-    methods = recipe.generate.enabled_methods()
-    if not methods:  # constraint prompts only
-        return {"skipped": "no generated records to filter (the recipe generates none)", "failed_items": 0}
-    # In name order, as the filter always read them: near-dedup keeps the first record of a cluster.
-    inputs = [required_output(run_dir, "generate", method) for method in sorted(methods)]
-    config: FilterConfig = recipe.filter
-    judge = models.get("judge") if config.judge.enabled or config.dedup.judge_clusters else None
-    summary = run(inputs, Path(run_dir) / "data" / "filtered", config, judge, per_method=True,
-                  max_failure_rate=recipe.run.max_failure_rate)
-    return {**summary, "outputs": handed_on(run_dir, summary["outputs"])}

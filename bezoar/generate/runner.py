@@ -91,13 +91,15 @@ class GenerationIncomplete(BezoarError):
 class Meter:
     """The progress bar: records (with rate and ETA), rejections, calls and cache hits."""
 
-    def __init__(self, method: str, n: int, show: bool | None = None):
+    def __init__(self, method: str, n: int, show: bool | None = None, listener: Callable[[int], None] | None = None):
         from tqdm.auto import tqdm
 
         # disable=None: a bar on a terminal, nothing in logs and pipes.
         self.bar = tqdm(total=n, desc=method, unit="rec", disable=None if show is None else not show, dynamic_ncols=True)
         self.rejected = 0
         self.calls = 0
+        self.listener = listener
+        """Told the records done after each update (a pipeline step's progress)."""
 
     def hook(self, finished: int) -> None:
         """Wired into `CachedModel.chat(progress=...)`: counts finished calls as they arrive."""
@@ -109,6 +111,8 @@ class Meter:
         self.rejected += rejections
         self.bar.update(accepted - self.bar.n)
         self._postfix()
+        if self.listener is not None:
+            self.listener(self.bar.n)
 
     def _postfix(self) -> None:
         self.bar.set_postfix(rejected=self.rejected, calls=self.calls, refresh=False)

@@ -60,7 +60,7 @@ def endpoints_for(config: ModelConfig, spec: Spec) -> tuple[Endpoint, ...]:
     return tuple(found)
 
 
-def _api_key(config: ModelConfig, spec: Spec) -> None:
+def check_api_keys(config: ModelConfig, spec: Spec) -> None:
     """Check that every key the role needs is set (raises ConfigError naming the variable)."""
     endpoints_for(config, spec)
 

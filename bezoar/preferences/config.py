@@ -1,4 +1,4 @@
-"""The recipe's `preferences` section: on-policy pairs from the current student (after sft_hh, before dpo)."""
+"""The settings of on-policy pairs from the current student (the `preferences` step, benchmarks)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +10,9 @@ from bezoar.filter.config import JudgeConfig
 
 
 class PreferencesConfig(StrictModel):
-    enabled: bool = False
-    """Off: the stage does nothing (dpo.data: hh_rlhf needs no generated pairs)."""
     prompts: Path | None = None
     """JSONL of prompt records (constraint prompts, or any records whose first user turn is the prompt);
-    None: the constraint prompts the generate stage handed on."""
+    None: the constraint prompts an earlier generate step handed on."""
     limit: int | None = Field(None, ge=1)
     """Only the first N prompts."""
     k: int = Field(4, ge=2)

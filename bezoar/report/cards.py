@@ -14,7 +14,6 @@ import yaml
 from bezoar.records import Lineage, Record, write_text
 from bezoar.report.run_data import RunData
 
-STAGE_OF_CHECKPOINT = {"sft-hh": "sft_hh", "dpo": "dpo"}
 
 
 def _write(path: Path, front: dict, body: str) -> None:
@@ -42,7 +41,7 @@ def dataset_card(method: str, records: list[Record], data: RunData) -> tuple[dic
     generated = len(data.generated.get(method, []))
     front = {"license": _licence_id(lineage), "language": ["en"], "task_categories": ["text-generation"],
              "tags": ["synthetic", "bezoar", method], "size_categories": ["n<1K" if len(records) < 1000 else "1K<n<10K"]}
-    filter_config = data.manifest.get("recipe", {}).get("filter", {})
+    filter_config = next((s for s in data.manifest.get("recipe", {}).get("steps", []) if s.get("type") == "filter"), {})
     rating = f"{sum(ratings) / len(ratings):.2f}" if ratings else "none recorded"
     body = (f"# {method} (bezoar run {data.manifest.get('run_name', data.run_dir.name)})\n\n"
             f"{len(records)} instruction/response records in the chat `messages` format, kept from {generated} "
@@ -59,8 +58,8 @@ def dataset_card(method: str, records: list[Record], data: RunData) -> tuple[dic
 def model_card(checkpoint: str, data: RunData) -> tuple[dict, str]:
     recipe = data.manifest.get("recipe", {})
     student = recipe.get("models", {}).get("student", {}).get("spec", "local")
-    stage = STAGE_OF_CHECKPOINT.get(checkpoint, "sft")
-    settings = recipe.get(stage, {})
+    stage = data.step_of.get(checkpoint, "?")
+    settings = next((s for s in recipe.get("steps", []) if s.get("name") == stage), {})
     lineage = data.lineage()
     scores = ""
     if data.comparison:
@@ -69,7 +68,7 @@ def model_card(checkpoint: str, data: RunData) -> tuple[dict, str]:
             scores = "\n".join(f"| {m} | {e['value']:.3f} |" for m, e in row["metrics"].items() if e["value"] is not None)
             scores = "| metric | value |\n|---|---|\n" + scores + "\n"
     front = {"library_name": "peft", "base_model": student, "license": "other", "tags": ["bezoar", stage, "lora"]}
-    body = (f"# {checkpoint}\n\nA LoRA adapter from the `{stage}` stage of the bezoar run "
+    body = (f"# {checkpoint}\n\nA LoRA adapter from the `{stage}` step of the bezoar run "
             f"`{data.manifest.get('run_name', data.run_dir.name)}` (the OpenBezoar recipe, arXiv 2404.12195), "
             f"over the base model `{student}`.\n\n## Training\n\n```json\n{json.dumps(settings, indent=1)[:3000]}\n```\n\n"
             f"## Scores\n\n{scores or 'Not evaluated yet.'}\n\n## Licence lineage\n\n" + _licence_lines(lineage) +
@@ -78,15 +77,16 @@ def model_card(checkpoint: str, data: RunData) -> tuple[dict, str]:
     return front, body
 
 
-def write_cards(data: RunData) -> list[Path]:
+def write_cards(data: RunData, out_dir: Path) -> list[Path]:
+    """A data set card per kept set (`OUT/<method>.md`) and a model card per checkpoint (`OUT/<checkpoint>.md`)."""
     written = []
     for method, records in data.kept.items():
-        path = data.run_dir / "data" / "filtered" / "cards" / f"{method}.md"
+        path = out_dir / f"{method}.md"
         _write(path, *dataset_card(method, records, data))
         written.append(path)
     for checkpoint in data.training:
         directory = data.checkpoints[checkpoint]
         if (directory / "adapter_config.json").exists() or (directory / "config.json").exists():
-            _write(directory / "README.md", *model_card(checkpoint, data))
-            written.append(directory / "README.md")
+            _write(out_dir / f"{checkpoint}.md", *model_card(checkpoint, data))
+            written.append(out_dir / f"{checkpoint}.md")
     return written

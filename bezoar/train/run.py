@@ -21,7 +21,7 @@ from bezoar.hashing import canonical_hash
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
 from bezoar.train.examples import Prepared
-from bezoar.train.launch import is_main_process
+from bezoar.processes import is_main_process
 from bezoar.train.metrics import (MetricsLog, best_metrics, last_complete_checkpoint, quiet, tensorboard_callback,
                                   trim_metrics)
 from bezoar.train.student import BaseWeights, TrainPlan, attach_adapter, load_model, plan_training
