@@ -56,8 +56,9 @@ def required(run_dir: Path, before: Iterable[str], output: str, source: str | No
     before = list(before)
     found = find(run_dir, before, output, source)
     if found is None:
-        where = f"the step '{source}'" if source else f"no done step before this one ({', '.join(before) or 'none'})"
-        raise DataError(f"{run_dir}: {where} has handed on '{output}'; run the step that makes it first "
+        where = f"the step '{source}' (its `from:`) has not" if source else \
+            f"no done step before this one ({', '.join(before) or 'none'})"
+        raise DataError(f"{run_dir}: {where} handed on '{output}'; run the step that makes it first "
                         "(bezoar run RECIPE --from STEP), or check the recipe's step order and `from:`")
     return found
 

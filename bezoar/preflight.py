@@ -44,8 +44,9 @@ def check_handoffs(recipe: Recipe, found: Findings) -> None:
             source = step.source_for(name)
             earlier = [s for s in recipe.steps[:index] if source is None or s.name == source]
             if not any(name in s.provides(recipe) for s in earlier):
-                where = f"the step '{source}'" if source else "no step before it"
-                found.add(("steps", index, "type"), f"{step.name} reads '{name}', but {where} hands it on; "
+                where = f"the step '{source}' (its `from:`) does not hand it on" if source else \
+                    "no step before it hands it on"
+                found.add(("steps", index, "type"), f"{step.name} reads '{name}', but {where}; "
                                                     "add a step that makes it before this one, or fix `from:`")
 
 

@@ -1,0 +1,33 @@
+"""Recipes as plain dicts for tests that change a shipped recipe: its steps found by name or type."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DEFAULT = "${BEZOAR_DATA:-../shared/data}"
+
+
+def shipped(name: str, data_dir: Path) -> dict:
+    """recipes/NAME.yaml as a dict, its data paths pointing at `data_dir`."""
+    return yaml.safe_load((REPO / "recipes" / f"{name}.yaml").read_text().replace(DATA_DEFAULT, str(data_dir)))
+
+
+def step(recipe: dict, key: str) -> dict:
+    """The step of `recipe` named `key`, else the first of type `key` (a KeyError when there is none)."""
+    steps = recipe["steps"]
+    found = next((s for s in steps if s.get("name") == key), None) or next((s for s in steps if s["type"] == key), None)
+    if found is None:
+        raise KeyError(f"no step {key!r} in {[s.get('name') or s['type'] for s in steps]}")
+    return found
+
+
+def without(recipe: dict, *types: str) -> dict:
+    """`recipe` with its steps of these types left out."""
+    return {**recipe, "steps": [s for s in recipe["steps"] if s["type"] not in types]}
+
+
+def write(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
