@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Union
 from pydantic import Field, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
-from bezoar.config_base import ModelConfig, StrictModel, expand_env
+from bezoar.config_base import ModelConfig, ModelsConfig, RunConfig, StrictModel, expand_env
 from bezoar.errors import ConfigError
 from bezoar.llm.endpoints import public_spec
 from bezoar.steps import step_types
@@ -37,33 +37,6 @@ AT = "at "
 """A cross-step rule's message starts `at steps.N.key: ...`: the loader places it on that key's line."""
 LEGACY_SECTIONS = ("generate", "filter", "sft", "sft_hh", "preferences", "dpo", "eval")
 """Top-level stage sections of recipes written before steps; refused with a line saying how to write them."""
-
-
-class ModelsConfig(StrictModel):
-    teacher: ModelConfig = Field(default_factory=ModelConfig)
-    """Writes instructions and responses (generate)."""
-    judge: ModelConfig = Field(default_factory=ModelConfig)
-    """Scores them (filter, Evol-Instruct's equality check, MT-Bench unless eval.mt_bench.judge is set)."""
-    student: ModelConfig = Field(default_factory=ModelConfig)
-    """The model trained and evaluated: the base every training step starts from."""
-
-
-class RunConfig(StrictModel):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
-    """The run's name: its directory is runs/NAME unless run_dir is set."""
-    run_dir: Path | None = None
-    """Where outputs go; default `runs/<name>`."""
-    seed: int = 0
-    """Seeds every sampled choice of every step (prompts drawn, sampling streams)."""
-    require_commercial_use: bool = False
-    """Refuse, before any call, a seed or teacher whose licence is not clearly commercial."""
-    max_failure_rate: float = Field(0.05, ge=0, le=1)
-    """A step stops only when more than this share of the items it tried failed (judged once 20 were
-    tried, so one bad item in a small run never stops it); failed items are kept in its failed.jsonl."""
-
-    @property
-    def directory(self) -> Path:
-        return self.run_dir or Path("runs") / self.name
 
 
 if TYPE_CHECKING:

@@ -1,14 +1,16 @@
-"""The config base every recipe section builds on: strict models, one model role, `${VAR}` expansion.
+"""The config base every recipe part builds on: strict models, one model role, the run's settings and its
+roles, `${VAR}` expansion, the data default.
 
-A leaf: the stage sections (`bezoar.generate.config`, ...) import it, and `bezoar.config` assembles
-them into the `Recipe`, so nothing here may import a section or the recipe.
+A leaf: the step types (`bezoar.steps.*`) and their settings (`bezoar.generate.config`, ...) import it,
+and `bezoar.config` assembles them into the `Recipe`, so nothing here may import a step or the recipe.
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 from pydantic import (BaseModel, ConfigDict, Field, SerializationInfo, ValidationError, field_serializer,
                       field_validator, model_validator)
@@ -106,3 +108,47 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 def expand_env(text: str) -> str:
     """`${VAR}` and `${VAR:-default}` in string values, as in a shell."""
     return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), text)
+
+
+class ModelsConfig(StrictModel):
+    teacher: ModelConfig = Field(default_factory=ModelConfig)
+    """Writes instructions and responses (generate)."""
+    judge: ModelConfig = Field(default_factory=ModelConfig)
+    """Scores them (filter, Evol-Instruct's equality check, MT-Bench unless eval.mt_bench.judge is set)."""
+    student: ModelConfig = Field(default_factory=ModelConfig)
+    """The model trained and evaluated: the base every training step starts from."""
+
+
+class RunConfig(StrictModel):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$")
+    """The run's name: its directory is runs/NAME unless run_dir is set."""
+    run_dir: Path | None = None
+    """Where outputs go; default `runs/<name>`."""
+    seed: int = 0
+    """Seeds every sampled choice of every step (prompts drawn, sampling streams)."""
+    require_commercial_use: bool = False
+    """Refuse, before any call, a seed or teacher whose licence is not clearly commercial."""
+    max_failure_rate: float = Field(0.05, ge=0, le=1)
+    """A step stops only when more than this share of the items it tried failed (judged once 20 were
+    tried, so one bad item in a small run never stops it); failed items are kept in its failed.jsonl."""
+
+    @property
+    def directory(self) -> Path:
+        return self.run_dir or Path("runs") / self.name
+
+
+class RecipeView(Protocol):
+    """What a step and the planner see of the recipe they are in (`bezoar.config.Recipe`, which holds the
+    steps: typed loosely here, so that the step types need not import the recipe that lists them)."""
+
+    run: RunConfig
+    models: ModelsConfig
+
+    @property
+    def steps(self) -> Sequence[Any]: ...
+
+    def step(self, name: str) -> Any: ...
+
+    def names(self) -> list[str]: ...
+
+    def names_before(self, name: str) -> list[str]: ...

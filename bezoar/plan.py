@@ -14,15 +14,13 @@ import math
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from bezoar.config_base import ModelConfig
+from bezoar import handoff
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.llm.endpoints import public_spec
 from bezoar.llm.spec_syntax import parse_spec
 from bezoar.llm.weights import models_cache_dir
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
 
 LOCAL_DECODE_TOK_S = 100.0
 LOCAL_PREFILL_TOK_S = 1500.0
@@ -81,6 +79,39 @@ class Plan:
         kept = [PlanLine(**line) for line in (earlier or {}).get("lines", []) if line.get("step") not in steps]
         walls = {k: v for k, v in ((earlier or {}).get("wall_s") or {}).items() if k not in steps}
         return Plan(kept + self.lines, self.tokens_counted_with, self.assumptions, {**walls, **self.wall_s}).to_json()
+
+
+@dataclass
+class PlanContext:
+    """What `Step.plan` knows: the recipe, what earlier steps of the run handed on (when they are done:
+    measured yields) or are expected to (planned counts, in `expected`)."""
+
+    recipe: RecipeView
+    index: int
+    run_dir: Path
+    expected: dict[str, float] = field(default_factory=dict)
+    """Output name -> records it is expected to hold, filled in by earlier steps' plans."""
+    other_wall_s: float = 0.0
+    """Time the step spends beyond its model calls (training, scoring), set by its plan."""
+    assumptions: dict[str, float] = field(default_factory=dict)
+    """Yields the plan assumed where nothing was measured (the plan prints them)."""
+
+    @property
+    def name(self) -> str:
+        return self.recipe.steps[self.index].name
+
+    def measured(self, output: str) -> Path | None:
+        """The file an earlier, done step of this run handed on as `output` (None before the run)."""
+        step = self.recipe.steps[self.index]
+        return handoff.find(self.run_dir, self.recipe.names_before(self.name), output, step.source_for(output))
+
+    def records(self, output: str) -> float | None:
+        """Rows of the earlier step's `output`: counted when it exists, else as planned, else None."""
+        found = self.measured(output)
+        if found is not None and found.is_file():
+            with open(found, "rb") as handle:
+                return float(sum(1 for line in handle if line.strip()))
+        return self.expected.get(output)
 
 
 # --- token counting ------------------------------------------------------------------------------
@@ -157,12 +188,10 @@ def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
     return list(by_role.values())
 
 
-def make_plan(recipe: "Recipe", names: list[str] | None = None, run_dir: Path | None = None) -> Plan:
+def make_plan(recipe: RecipeView, names: list[str] | None = None, run_dir: Path | None = None) -> Plan:
     """The plan for these steps (all by default). Every step plans in order, so each knows what the steps
     before it are expected to hand on; only the chosen steps' lines are kept. With `run_dir`, steps that
     read an earlier step's output count what that step really made when it is done."""
-    from bezoar.steps.base import PlanContext
-
     chosen = set(names or recipe.names())
     plan = Plan(tokens_counted_with="the embedded SmolLM2 tokenizer" if _tokenizer() else "chars/4")
     expected: dict[str, float] = {}

@@ -66,7 +66,7 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
     meter = Meter(method, config.n, show_progress, listener)
     context.progress = meter.hook
     extra = {"skipped_seed_rows": len(seeds.bad_lines)}
-    summary = generate_to_file(scheme, Path(out), config.n, _signature(method, config, seeds, context.teacher, judge, seed),
+    summary = generate_to_file(scheme, Path(out), config.n, _basis(method, config, seeds, context.teacher, judge, seed),
                                max_attempts=int(config.n * config.max_attempts_per_record) + 1, meter=meter,
                                usage=lambda: context.teacher.usage.minus(before).to_json(), extra=extra,
                                restart=restart_on_change, max_failure_rate=max_failure_rate,
@@ -90,8 +90,9 @@ def _scheme(method: str, context: Context, seeds: SeedSet, config: SchemeConfig)
     return Orca(context, seeds.seeds, config)  # type: ignore[arg-type]
 
 
-def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge, seed: int) -> dict:
-    """What decides the stream of candidates; a file may only be extended by a run with the same."""
+def _basis(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge, seed: int) -> dict:
+    """What decides the stream of candidates (its fingerprint's basis); a file may only be extended by a run
+    with the same."""
     settings = config.model_dump(mode="json", exclude={"n", "batch_size", "max_attempts_per_record", "seeds"})
     files = [{"path": str(s.path), "licence": s.licence, "limit": s.limit, "sha256": file_sha256(Path(s.path))}
              for s in config.seeds]

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import os
 import weakref
+from typing import Protocol
 
-from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
 from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
@@ -25,7 +25,25 @@ from bezoar.llm.protocol import Backend
 from bezoar.llm.spec_syntax import Spec, parse_spec
 
 
-def build_backend(config: ModelConfig) -> Backend:
+class RoleSettings(Protocol):
+    """What opening a role needs of its settings (`bezoar.config_base.ModelConfig`, the recipe's model role):
+    declared here so that llm/ depends on nothing above it."""
+
+    spec: str
+    dtype: str
+    batch_size: int
+    concurrency: int
+    timeout_s: float
+    max_retries: int
+    retry_backoff_s: float
+    api_key_env: str | None
+    max_calls: int | None
+    max_cost: float | None
+    input_price_per_mtok: float
+    output_price_per_mtok: float
+
+
+def build_backend(config: RoleSettings) -> Backend:
     """The backend object for a model config (loads local weights; checks API keys up front)."""
     spec = parse_spec(config.spec)
     if spec.kind == "local":
@@ -46,7 +64,7 @@ def build_backend(config: ModelConfig) -> Backend:
     return AnthropicBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
 
 
-def endpoints_for(config: ModelConfig, spec: Spec) -> tuple[Endpoint, ...]:
+def endpoints_for(config: RoleSettings, spec: Spec) -> tuple[Endpoint, ...]:
     """Each URL with the key it may carry: the variable named by `api_key_env` goes to every URL of
     the role; a provider's default variable only to that provider's own host; other URLs get none.
     Raises ConfigError when a key the role needs is not set (the key itself is never stored)."""
@@ -60,7 +78,7 @@ def endpoints_for(config: ModelConfig, spec: Spec) -> tuple[Endpoint, ...]:
     return tuple(found)
 
 
-def check_api_keys(config: ModelConfig, spec: Spec) -> None:
+def check_api_keys(config: RoleSettings, spec: Spec) -> None:
     """Check that every key the role needs is set (raises ConfigError naming the variable)."""
     endpoints_for(config, spec)
 
@@ -70,7 +88,7 @@ def check_api_keys(config: ModelConfig, spec: Spec) -> None:
 _BACKENDS: weakref.WeakValueDictionary[tuple, Backend] = weakref.WeakValueDictionary()
 
 
-def open_model(config: ModelConfig, role: str = "model", cache: CallCache | None = None) -> CachedModel:
+def open_model(config: RoleSettings, role: str = "model", cache: CallCache | None = None) -> CachedModel:
     """A role-bound, cached model. Roles with the same config share one backend (and its weights)."""
     names = [config.api_key_env, *PROVIDER_KEY_ENV.values()]  # a changed key builds a new backend
     key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,

@@ -16,18 +16,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from bezoar.config_base import ModelConfig, StrictModel
 from bezoar import handoff
+from bezoar.config_base import ModelConfig, RecipeView, StrictModel
+from bezoar.findings import Findings
+from bezoar.llm.cache import CachedModel
+from bezoar.plan import PlanContext, PlanLine
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
-    from bezoar.findings import Findings
-    from bezoar.llm.cache import CachedModel
-    from bezoar.plan import PlanLine
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 
 class StepResult(BaseModel):
@@ -81,10 +81,10 @@ class StepContext:
     """What a running step sees: the recipe, its place in it, its own folder, what earlier steps handed on
     (through the run's manifest) and the model roles (opened on first use)."""
 
-    recipe: "Recipe"
+    recipe: RecipeView
     run_dir: Path
     name: str
-    models: Mapping[str, "CachedModel"] = field(default_factory=dict)
+    models: Mapping[str, CachedModel] = field(default_factory=dict)
     retry_failed: bool = False
     progress: Progress = field(default_factory=Progress)
 
@@ -128,9 +128,9 @@ class StepContext:
 class CheckContext:
     """What `Step.check` reports to: problems placed on the recipe line of the step's key."""
 
-    recipe: "Recipe"
+    recipe: RecipeView
     index: int
-    findings: "Findings"
+    findings: Findings
     run_dir: Path
 
     @property
@@ -145,39 +145,6 @@ class CheckContext:
 
     def before(self) -> list["Step"]:
         return self.recipe.steps[:self.index]
-
-
-@dataclass
-class PlanContext:
-    """What `Step.plan` knows: the recipe, what earlier steps of the run handed on (when they are done:
-    measured yields) or are expected to (planned counts, in `expected`)."""
-
-    recipe: "Recipe"
-    index: int
-    run_dir: Path
-    expected: dict[str, float] = field(default_factory=dict)
-    """Output name -> records it is expected to hold, filled in by earlier steps' plans."""
-    other_wall_s: float = 0.0
-    """Time the step spends beyond its model calls (training, scoring), set by its plan."""
-    assumptions: dict[str, float] = field(default_factory=dict)
-    """Yields the plan assumed where nothing was measured (the plan prints them)."""
-
-    @property
-    def name(self) -> str:
-        return self.recipe.steps[self.index].name
-
-    def measured(self, output: str) -> Path | None:
-        """The file an earlier, done step of this run handed on as `output` (None before the run)."""
-        step = self.recipe.steps[self.index]
-        return handoff.find(self.run_dir, self.recipe.names_before(self.name), output, step.source_for(output))
-
-    def records(self, output: str) -> float | None:
-        """Rows of the earlier step's `output`: counted when it exists, else as planned, else None."""
-        found = self.measured(output)
-        if found is not None and found.is_file():
-            with open(found, "rb") as handle:
-                return float(sum(1 for line in handle if line.strip()))
-        return self.expected.get(output)
 
 
 class Step(StrictModel):
@@ -198,31 +165,36 @@ class Step(StrictModel):
     CONTINUES: ClassVar[bool] = False
     """A training step: it continues from the newest checkpoint before it and hands on checkpoints."""
 
+    def as_settings(self, kind: type[SettingsT]) -> SettingsT:
+        """Its settings as the plain class the library functions take, without `type`, `name` and `from` (a
+        training run's fingerprint must not change when its step is renamed, or differ from `bezoar sft`'s)."""
+        return kind.model_validate(self.model_dump(include=set(kind.model_fields)))
+
     def source_for(self, output: str) -> str | None:
         if isinstance(self.from_, dict):
             return self.from_.get(output)
         return self.from_
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         """Model roles this step calls: role -> (its key in the recipe, its config)."""
         return {}
 
-    def inputs(self, recipe: "Recipe") -> list[str]:
+    def inputs(self, recipe: RecipeView) -> list[str]:
         """Output names of earlier steps this step reads (checked before the run starts)."""
         return []
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         """Output names this step hands on."""
         return []
 
     def check(self, context: CheckContext) -> None:
         """Add every problem found without a model call (input files, counts, licences) to `context`."""
 
-    def plan(self, context: PlanContext) -> list["PlanLine"]:
+    def plan(self, context: PlanContext) -> list[PlanLine]:
         """Expected calls, tokens, cost and wall time per role (and `context.expected` for later steps)."""
         return []
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         """A rough upper estimate of what the step writes."""
         return 0.0
 

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.findings import preview_pairs
 from bezoar.records import PreferencePair, read_jsonl
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.plan import PlanContext, PlanLine
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 from bezoar.steps.training import training_counts, training_wall_s
 from bezoar.train.config import DPOData, DPOStageConfig
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
-    from bezoar.plan import PlanLine
 
 
 class DPOStep(Step, DPOStageConfig):
@@ -32,10 +30,10 @@ class DPOStep(Step, DPOStageConfig):
     type: Literal["dpo"] = "dpo"
     CONTINUES = True
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         return {"student": (("models", "student"), recipe.models.student)}
 
-    def inputs(self, recipe: "Recipe") -> list[str]:
+    def inputs(self, recipe: RecipeView) -> list[str]:
         needs = ["hh_dpo"] if self.data.source != "generated" else []
         return needs + (["pairs"] if self.data.source != "hh_rlhf" and self.data.generated is None else [])
 
@@ -46,7 +44,7 @@ class DPOStep(Step, DPOStageConfig):
         pairs, counts = dpo_pairs(self.data, hh, context, self.seed)
         heldout = context.optional_input("hh_heldout")  # TRL's reward accuracy on them after training
         reference, base = context.continued_from()
-        summary = train_dpo(base, pairs, context.out_dir, self, heldout=_read_pairs(heldout) if heldout else [],
+        summary = train_dpo(base, pairs, context.out_dir, self.as_settings(DPOStageConfig), heldout=_read_pairs(heldout) if heldout else [],
                             ref_cache_dir=context.out_dir / "ref-logps", stage=self.name)
         return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}), reference=reference,
                           counts={**training_counts([summary]), **counts}, details=summary)
@@ -55,14 +53,14 @@ class DPOStep(Step, DPOStageConfig):
         if self.data.generated is not None:
             preview_pairs(self.data.generated, ("data", "generated"), context.add, context.missing)
 
-    def plan(self, context: PlanContext) -> list["PlanLine"]:
+    def plan(self, context: PlanContext) -> list[PlanLine]:
         hh = context.records("hh_dpo") or 0 if self.data.source != "generated" else 0
         generated = context.records("pairs") or 0 if self.data.source != "hh_rlhf" else 0
         pairs = hh + generated if self.data.source != "mix" else generated * 2
         context.other_wall_s = training_wall_s(self, pairs, "dpo")
         return []
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         return (self.save_total_limit + 1) * 30.0
 
 

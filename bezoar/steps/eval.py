@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.errors import ConfigError
 from bezoar.evaluate.config import EvalConfig
 from bezoar.findings import preview_jsonl, preview_pairs
 from bezoar.handoff import done_results
-from bezoar.plan import Calls, PlanLine, count_tokens, is_local, lines_for
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.plan import Calls, PlanContext, PlanLine, count_tokens, is_local, lines_for
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +32,7 @@ class EvalStep(Step, EvalConfig):
 
     type: Literal["eval"] = "eval"
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {"student": (("models", "student"), recipe.models.student)}
         if self.mt_bench.enabled:
             own = self.mt_bench.judge
@@ -42,7 +40,7 @@ class EvalStep(Step, EvalConfig):
                 (("models", "judge"), recipe.models.judge)
         return found
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         return ["comparison"]
 
     def run(self, context: StepContext) -> StepResult:
@@ -102,7 +100,7 @@ class EvalStep(Step, EvalConfig):
         calls = _mt_bench_calls(self, recipe, models) + _ifeval_calls(self, recipe, models)
         return lines_for(context.name, calls)
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         return 50.0
 
 
@@ -125,7 +123,7 @@ def _checkpoints_of(step: Step) -> int:
     return len(getattr(step, "datasets", [])) or 1
 
 
-def _mt_bench_calls(step: EvalStep, recipe: "Recipe", models: int) -> list[Calls]:
+def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:
     from bezoar.evaluate.mt_bench_files import load_questions
 
     config = step.mt_bench
@@ -144,7 +142,7 @@ def _mt_bench_calls(step: EvalStep, recipe: "Recipe", models: int) -> list[Calls
                   judge_prompt, judge_reply)]
 
 
-def _ifeval_calls(step: EvalStep, recipe: "Recipe", models: int) -> list[Calls]:
+def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:
     from bezoar.findings import count_lines
 
     config = step.ifeval

@@ -12,20 +12,18 @@ Hands on each method's kept records under its name and the rejected ones as `rej
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.filter.config import FilterConfig
 from bezoar.filter.runner import run
 from bezoar.findings import preview_pairs
 from bezoar.generate.config import METHODS
-from bezoar.plan import Calls, PlanLine, conversation_tokens, is_local, lines_for
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, is_local, lines_for
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
 
 JUDGED_SHARE = 0.8
 """Records expected to reach the judge after heuristics, de-dup and contamination, before any is made."""
@@ -38,10 +36,10 @@ class FilterStep(Step, FilterConfig):
     methods: list[str] = Field(default_factory=lambda: list(METHODS))
     """The record sets to filter, by the names earlier steps handed them on under (missing ones are skipped)."""
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         return {"judge": (("models", "judge"), recipe.models.judge)} if self.judge.enabled else {}
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         return [*self.methods, "rejected"]
 
     def run(self, context: StepContext) -> StepResult:

@@ -13,20 +13,18 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.errors import DataError, LicenceError
 from bezoar.findings import count_lines
 from bezoar.generate.config import METHODS, GenerateConfig, SchemeConfig
 from bezoar.generate.runner import OutputFiles
 from bezoar.generate.stage import check_licences, generate
-from bezoar.plan import Calls, PlanLine, lines_for, mean_tokens, replay
+from bezoar.plan import Calls, PlanContext, PlanLine, lines_for, mean_tokens, replay
 from bezoar.prompts import template
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
 
 PREVIEW_ROWS = 20
 """Seed rows parsed with the real reader before the run (whole files are only counted)."""
@@ -47,7 +45,7 @@ class GenerateStep(Step, GenerateConfig):
 
     type: Literal["generate"] = "generate"
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {}
         if self.enabled_methods():
             found["teacher"] = (("models", "teacher"), recipe.models.teacher)
@@ -55,7 +53,7 @@ class GenerateStep(Step, GenerateConfig):
                 found["judge"] = (("models", "judge"), recipe.models.judge)
         return found
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         return self.enabled_methods() + (["constraints"] if self.constraints.n else [])
 
     def run(self, context: StepContext) -> StepResult:
@@ -117,7 +115,7 @@ class GenerateStep(Step, GenerateConfig):
             context.expected["constraints"] = self.constraints.n
         return lines_for(context.name, calls)
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         # ~6 KB per generated record over the records, rejections and cached calls (measured on the tiny run)
         return sum(self.scheme(m).n for m in METHODS) * 6 / 1024
 
@@ -161,7 +159,7 @@ def _seeds(config: SchemeConfig) -> list:
     return load_seed_files(config.seeds, skip_bad=True).seeds
 
 
-def _context(recipe: "Recipe"):
+def _context(recipe: RecipeView):
     from bezoar.generate.runner import Context
 
     return Context(None, recipe.models.teacher.spec, "unknown", recipe.run.seed)
@@ -171,7 +169,7 @@ def _sample(seeds: list, seed: int) -> list:
     return random.Random(seed).sample(seeds, min(PROMPT_SAMPLE, len(seeds)))
 
 
-def _plan_lamini(recipe: "Recipe", config) -> list[Calls]:
+def _plan_lamini(recipe: RecipeView, config) -> list[Calls]:
     from bezoar.generate.lamini import by_source, draw_prompt, load_topics
 
     seeds, topics, rng = _seeds(config), load_topics(config.topics_file), random.Random(recipe.run.seed)
@@ -187,7 +185,7 @@ def _plan_lamini(recipe: "Recipe", config) -> list[Calls]:
             Calls("teacher", teacher, answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
 
 
-def _plan_evol(recipe: "Recipe", config) -> list[Calls]:
+def _plan_evol(recipe: RecipeView, config) -> list[Calls]:
     from bezoar.generate.evol_instruct import EvolInstruct
 
     scheme = EvolInstruct(_context(recipe), _seeds(config), config)
@@ -203,7 +201,7 @@ def _plan_evol(recipe: "Recipe", config) -> list[Calls]:
     return calls
 
 
-def _plan_orca(recipe: "Recipe", config) -> list[Calls]:
+def _plan_orca(recipe: RecipeView, config) -> list[Calls]:
     from bezoar.generate.orca import Orca
 
     scheme = Orca(_context(recipe), _seeds(config), config)

@@ -9,19 +9,18 @@ Hands on `hh_sft`, `hh_dpo` and `hh_heldout` (an empty slice is not handed on).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from bezoar.findings import preview_pairs
 from bezoar.hh_rlhf import Malformed, load_row, parse_row
 from bezoar.licences import dataset_licence
 from bezoar.records import open_data
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.plan import PlanContext, PlanLine
+from bezoar.config_base import RecipeView
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 from bezoar.train.config import HHData
 from bezoar.train.hh_rlhf import SLICES, hh_slices
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
-    from bezoar.plan import PlanLine
 
 
 class HHSlicesStep(Step, HHData):
@@ -29,7 +28,7 @@ class HHSlicesStep(Step, HHData):
 
     type: Literal["hh_slices"] = "hh_slices"
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         sizes = {"sft": self.sft_n, "dpo": self.dpo_n if self.dpo_n is not None else 1, "heldout": self.heldout_n}
         return [f"hh_{name}" for name in SLICES if sizes[name]]
 
@@ -60,11 +59,11 @@ class HHSlicesStep(Step, HHData):
                                     f"HH-RLHF pairs, but {self.path} has {rows:,} rows ({valid:,} well-formed); "
                                     f"{fix} or lower sft_n")
 
-    def plan(self, context: PlanContext) -> list["PlanLine"]:
+    def plan(self, context: PlanContext) -> list[PlanLine]:
         context.expected.update(hh_sft=self.sft_n, hh_dpo=self.dpo_n or 0, hh_heldout=self.heldout_n)
         return []
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         return (self.sft_n + (self.dpo_n or 0) + self.heldout_n) * 3 / 1024
 
 

@@ -10,20 +10,18 @@ Hands on `pairs`. Listed again after a dpo step, it samples from that step's mod
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.errors import DataError
 from bezoar.findings import preview_jsonl
 from bezoar.llm.cache import CachedModel
-from bezoar.plan import Calls, PlanLine, conversation_tokens, lines_for
+from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, lines_for
 from bezoar.preferences.config import PreferencesConfig
 from bezoar.preferences.stage import constraints_of, load_prompts, make_pairs
 from bezoar.records import write_json
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
 
 PAIR_YIELD = 0.43
 """Pairs per prompt, before any is made (recipes/verifiable.yaml: 400 prompts -> 173 pairs)."""
@@ -34,16 +32,16 @@ class PreferencesStep(Step, PreferencesConfig):
 
     type: Literal["preferences"] = "preferences"
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {"student": (("models", "student"), recipe.models.student)}
         if self.judge_unconstrained:
             found["judge"] = (("models", "judge"), recipe.models.judge)
         return found
 
-    def inputs(self, recipe: "Recipe") -> list[str]:
+    def inputs(self, recipe: RecipeView) -> list[str]:
         return [] if self.prompts else ["constraints"]
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         return ["pairs"]
 
     def run(self, context: StepContext) -> StepResult:

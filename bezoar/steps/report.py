@@ -9,12 +9,11 @@ Hands on `report`.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
+from bezoar.config_base import RecipeView
 from bezoar.steps.base import Step, StepContext, StepResult
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
 
 
 class ReportStep(Step):
@@ -22,7 +21,7 @@ class ReportStep(Step):
 
     type: Literal["report"] = "report"
 
-    def provides(self, recipe: "Recipe") -> list[str]:
+    def provides(self, recipe: RecipeView) -> list[str]:
         return ["report"]
 
     def run(self, context: StepContext) -> StepResult:

@@ -9,18 +9,16 @@ Hands on one checkpoint per set, named `sft-<i>-<set>` (`<step name>-<i>-<set>` 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.findings import preview_jsonl
 from bezoar.records import Record
-from bezoar.steps.base import CheckContext, PlanContext, Step, StepContext, StepResult
+from bezoar.plan import PlanContext, PlanLine
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 from bezoar.steps.training import training_counts, training_wall_s
 from bezoar.train.config import SFTStageConfig
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
-    from bezoar.plan import PlanLine
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +29,10 @@ class SFTStep(Step, SFTStageConfig):
     type: Literal["sft"] = "sft"
     CONTINUES = True
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         return {"student": (("models", "student"), recipe.models.student)}
 
-    def inputs(self, recipe: "Recipe") -> list[str]:
+    def inputs(self, recipe: RecipeView) -> list[str]:
         return [d.name for d in self.datasets if d.path is None]
 
     def checkpoint_name(self, index: int, dataset: str) -> str:
@@ -44,6 +42,7 @@ class SFTStep(Step, SFTStageConfig):
         from bezoar.train.sft import train_sft
 
         _, current = context.continued_from()
+        settings = self.as_settings(SFTStageConfig)
         runs, trained = [], {}
         context.progress(0, len(self.datasets), "data sets")
         for index, dataset in enumerate(self.datasets, 1):
@@ -54,7 +53,7 @@ class SFTStep(Step, SFTStageConfig):
                 runs.append({"stage": name, "skipped": f"{path} is empty"})
                 continue
             out = context.out_dir / name
-            runs.append(train_sft(current, [path], out, self, self.loss, stage=name))
+            runs.append(train_sft(current, [path], out, settings, self.loss, stage=name))
             current, trained[name] = str(out), out
             context.progress(index)
         return StepResult(checkpoints=context.handed_on(trained), counts=training_counts(runs),
@@ -65,12 +64,12 @@ class SFTStep(Step, SFTStageConfig):
             if dataset.path is not None:
                 preview_jsonl(dataset.path, ("datasets", i, "path"), context.add, context.missing, Record)
 
-    def plan(self, context: PlanContext) -> list["PlanLine"]:
+    def plan(self, context: PlanContext) -> list[PlanLine]:
         examples = [context.records(d.name) if d.path is None else None for d in self.datasets]
         context.other_wall_s = sum(training_wall_s(self, n, "sft") for n in examples)
         return []
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         return len(self.datasets) * (self.save_total_limit + 1) * 30.0
 
 

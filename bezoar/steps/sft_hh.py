@@ -8,17 +8,15 @@ Hands on one checkpoint, named after the step (`sft_hh`).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from bezoar.config_base import ModelConfig
+from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.records import PreferencePair, read_jsonl
-from bezoar.steps.base import PlanContext, Step, StepContext, StepResult
+from bezoar.plan import PlanContext, PlanLine
+from bezoar.steps.base import Step, StepContext, StepResult
 from bezoar.steps.training import training_counts, training_wall_s
 from bezoar.train.config import SFTHHStageConfig
 
-if TYPE_CHECKING:
-    from bezoar.config import Recipe
-    from bezoar.plan import PlanLine
 
 
 class SFTHHStep(Step, SFTHHStageConfig):
@@ -27,10 +25,10 @@ class SFTHHStep(Step, SFTHHStageConfig):
     type: Literal["sft_hh"] = "sft_hh"
     CONTINUES = True
 
-    def roles(self, recipe: "Recipe") -> dict[str, tuple[tuple, ModelConfig]]:
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         return {"student": (("models", "student"), recipe.models.student)}
 
-    def inputs(self, recipe: "Recipe") -> list[str]:
+    def inputs(self, recipe: RecipeView) -> list[str]:
         return ["hh_sft"]
 
     def run(self, context: StepContext) -> StepResult:
@@ -46,15 +44,17 @@ class SFTHHStep(Step, SFTHHStageConfig):
         conversations = pair_conversations(pairs)
         prepared = prepare_sft(tokenizer, conversations, self.max_length, self.loss, self.validation_fraction,
                                self.seed, self.max_validation_examples)
-        summary = train_sft(base, prepared, context.out_dir, self, self.loss, stage=self.name, sample=conversations[0])
+        settings = self.as_settings(SFTHHStageConfig)
+        summary = train_sft(base, prepared, context.out_dir, settings, self.loss, stage=self.name,
+                            sample=conversations[0])
         return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}),
                           counts={**training_counts([summary]), "pairs": len(pairs)}, details=summary)
 
-    def plan(self, context: PlanContext) -> list["PlanLine"]:
+    def plan(self, context: PlanContext) -> list[PlanLine]:
         context.other_wall_s = training_wall_s(self, context.records("hh_sft"), "sft")
         return []
 
-    def disk_mb(self, recipe: "Recipe") -> float:
+    def disk_mb(self, recipe: RecipeView) -> float:
         return (self.save_total_limit + 1) * 30.0
 
 

@@ -56,7 +56,7 @@ def dpo_trainer_class():
     """TRL's DPOTrainer with bezoar's data path, shared-prompt forward and reference cache."""
     import torch
 
-    from bezoar.train.versions import require
+    from bezoar.private_apis import require
 
     require("trl", "bezoar's DPO trainer (_prepare_dataset, _precompute_ref_logps)")
     require("transformers", "bezoar's DPO trainer (config._attn_implementation)")
