@@ -1,4 +1,5 @@
-"""Recipes as plain dicts for tests that change a shipped recipe: its steps found by name or type."""
+"""Recipes as plain dicts for tests that change a shipped recipe (its steps found by name or type), and a
+run's manifest entry for a step a test did not run."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,3 +32,16 @@ def without(recipe: dict, *types: str) -> dict:
 def write(path: Path, recipe: dict) -> Path:
     path.write_text(yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def hand_on(run_dir: Path, name: str, outputs: dict | None = None, checkpoints: dict | None = None,
+            **result) -> None:
+    """Record in RUN_DIR's manifest that step `name` is done and handed on these files and checkpoints, as
+    the pipeline does when a step ends (so that a test can run the next step alone, in-process)."""
+    from bezoar.handoff import relative
+    from bezoar.run_state import Manifest
+    from bezoar.steps.base import StepResult
+
+    done = StepResult(outputs=relative(run_dir, outputs or {}), checkpoints=relative(run_dir, checkpoints or {}),
+                      **result)
+    Manifest(run_dir).update(name, status="done", result=done.model_dump(mode="json"))
