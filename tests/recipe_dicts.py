@@ -45,3 +45,14 @@ def hand_on(run_dir: Path, name: str, outputs: dict | None = None, checkpoints: 
     done = StepResult(outputs=relative(run_dir, outputs or {}), checkpoints=relative(run_dir, checkpoints or {}),
                       **result)
     Manifest(run_dir).update(name, status="done", result=done.model_dump(mode="json"))
+
+
+def run_step(recipe, run_dir: Path, name: str, models=None):
+    """Step `name` of a loaded recipe run in this process, its result recorded as done in RUN_DIR's manifest
+    (what the pipeline does around a step's process, so that the next step finds what it handed on)."""
+    from bezoar.run_state import Manifest
+    from bezoar.steps.base import StepContext
+
+    result = recipe.step(name).run(StepContext(recipe, Path(run_dir), name, models or {}))
+    Manifest(Path(run_dir)).update(name, status="done", result=result.model_dump(mode="json"))
+    return result
