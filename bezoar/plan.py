@@ -95,6 +95,8 @@ class PlanContext:
     """Time the step spends beyond its model calls (training, scoring), set by its plan."""
     assumptions: dict[str, float] = field(default_factory=dict)
     """Yields the plan assumed where nothing was measured (the plan prints them)."""
+    wanted: bool = True
+    """This step's lines are kept: worth measuring what it can (planned only for what it hands on, else)."""
 
     @property
     def name(self) -> str:
@@ -193,10 +195,12 @@ def make_plan(recipe: RecipeView, names: list[str] | None = None, run_dir: Path 
     before it are expected to hand on; only the chosen steps' lines are kept. With `run_dir`, steps that
     read an earlier step's output count what that step really made when it is done."""
     chosen = set(names or recipe.names())
+    last = max(recipe.names().index(name) for name in chosen)
     plan = Plan(tokens_counted_with="the embedded SmolLM2 tokenizer" if _tokenizer() else "chars/4")
     expected: dict[str, float] = {}
-    for index, step in enumerate(recipe.steps):
-        context = PlanContext(recipe, index, Path(run_dir or recipe.run.directory), expected)
+    for index, step in enumerate(recipe.steps[:last + 1]):  # later steps cannot change these
+        context = PlanContext(recipe, index, Path(run_dir or recipe.run.directory), expected,
+                              wanted=step.name in chosen)
         lines = step.plan(context)
         if step.name in chosen:
             plan.lines += lines

@@ -140,21 +140,18 @@ class Manifest:
         write_json(self.path, self.data)
 
 
-PROGRESS_EVERY_S = 2.0
-"""A running step rewrites its progress file at most this often (an atomic write, fsynced)."""
-
-
 class ProgressFile:
-    """Where a running step's `Progress` goes: RUN_DIR/state/NAME.progress (JSON: done, total, unit)."""
+    """Where a running step's `Progress` goes: RUN_DIR/state/NAME.progress (JSON: done, total, unit),
+    rewritten when it changes. Steps report whole items (records, prompts, checkpoints), so this is a small
+    atomic write per item, negligible beside the item's model calls."""
 
     def __init__(self, run_dir: Path, name: str):
         self.path = Path(run_dir) / STATE_DIR / f"{name}.progress"
-        self.last = 0.0
+        self.last: dict = {}
 
     def __call__(self, progress: dict) -> None:
-        now = time.monotonic()
-        if now - self.last >= PROGRESS_EVERY_S or progress.get("done") == progress.get("total"):
-            self.last = now
+        if progress != self.last:
+            self.last = dict(progress)
             write_json(self.path, progress)
 
 

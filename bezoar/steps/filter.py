@@ -75,7 +75,7 @@ class FilterStep(Step, FilterConfig):
             context.expected[method] = (n or 0) * JUDGED_SHARE
         if not self.judge.enabled or not records:
             return []
-        judged = self._judged(context)
+        judged = self._judged(context) if context.wanted else None
         if judged is None:
             judged = math.ceil(records * JUDGED_SHARE)
             context.assumptions["filter_judged_share"] = JUDGED_SHARE
