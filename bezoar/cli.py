@@ -47,8 +47,8 @@ def recipe(reference: bool = typer.Option(False, "--reference", help="Print ever
     type, default and meaning (the same text as docs/recipe.md)."""
     from bezoar.recipe_reference import reference_markdown
 
-    if not reference:
-        raise typer.BadParameter("say what to show: --reference")
+    if not reference:  # one line, as every other bad input (a usage error prints the whole usage)
+        raise BezoarError("bezoar recipe: say what to show: --reference (every recipe key, as in docs/recipe.md)")
     print(reference_markdown(), end="")
 
 
@@ -117,7 +117,8 @@ def main() -> None:
 
         from bezoar.errors import disk_full
 
-        if isinstance(error, click.exceptions.ClickException):
+        # typer (0.29 here) raises its own copy of click's exceptions (typer._click), not click's classes
+        if isinstance(error, (click.exceptions.ClickException, typer.TyperException)) and hasattr(error, "show"):
             error.show()
             sys.exit(error.exit_code)
         if full := disk_full(error):  # the environment, not a bug: one line like any BezoarError

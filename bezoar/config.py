@@ -84,7 +84,7 @@ class Recipe(StrictModel):
         for step in self.steps:
             if step.name == name:
                 return step
-        raise ConfigError(f"no step named '{name}' in this recipe; its steps are: {', '.join(self.names())}")
+        raise ConfigError(f"no step named '{name}' in this recipe; its steps are: {', '.join(self.names()) or 'none'}")
 
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
