@@ -60,8 +60,10 @@ def evaluate(evaluation: Evaluation, checkpoints: list[tuple[str, str]], models:
     judge = _mt_bench_judge(evaluation, models)
     done: dict[str, dict] = {}
     for index, (name, spec) in enumerate(checkpoints):
-        done[name] = _generating(evaluation, name, spec, judge, models.get("student") if name == "base" else None)
-        _close(models, "student")
+        role = "student" if name == "base" else f"student:{name}"
+        answerer = _Answerer(evaluation, models, role, spec, judge)
+        done[name] = _generating(evaluation, name, spec, judge, answerer)
+        _close(models, role)
         if progress:
             progress(index + 1)
     usage = {judge.role: judge.usage.to_json()}
@@ -76,6 +78,30 @@ def evaluate(evaluation: Evaluation, checkpoints: list[tuple[str, str]], models:
         summary["metrics"] = comparison["metrics"]
     summary["failed_items"] = sum(result.get("mt_bench", {}).get("failed_items", 0) for result in done.values())
     return summary
+
+
+@dataclass
+class _Answerer:
+    """The checkpoint as a chat model, opened on first use (an evaluation that needs no answers loads no
+    weights): through the pipeline's models when there are (usage and budgets count it), else directly."""
+
+    evaluation: Evaluation
+    models: Mapping[str, CachedModel]
+    role: str
+    spec: str
+    judge: CachedModel
+    opened: CachedModel | None = None
+
+    def __call__(self) -> CachedModel:
+        if self.opened is None:
+            config = self.evaluation.student.model_copy(update={"spec": self.spec})
+            if self.role == "student" and "student" in self.models:
+                self.opened = self.models["student"]
+            elif hasattr(self.models, "open_extra"):
+                self.opened = self.models.open_extra(self.role, config)
+            else:  # a plain mapping: the checkpoint shares the judge's call cache
+                self.opened = open_model(config, role=self.role, cache=self.judge.cache)
+        return self.opened
 
 
 def _close(models: Mapping[str, CachedModel], role: str) -> None:
@@ -94,7 +120,7 @@ def _mt_bench_judge(evaluation: Evaluation, models) -> CachedModel:
     return open_model(own, role="mt_bench_judge")
 
 
-def _generating(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: CachedModel | None) -> dict:
+def _generating(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: _Answerer) -> dict:
     """MT-Bench and IFEval: the checkpoint answers as a chat model (`model`, else opened here)."""
     config = evaluation.config
     identity = weights_identity(spec)
@@ -147,17 +173,10 @@ def _free(finished: str) -> None:
     log.info("eval: %s done; RSS %s MB (peak %d MB)", finished, rss_mb() or "?", peak_rss_mb())
 
 
-def _ifeval(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: CachedModel | None,
-            out: Path) -> dict:
+def _ifeval(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: _Answerer, out: Path) -> dict:
     from bezoar.evaluate.ifeval import run_ifeval
 
-    model = model or _open_checkpoint(evaluation, name, spec, judge)
-    return run_ifeval(model, evaluation.config.ifeval, out, name)
-
-
-def _open_checkpoint(evaluation: Evaluation, name: str, spec: str, judge: CachedModel) -> CachedModel:
-    """The checkpoint with the student's settings, sharing the judge's call cache."""
-    return open_model(evaluation.student.model_copy(update={"spec": spec}), role=f"student:{name}", cache=judge.cache)
+    return run_ifeval(model(), evaluation.config.ifeval, out, name)
 
 
 def _once(evaluation: Evaluation, kind: str, name: str, basis: list, work) -> dict:
@@ -187,13 +206,11 @@ def headline(summary: dict) -> dict:
     return {"metric": summary.get("metric"), "accuracy": summary.get("accuracy"), "ci95": summary.get("ci95")}
 
 
-def _mt_bench(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: CachedModel | None,
-              out: Path) -> dict:
+def _mt_bench(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: _Answerer, out: Path) -> dict:
     from bezoar.evaluate.mt_bench import run_mt_bench
     from bezoar.evaluate.mt_bench_files import spec_label
 
-    model = model or _open_checkpoint(evaluation, name, spec, judge)
-    result = run_mt_bench(model, judge, out, evaluation.config.mt_bench, name, spec_label(evaluation.judge.spec))
+    result = run_mt_bench(model(), judge, out, evaluation.config.mt_bench, name, spec_label(evaluation.judge.spec))
     guard = FailureLog(Path(result["failures_file"]), f"eval mt-bench {name}", evaluation.max_failure_rate)
     guard.tried, guard.failed = result["tried_items"], result["failed_items"]
     guard.check()

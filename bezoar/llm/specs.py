@@ -27,20 +27,43 @@ from bezoar.llm.spec_syntax import Spec, parse_spec
 
 class RoleSettings(Protocol):
     """What opening a role needs of its settings (`bezoar.config_base.ModelConfig`, the recipe's model role):
-    declared here so that llm/ depends on nothing above it."""
+    declared here, read-only, so that llm/ depends on nothing above it."""
 
-    spec: str
-    dtype: str
-    batch_size: int
-    concurrency: int
-    timeout_s: float
-    max_retries: int
-    retry_backoff_s: float
-    api_key_env: str | None
-    max_calls: int | None
-    max_cost: float | None
-    input_price_per_mtok: float
-    output_price_per_mtok: float
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def max_retries(self) -> int: ...
+
+    @property
+    def retry_backoff_s(self) -> float: ...
+
+    @property
+    def api_key_env(self) -> str | None: ...
+
+    @property
+    def max_calls(self) -> int | None: ...
+
+    @property
+    def max_cost(self) -> float | None: ...
+
+    @property
+    def input_price_per_mtok(self) -> float: ...
+
+    @property
+    def output_price_per_mtok(self) -> float: ...
 
 
 def build_backend(config: RoleSettings) -> Backend:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -144,7 +144,7 @@ class CheckContext:
         self.findings.missing(self.key + key, what)
 
     def before(self) -> list["Step"]:
-        return self.recipe.steps[:self.index]
+        return list(self.recipe.steps[:self.index])
 
 
 class Step(StrictModel):
@@ -165,7 +165,7 @@ class Step(StrictModel):
     CONTINUES: ClassVar[bool] = False
     """A training step: it continues from the newest checkpoint before it and hands on checkpoints."""
 
-    def as_settings(self, kind: type[SettingsT]) -> SettingsT:
+    def as_settings(self, kind: Type[SettingsT]) -> SettingsT:
         """Its settings as the plain class the library functions take, without `type`, `name` and `from` (a
         training run's fingerprint must not change when its step is renamed, or differ from `bezoar sft`'s)."""
         return kind.model_validate(self.model_dump(include=set(kind.model_fields)))

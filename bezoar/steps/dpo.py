@@ -19,7 +19,7 @@ from bezoar.findings import preview_pairs
 from bezoar.records import PreferencePair, read_jsonl
 from bezoar.plan import PlanContext, PlanLine
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
-from bezoar.steps.training import training_counts, training_wall_s
+from bezoar.steps.training import training_counts, training_headline, training_wall_s
 from bezoar.train.config import DPOData, DPOStageConfig
 
 
@@ -44,10 +44,12 @@ class DPOStep(Step, DPOStageConfig):
         pairs, counts = dpo_pairs(self.data, hh, context, self.seed)
         heldout = context.optional_input("hh_heldout")  # TRL's reward accuracy on them after training
         reference, base = context.continued_from()
-        summary = train_dpo(base, pairs, context.out_dir, self.as_settings(DPOStageConfig), heldout=_read_pairs(heldout) if heldout else [],
+        summary = train_dpo(base, pairs, context.out_dir, self.as_settings(DPOStageConfig),
+                            heldout=_read_pairs(heldout) if heldout else [],
                             ref_cache_dir=context.out_dir / "ref-logps", stage=self.name)
+        counts |= training_counts([summary])
         return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}), reference=reference,
-                          counts={**training_counts([summary]), **counts}, details=summary)
+                          counts=counts, headline=training_headline(counts), details=summary)
 
     def check(self, context: CheckContext) -> None:
         if self.data.generated is not None:

@@ -17,15 +17,11 @@ from bezoar.errors import ConfigError
 from bezoar.evaluate.config import EvalConfig
 from bezoar.findings import preview_jsonl, preview_pairs
 from bezoar.handoff import done_results
-from bezoar.plan import Calls, PlanContext, PlanLine, count_tokens, is_local, lines_for
+from bezoar.plan import Calls, PlanContext, PlanLine, is_local, lines_for, mean_tokens
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 
 log = logging.getLogger(__name__)
-
-JUDGE_TEMPLATE_TOKENS = 350
-"""FastChat's MT-Bench judge template, without the question and answer."""
-
 
 class EvalStep(Step, EvalConfig):
     """Every chosen evaluation on every checkpoint, and the comparison."""
@@ -124,22 +120,30 @@ def _checkpoints_of(step: Step) -> int:
 
 
 def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:
-    from bezoar.evaluate.mt_bench_files import load_questions
+    """The student answers each turn (turn 2 sees turn 1 and its answer); the judge grades each turn with
+    FastChat's templates, rendered here on the real questions with answers of `max_new_tokens` tokens."""
+    from bezoar.evaluate.mt_bench import load_references, single_prompt
+    from bezoar.evaluate.mt_bench_files import load_judge_prompts, load_questions
 
     config = step.mt_bench
     if not config.enabled or not Path(config.questions).is_file():
         return []
     questions = load_questions(Path(config.questions), config.limit, config.per_category)
-    turns = sum(len(q.turns) for q in questions)
-    question_tokens = sum(count_tokens(t) for q in questions for t in q.turns) / max(turns, 1)
+    prompts, references = load_judge_prompts(config.judge_prompts), load_references(config.reference_answers)
+    answer = " ".join(["word"] * config.max_new_tokens)  # one token a word for this tokenizer
+    asks, grades = [], []
+    for question in questions:
+        for turn in range(1, len(question.turns) + 1):
+            history = [m for t in question.turns[:turn - 1] for m in ({"role": "user", "content": t},
+                                                                        {"role": "assistant", "content": answer})]
+            asks.append(history + [{"role": "user", "content": question.turns[turn - 1]}])
+            grades.append(single_prompt(question, [answer] * len(question.turns), turn, prompts,
+                                        references.get(question.question_id))[1])
     judge = config.judge or recipe.models.judge
-    judge_prompt = JUDGE_TEMPLATE_TOKENS + question_tokens + 2 * config.max_new_tokens
     next_token = config.judge_mode == "next_token" or (config.judge_mode == "auto" and is_local(judge))
-    judge_reply = 1 if next_token else config.judge_max_new_tokens
-    return [Calls("student", recipe.models.student, turns * models, question_tokens + config.max_new_tokens / 2,
-                  config.max_new_tokens),
-            Calls("mt_bench_judge" if config.judge else "judge", judge, turns * models * config.judge_repeats,
-                  judge_prompt, judge_reply)]
+    return [Calls("student", recipe.models.student, len(asks) * models, mean_tokens(asks), config.max_new_tokens),
+            Calls("mt_bench_judge" if config.judge else "judge", judge, len(grades) * models * config.judge_repeats,
+                  mean_tokens(grades), 0 if next_token else config.judge_max_new_tokens)]
 
 
 def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:

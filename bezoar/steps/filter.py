@@ -21,7 +21,7 @@ from bezoar.filter.config import FilterConfig
 from bezoar.filter.runner import run
 from bezoar.findings import preview_pairs
 from bezoar.generate.config import METHODS
-from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, is_local, lines_for
+from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, is_local, lines_for, mean_tokens
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 
@@ -75,18 +75,23 @@ class FilterStep(Step, FilterConfig):
             context.expected[method] = (n or 0) * JUDGED_SHARE
         if not self.judge.enabled or not records:
             return []
-        judged = self._judged(context) if context.wanted else None
-        if judged is None:
+        template = load_prompt(self.judge.prompt)
+        survivors = self._survivors(context) if context.wanted else None
+        if survivors is None:
             judged = math.ceil(records * JUDGED_SHARE)
             context.assumptions["filter_judged_share"] = JUDGED_SHARE
-        prompt = load_prompt(self.judge.prompt).render(instruction="x" * 400, response="x" * 4 * 256)
+            prompt_tokens = float(conversation_tokens(template.render(instruction="x" * 400, response="x" * 4 * 256)))
+        else:  # the records exist: the judge's real prompts
+            judged = len(survivors)
+            prompt_tokens = mean_tokens([template.render(instruction=r.instruction, response=r.response)
+                                         for r in survivors])
         judge = context.recipe.models.judge
         next_token = self.judge.scoring == "logprobs" or (self.judge.scoring == "auto" and is_local(judge))
-        completion = 1 if next_token else self.judge.max_new_tokens
-        return lines_for(context.name, [Calls("judge", judge, judged, conversation_tokens(prompt), completion)])
+        completion = 0 if next_token else self.judge.max_new_tokens  # a next-token rating generates nothing
+        return lines_for(context.name, [Calls("judge", judge, judged, prompt_tokens, completion)])
 
-    def _judged(self, context: PlanContext) -> int | None:
-        """Once the records exist, how many reach the judge: the cheap filters run as the step runs them
+    def _survivors(self, context: PlanContext) -> list | None:
+        """Once the records exist, those that reach the judge: the cheap filters run as the step runs them
         (seconds; the judge is the only costly part)."""
         paths = [p for p in (context.measured(m) for m in sorted(self.methods)) if p is not None and p.is_file()]
         if not paths:
@@ -95,7 +100,7 @@ class FilterStep(Step, FilterConfig):
 
         items = load_inputs(paths)
         filter_items(items, self.model_copy(update={"judge": self.judge.model_copy(update={"enabled": False})}), None)
-        return sum(item.alive for item in items)
+        return [item.record for item in items if item.alive]
 
 
 STEP = FilterStep

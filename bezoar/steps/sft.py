@@ -16,7 +16,7 @@ from bezoar.findings import preview_jsonl
 from bezoar.records import Record
 from bezoar.plan import PlanContext, PlanLine
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
-from bezoar.steps.training import training_counts, training_wall_s
+from bezoar.steps.training import training_counts, training_headline, training_wall_s
 from bezoar.train.config import SFTStageConfig
 
 
@@ -56,7 +56,8 @@ class SFTStep(Step, SFTStageConfig):
             runs.append(train_sft(current, [path], out, settings, self.loss, stage=name))
             current, trained[name] = str(out), out
             context.progress(index)
-        return StepResult(checkpoints=context.handed_on(trained), counts=training_counts(runs),
+        counts = training_counts(runs)
+        return StepResult(checkpoints=context.handed_on(trained), counts=counts, headline=training_headline(counts),
                           details={"runs": runs})
 
     def check(self, context: CheckContext) -> None:

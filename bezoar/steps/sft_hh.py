@@ -14,7 +14,7 @@ from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.records import PreferencePair, read_jsonl
 from bezoar.plan import PlanContext, PlanLine
 from bezoar.steps.base import Step, StepContext, StepResult
-from bezoar.steps.training import training_counts, training_wall_s
+from bezoar.steps.training import training_counts, training_headline, training_wall_s
 from bezoar.train.config import SFTHHStageConfig
 
 
@@ -47,8 +47,9 @@ class SFTHHStep(Step, SFTHHStageConfig):
         settings = self.as_settings(SFTHHStageConfig)
         summary = train_sft(base, prepared, context.out_dir, settings, self.loss, stage=self.name,
                             sample=conversations[0])
-        return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}),
-                          counts={**training_counts([summary]), "pairs": len(pairs)}, details=summary)
+        counts = {**training_counts([summary]), "pairs": len(pairs)}
+        return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}), counts=counts,
+                          headline=training_headline(counts), details=summary)
 
     def plan(self, context: PlanContext) -> list[PlanLine]:
         context.other_wall_s = training_wall_s(self, context.records("hh_sft"), "sft")

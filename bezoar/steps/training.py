@@ -28,6 +28,16 @@ def training_counts(runs: list[dict]) -> dict[str, float]:
     return counts
 
 
+def training_headline(counts: dict[str, float]) -> str:
+    """`6 steps, eval loss 2.466 → 2.456` and the step's other counts (`8 pairs`)."""
+    text = f"{counts.get('steps', 0):g} steps"
+    if "eval_loss_before" in counts and "eval_loss_best" in counts:
+        text += f", eval loss {counts['eval_loss_before']:.3f} → {counts['eval_loss_best']:.3f}"
+    others = [f"{v:g} {k.replace('_', ' ')}" for k, v in counts.items()
+              if k not in ("steps", "eval_loss_before", "eval_loss_best")]
+    return ", ".join([text, *others])
+
+
 def training_wall_s(settings: TrainSettings, examples: float | None, kind: str) -> float:
     """Expected seconds for one training run on `examples` examples (pairs for DPO)."""
     if not examples:
