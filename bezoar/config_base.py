@@ -38,6 +38,7 @@ class ModelConfig(StrictModel):
     concurrency: int = Field(8, ge=1)
     """Remote: requests in flight at once (spread over all URLs)."""
     timeout_s: float = Field(120.0, gt=0)
+    """Remote: seconds to wait for one reply before it counts as a timeout (and is retried)."""
     max_retries: int = Field(6, ge=0)
     """Remote: retries on 429/5xx/timeouts/connection errors, with exponential backoff and jitter."""
     retry_backoff_s: float = Field(0.5, ge=0)
@@ -47,9 +48,11 @@ class ModelConfig(StrictModel):
     licence: str | None = None
     """Override the licence registry (e.g. `apache-2.0`) for a model it does not know."""
     max_calls: int | None = Field(None, ge=0)
+    """Budget: most calls this role may make over the run (None: no limit)."""
     max_cost: float | None = Field(None, ge=0)
     """Budgets for this role; a stage about to pass one stops cleanly and can be resumed."""
     input_price_per_mtok: float = Field(0.0, ge=0)
+    """USD per million prompt tokens (for the cost estimate and max_cost)."""
     output_price_per_mtok: float = Field(0.0, ge=0)
     """USD per million tokens, for the cost estimate in the manifest."""
 

@@ -23,10 +23,13 @@ class HeuristicsConfig(StrictModel):
     length: bool = True
     """Reject instructions/responses outside the word limits below."""
     min_instruction_words: int = Field(3, ge=0)
+    """Shortest instruction kept, in words."""
     max_instruction_words: int = Field(1024, ge=1)
+    """Longest instruction kept, in words."""
     min_response_words: int = Field(1, ge=0)
     """1 keeps terse but right answers ("Paris."), which Dolly-style seeds contain."""
     max_response_words: int = Field(2048, ge=1)
+    """Longest response kept, in words."""
     refusal: bool = True
     """Reject refusals ("I'm sorry, but I can't ...", "I cannot help with that")."""
     boilerplate: bool = True
@@ -82,6 +85,7 @@ class ContaminationConfig(StrictModel):
     """N-gram overlap with evaluation sets (the GPT-3 and Llama reports' 13-gram convention)."""
 
     enabled: bool = True
+    """Check every record against the eval sets' items; off: no contamination step."""
     ngram: int = Field(13, ge=4)
     """Words per n-gram, after lower-casing and dropping punctuation."""
     min_item_words: int = Field(8, ge=1)
@@ -95,6 +99,7 @@ class JudgeConfig(StrictModel):
     """The LLM judge as human proxy: a rubric, a verdict, a 1-10 rating and a reason per record."""
 
     enabled: bool = True
+    """Ask the judge about every record that survives the cheap filters; off: keep them all."""
     scoring: Literal["auto", "generate", "logprobs"] = "auto"
     """`generate`: the judge writes its answer and we parse it. `logprobs`: the rating is the expected value of
     the next-token distribution over 1..10 after "Rating: [[" (small models that ignore formats still give a
@@ -129,6 +134,7 @@ class JudgeCheckConfig(StrictModel):
     """Optionally calibrate the judge on human preference pairs before filtering."""
 
     enabled: bool = False
+    """Measure the judge against human preferences (HH-RLHF pairs) before filtering."""
     pairs: Path | None = None
     """HH-RLHF style JSONL(.gz) with chosen/rejected transcripts (the last `n` pairs are used)."""
     n: int = Field(100, ge=1)

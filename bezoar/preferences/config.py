@@ -20,6 +20,7 @@ class PreferencesConfig(StrictModel):
     temperature: float = Field(0.8, gt=0, le=2)
     """Sampling temperature: diversity among the k answers is what makes a pair."""
     top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling for the k answers."""
     max_new_tokens: int = Field(256, ge=1)
     """Longest answer; a batch runs until its longest member stops, so keep it tight on CPU."""
     margin: float = Field(0.25, ge=0, le=1)

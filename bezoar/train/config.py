@@ -102,7 +102,9 @@ class TrainSettings(StrictModel):
     `adamw_bnb_8bit` (paging moves optimizer state between GPU and host memory: CUDA only);
     otherwise `adamw_torch`."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (the HF Trainer's default, 0)."""
     max_grad_norm: float = Field(1.0, gt=0)
+    """Gradients are clipped to this norm (the HF Trainer's default)."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute activations in the backward pass: half the memory, ~25% more compute. `auto`: on for
     GPUs and for sequences longer than 512 tokens, off otherwise."""
