@@ -37,6 +37,8 @@ def parse_yaml(path: Path) -> tuple[dict, dict[tuple, int]]:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         lines: dict[tuple, int] = {}

@@ -52,6 +52,8 @@ def load_prompt(name: str) -> JudgePrompt:
         text = path.read_text(encoding="utf-8") if path.suffix == ".txt" and path.exists() else read_text(f"{name}.txt")
     except (FileNotFoundError, OSError):
         raise ConfigError(f"judge prompt '{name}': neither a file in bezoar/prompts nor a readable .txt path") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"judge prompt '{name}': not UTF-8 text ({error.reason} at byte {error.start})") from None
     if _SPLIT not in text:
         raise ConfigError(f"judge prompt '{name}': needs a line '{_SPLIT}' between the system and the user part")
     system, user = (part.strip() for part in text.split(_SPLIT, 1))

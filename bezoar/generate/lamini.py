@@ -18,7 +18,7 @@ from bezoar.generate.instruction_list import NearCopies, parse_instruction_list
 from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, response_problem
 from bezoar.generate.seeds import Seed
 from bezoar.prompts import Template, template, word_list
-from bezoar.records import ChatMessage, Record, RecordMeta
+from bezoar.records import ChatMessage, Record, RecordMeta, open_data
 
 METHOD = "lamini"
 # Replies about the task rather than tasks: "Here are ...", "I will help you ...", "Sure, ...".
@@ -56,8 +56,8 @@ def load_topics(path: Path | None) -> list[str]:
         return list(word_list("topics.txt"))
     if not Path(path).is_file():
         raise DataError(f"{path}: no such topics file")
-    topics = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.startswith("#")]
+    with open_data(Path(path)) as handle:
+        topics = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
     if not topics:
         raise DataError(f"{path}: the topics file is empty")
     return topics

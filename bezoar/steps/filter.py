@@ -19,7 +19,7 @@ from pydantic import Field
 from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.filter.config import FilterConfig
 from bezoar.filter.runner import run
-from bezoar.findings import preview_pairs
+from bezoar.findings import count_lines, preview_pairs
 from bezoar.generate.config import METHODS
 from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, is_local, lines_for, mean_tokens
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
@@ -49,7 +49,7 @@ class FilterStep(Step, FilterConfig):
         if not inputs:
             return StepResult(headline="skipped: no earlier step handed on records to filter")
         judge = context.models["judge"] if self.judge.enabled or self.dedup.judge_clusters else None
-        alive = sum(1 for path in inputs for line in open(path, encoding="utf-8") if line.strip())
+        alive = sum(count_lines(path) for path in inputs)
         context.progress(0, alive, "records judged")
         summary = run(inputs, context.out_dir, self, judge, per_method=True,
                       max_failure_rate=context.recipe.run.max_failure_rate, progress=context.progress.add)

@@ -13,7 +13,7 @@ from typing import Literal
 
 from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.findings import preview_jsonl
-from bezoar.records import Record
+from bezoar.records import Record, open_data
 from bezoar.plan import PlanContext, PlanLine
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 from bezoar.steps.training import training_counts, training_headline, training_wall_s
@@ -48,7 +48,7 @@ class SFTStep(Step, SFTStageConfig):
         for index, dataset in enumerate(self.datasets, 1):
             name = self.checkpoint_name(index, dataset.name)
             path = dataset.path or context.input(dataset.name)  # the filter's kept records
-            if path.exists() and not any(line.strip() for line in path.open(encoding="utf-8")):
+            if path.exists() and not any(line.strip() for line in open_data(path)):
                 log.warning("%s is empty (nothing was kept): skipping SFT on %s", path, dataset.name)
                 runs.append({"stage": name, "skipped": f"{path} is empty"})
                 continue
