@@ -51,10 +51,15 @@ def find(run_dir: Path, before: Iterable[str], output: str, source: str | None =
     return None
 
 
-def required(run_dir: Path, before: Iterable[str], output: str, source: str | None = None) -> Path:
-    """`find`, or a one-line DataError saying which step to run."""
+def required(run_dir: Path, before: Iterable[str], output: str, source: str | None = None,
+             maker: str | None = None) -> Path:
+    """`find`, or a one-line DataError saying which step to run: `maker`, the step that would hand it on."""
     before = list(before)
     found = find(run_dir, before, output, source)
+    if found is None and maker:
+        named = f"the step '{maker}'" + (" (its `from:`)" if maker == source else "")
+        raise DataError(f"{run_dir}: {named} has not handed on '{output}' (it is not done in this run); run it "
+                        f"first: bezoar run RECIPE --from {maker}")
     if found is None:
         where = f"the step '{source}' (its `from:`) has not" if source else \
             f"no done step before this one ({', '.join(before) or 'none'})"

@@ -99,3 +99,21 @@ def test_nothing_handed_on_is_one_line_naming_what_to_run(run_dir, tmp_path):
     assert "bezoar run RECIPE --from STEP" in message
     with pytest.raises(DataError, match=r"the step 'generate' \(its `from:`\) has not handed on 'pairs'"):
         required(run_dir, ["generate", "preferences-1"], "pairs", "generate")
+
+
+def test_a_step_run_alone_names_the_step_that_makes_its_input(tmp_path):
+    """dpo run alone where hh_slices never ran: its input's maker is named, with the command to run it
+    (a stray file where hh_slices would write is not read)."""
+    built = Recipe.model_validate({"steps": [{"type": "hh_slices"}, {"type": "sft_hh"}, {"type": "dpo"}]})
+    run = tmp_path / "run"
+    records(run / "hh_slices" / "dpo.jsonl", 2)
+    context = StepContext(built, run, "dpo")
+    assert context.maker_of("hh_dpo") == "hh_slices" and context.maker_of("nothing") is None
+    with pytest.raises(DataError) as caught:
+        context.input("hh_dpo")
+    assert str(caught.value) == (f"{run}: the step 'hh_slices' has not handed on 'hh_dpo' (it is not done in this "
+                                 "run); run it first: bezoar run RECIPE --from hh_slices")
+    named = Recipe.model_validate({"steps": [{"type": "hh_slices"}, {"type": "hh_slices", "name": "other"},
+                                             {"type": "dpo", "from": "hh_slices"}]})
+    with pytest.raises(DataError, match=r"the step 'hh_slices' \(its `from:`\) has not handed on 'hh_dpo'"):
+        StepContext(named, run, "dpo").input("hh_dpo")

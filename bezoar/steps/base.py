@@ -103,7 +103,13 @@ class StepContext:
     def input(self, output: str) -> Path:
         """The file an earlier step handed on as `output` (see the module docstring); a one-line DataError
         naming the step to run when none did."""
-        return handoff.required(self.run_dir, self.before(), output, self.step.source_for(output))
+        source = self.step.source_for(output)
+        return handoff.required(self.run_dir, self.before(), output, source, source or self.maker_of(output))
+
+    def maker_of(self, output: str) -> str | None:
+        """The nearest step before this one that hands on `output` when it is done (what to run first)."""
+        before = self.recipe.steps[:self.recipe.names().index(self.name)]
+        return next((s.name for s in reversed(before) if output in s.provides(self.recipe)), None)
 
     def optional_input(self, output: str) -> Path | None:
         return handoff.find(self.run_dir, self.before(), output, self.step.source_for(output))
