@@ -199,6 +199,8 @@ def run_step(step: Step, recipe: Recipe, run_dir: Path, manifest: Manifest, prin
 
 def _finish(manifest: Manifest, name: str, sent: dict, started: float, **fields) -> None:
     launched_rss = sent.get("launched_rss_mb") or []
+    if launched_rss:  # a launched training step: each rank's peak (every rank loads the model)
+        fields["ranks_peak_rss_mb"] = launched_rss
     manifest.update(name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=sent.get("usage", {}),
                     peak_rss_mb=max(sent.get("peak_rss_mb", 0), sum(launched_rss)), **fields)
 

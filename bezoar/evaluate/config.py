@@ -98,7 +98,7 @@ class PreferenceConfig(StrictModel):
     """Score held-out preference pairs by log-likelihood (and DPO's implicit reward)."""
     pairs: Path | None = None
     """HH-RLHF JSONL(.gz) transcripts, or bezoar pair JSONL (prompt/chosen/rejected). None: the
-    held-out slice of `sft_hh.data` that the sft_hh stage hands on (pairs SFT-HH and DPO never train on)."""
+    held-out slice an hh_slices step before it handed on (pairs sft_hh and dpo never train on)."""
     heldout_n: int | None = Field(None, ge=1)
     """Score only the LAST N pairs of the file (split_slices' held-out rule). None: every pair."""
     limit: int | None = Field(None, ge=1)

@@ -170,17 +170,17 @@ class ConstraintsConfig(SchemeConfig):
 
 METHODS = ("lamini", "evol", "orca")
 """The schemes that make instruction/response records, in the recipe's order (also the names the generate
-stage hands their files on under, and the filter its kept records)."""
+step hands their files on under, and the filter step its kept records)."""
 
 
 class GenerateConfig(StrictModel):
-    """The generate stage: writes data/generated/{lamini,evol,orca}.jsonl under the run directory."""
+    """The generate step's settings: one scheme each (a scheme with n: 0 is off)."""
 
     lamini: LaMiniConfig = Field(default_factory=LaMiniConfig)
     evol: EvolConfig = Field(default_factory=EvolConfig)
     orca: OrcaConfig = Field(default_factory=OrcaConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
-    """Written to data/prompts/constraints.jsonl (prompts only: the preferences stage answers them)."""
+    """Constraint prompts (no teacher): handed on as `constraints`, which a preferences step answers."""
 
     def scheme(self, method: str) -> SchemeConfig:
         return getattr(self, method)
