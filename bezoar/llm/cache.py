@@ -73,6 +73,10 @@ class CallCache:
             self._local.conn = conn
         return conn
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit), for tables kept beside the calls (`bezoar.llm.batch_store`)."""
+        return self._connect()
+
     def get_many(self, keys: list[str]) -> dict[str, Reply]:
         found: dict[str, Reply] = {}
         conn = self._connect()
@@ -160,6 +164,11 @@ class CachedModel:
     @property
     def identity(self) -> str:
         return self.backend.identity
+
+    @property
+    def batched(self) -> bool:
+        """Calls go out as provider batches (`batch: true`): one call with every item beats many small ones."""
+        return bool(getattr(self.backend, "batched", False))
 
     def chat(self, conversations: list[Conversation], sampling: Sampling = Sampling(),
              progress: ProgressHook | None = None) -> list[Reply]:
