@@ -79,6 +79,9 @@ class BatchFaults:
 
     def rewrite(self, path: str, status: int, content: bytes, fetch) -> tuple[bytes, str]:
         """The upstream answer as the fault has it, and the action to log. `fetch(path)` reads upstream."""
+        match = OPENAI_FILE.match(path)
+        if match and match.group(1) in self.files:  # the error file it made up is unknown upstream
+            return self._openai_file(match.group(1), content, fetch)
         if status != 200:
             return content, "forward"
         for pattern, method in ((OPENAI_BATCH, self._openai_batch), (OPENAI_FILE, self._openai_file),

@@ -89,6 +89,7 @@ def handler_for(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
                 response = proxy.client.get(proxy.upstream + self.path, headers=self.forwarded())
                 status = response.status_code
                 payload, action = proxy.batches.rewrite(self.path, status, response.content, self.fetch)
+                status = 200 if action != "forward" else status  # a file it made up exists here
             delivered = self.reply(status, payload)
             if "/batches" in self.path or "/files" in self.path:  # batch traffic; probes and health stay unlogged
                 proxy.note(number, self.path, b"", status, action, delivered, authorization, method="GET")
@@ -98,7 +99,7 @@ def handler_for(proxy: Proxy) -> type[BaseHTTPRequestHandler]:
 
         def forwarded(self) -> dict:
             names = ("authorization", "x-api-key", "anthropic-version", "content-type", "accept")
-            return {k: v for k, v in self.headers.items() if k.lower() in names}
+            return {k.lower(): v for k, v in self.headers.items() if k.lower() in names}
 
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))

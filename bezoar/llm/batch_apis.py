@@ -82,6 +82,7 @@ class BatchClient:
 
     def send(self, method: str, path: str, retries: int | None = None, **kwargs) -> httpx.Response:
         headers = {**self.backend.dialect.headers(self.endpoint.api_key), **kwargs.pop("headers", {})}
+        kwargs["params"] = [*self.endpoint.params, *kwargs.pop("params", {}).items()]  # the URL's own query too
         auth = self.endpoint.auth if self.endpoint.auth and "Authorization" not in headers else None
         url = f"{self.endpoint.base}{path}"
         policy = self.backend.policy
@@ -101,7 +102,7 @@ class BatchClient:
         self.requests += 1
         self.sent_bytes += len(body) if isinstance(body, bytes) else 0
         try:
-            response = self.http.request(method, url, params=self.endpoint.params, headers=headers, auth=auth, **kwargs)
+            response = self.http.request(method, url, headers=headers, auth=auth, **kwargs)
         except (httpx.TimeoutException, httpx.TransportError) as error:
             return self._scrub(f"{type(error).__name__}" + (f": {error}" if str(error) else "")), None
         status = response.status_code
@@ -227,9 +228,12 @@ class AnthropicBatches:
     def poll(self, client: BatchClient, remote_id: str) -> Polled:
         payload = client.send("GET", f"{self.path}/{remote_id}").json()
         counts = payload.get("request_counts") or {}
-        status = payload["processing_status"]
+        ended = payload["processing_status"] == "ended"
         failed = sum(int(counts.get(k) or 0) for k in ("errored", "canceled", "expired"))
-        return Polled(status, status == "ended", int(counts.get("succeeded") or 0), failed, payload)
+        status = payload["processing_status"]
+        if ended and (counts.get("expired") or counts.get("canceled")):  # as OpenAI words an ended batch
+            status = "expired" if counts.get("expired") else "cancelled"
+        return Polled(status, ended, int(counts.get("succeeded") or 0), failed, payload)
 
     def results(self, client: BatchClient, polled: Polled) -> Iterator[tuple[str, Outcome]]:
         # Our endpoint's own route, not `results_url`: the key goes to the endpoint it belongs to, and a

@@ -247,6 +247,10 @@ class BatchRun:
         except Unreachable as error:
             log.warning("%s: results of batch %s: %s; asking again later", self.backend.identity, record.remote_id, error)
             return
+        except Rejected as error:  # its files are gone (OpenAI keeps them 30 days): its items go out again
+            log.warning("%s: results of batch %s: %s; its items are sent again", self.backend.identity,
+                        record.remote_id, error)
+            answered = {}
         again = [items[c][0] for c in items if c not in answered or answered[c].again]
         for custom_id, outcome in answered.items():
             if outcome.reply is not None:
