@@ -132,6 +132,7 @@ def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
     return path
@@ -140,7 +141,7 @@ def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
 def rehearse(workdir: Path, upstream: str, recipe: Path, faulty: bool, poison: tuple[str, ...] = (),
              secret: str | None = None, args: tuple[str, ...] = (), timeout_s: float = 2400,
              ports: dict[str, int] | None = None, batch_faults: dict[str, tuple[str, ...]] | None = None,
-             watch: Watch | None = None) -> Rehearsal:
+             watch: Watch | None = None, extra_env: dict[str, str] | None = None) -> Rehearsal:
     """One `bezoar run` of `recipe` through proxies in front of `upstream` (a `bezoar serve` base URL), on
     `ports` when given: the URLs are part of the recipe, so a run on other ports is another recipe.
     `batch_faults` ({proxy: faults}) are given to the batches created through each proxy (tests/batch_faults.py);
@@ -150,7 +151,7 @@ def rehearse(workdir: Path, upstream: str, recipe: Path, faulty: bool, poison: t
     proxies = {name: start_proxy(name, upstream, workdir, injected if faulty else (), poison,
                                  port=(ports or {}).get(name), batch_faults=(batch_faults or {}).get(name, ()))
                for name, injected in faults.items()}
-    env = _environment(workdir, proxies, secret)
+    env = {**_environment(workdir, proxies, secret), **(extra_env or {})}
     run_dir = workdir / "runs" / "rehearsal"
     if watch is None and faulty:
         watch = lambda process, run_dir: _kill_b_mid_generate(process, proxies["teacher_b"], run_dir)  # noqa: E731

@@ -24,7 +24,6 @@ def batch_recipe(workdir: Path, data_dir: Path) -> Path:
     changes = {}
     for role in BATCH_ROLES:
         changes.update({f"{role}.batch": True, f"{role}.batch_poll_s": POLL_S})
-    workdir.mkdir(parents=True, exist_ok=True)
     return recipe_for(workdir, data_dir, **changes)
 
 

@@ -1,6 +1,7 @@
 """recipes/rehearsal.yaml end to end with `batch: true` on the teacher, the filter judge (OpenAI Batch) and the
 MT-Bench judge (Anthropic Message Batches) through `bezoar serve`: SIGKILLed while it polls the judge's batch,
-then run again: the online run's records, no item submitted twice, every batch done. See
+then run with `--no-wait` (exit 75 while batches run), then again: the online run's records, no item
+submitted twice, every batch done. See
 tests/rehearsal_batch.py."""
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import subprocess
 
 import pytest
 
+from bezoar.errors import BatchPending
 from bezoar.llm.batch_store import batches_in
+from bezoar.llm.batches import NO_WAIT_ENV
 from rehearsal import BIN, model_server, recipe_for, record_ids, rehearse
 from servers import free_port
 from rehearsal_batch import batch_recipe, items_sent_twice, kill_mid_poll
@@ -28,8 +31,14 @@ def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
         ports = {name: free_port() for name in ("teacher_a", "teacher_b", "judge", "claude")}  # the URLs are the recipe's
         killed = rehearse(tmp_path / "batch", upstream, recipe, faulty=False, ports=ports,
                           batch_faults={"teacher_a": ("poll-500",)}, watch=kill_mid_poll(ports["judge"]))
+        # `bezoar run --no-wait` (the variable it sets): submits, polls once, exits 75 while batches run.
+        pending = rehearse(tmp_path / "batch", upstream, recipe, faulty=False, ports=ports,
+                           batch_faults={"judge": ("never-ends",) * 4, "claude": ("never-ends",) * 4},
+                           extra_env={NO_WAIT_ENV: "1"})
         resumed = rehearse(tmp_path / "batch", upstream, recipe, faulty=False, ports=ports)
     assert killed.killed_at is not None and killed.returncode != 0, "the run was never killed mid-poll"
+    assert pending.returncode == BatchPending.EXIT_CODE, pending.stderr[-3000:]
+    assert "run the same command again to collect them" in pending.stderr
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     # The batch run's records are the online run's.
@@ -41,7 +50,7 @@ def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
     online_calls = [r["path"] for r in resumed.requests()
                     if r.get("method", "POST") == "POST" and "/batches" not in r["path"] and "/files" not in r["path"]]
     assert online_calls == ["/v1/messages"]  # the probe's one-token call (Anthropic has no free route to probe)
-    assert items_sent_twice(killed, resumed) == 0
+    assert items_sent_twice(killed, pending, resumed) == 0
     states = batches_in(resumed.run_dir / "cache" / "calls.sqlite")
     assert states and {b.state for b in states} == {"done"}
     polled_at = {int(b.model.split("127.0.0.1:")[1].split("/")[0]) for b in states}
