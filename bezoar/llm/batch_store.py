@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bezoar.llm.cache import CallCache
+from bezoar.llm.cache import CallCache, key_chunks
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS batches (
@@ -109,9 +109,7 @@ class BatchStore:
         """{key: local id} of these keys that sit in a batch not yet done."""
         found: dict[str, str] = {}
         conn = self._conn()
-        for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in key_chunks(keys):
             rows = conn.execute(f"SELECT i.key, i.local_id FROM batch_items i JOIN batches b ON b.local_id = i.local_id "
                                 f"WHERE b.state IN ('preparing', 'submitted') AND i.key IN ({marks})", chunk)
             found.update(dict(rows))
@@ -121,9 +119,7 @@ class BatchStore:
         """{key: how many batches it was sent in} (expired or cancelled ones are sent again)."""
         found: dict[str, int] = {}
         conn = self._conn()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in key_chunks(keys):
             found.update(conn.execute(f"SELECT key, MAX(attempt) FROM batch_items WHERE key IN ({marks}) GROUP BY key", chunk))
         return found
 

@@ -24,7 +24,7 @@ from starlette.requests import Request  # at module level: FastAPI resolves the 
 from bezoar.llm.continuous import Decoder, DecodeJob
 from bezoar.llm.local import row_seed
 from bezoar.llm.protocol import Reply, Sampling
-from bezoar.llm.serve_errors import BadRequest, ClientGone, anthropic_error, answered, openai_error
+from bezoar.llm.serve_errors import BadRequest, ClientGone, anthropic_error, openai_error, served
 from bezoar.llm.serve_responses import ResponsesRequest, TextCompletionRequest, add_response_routes, respond, text_completion
 
 log = logging.getLogger(__name__)
@@ -297,21 +297,15 @@ def create_app(engine: Engine, model_name: str):
 
 def add_chat_routes(app, engine: Engine, model_name: str) -> None:
     """POST /v1/chat/completions (OpenAI) and /v1/messages (Anthropic), each streamed on request."""
-    from fastapi.responses import StreamingResponse
-
     @app.post("/v1/chat/completions")
     async def completions(request: ChatRequest, raw: Request):
-        body = await answered(chat_completion(engine, model_name, request, raw.is_disconnected), openai_error)
-        if request.stream and isinstance(body, dict):
-            return StreamingResponse(_as_stream(body), media_type="text/event-stream")
-        return body
+        return await served(chat_completion(engine, model_name, request, raw.is_disconnected), openai_error,
+                            _as_stream if request.stream else None)
 
     @app.post("/v1/messages")
     async def messages(request: MessagesRequest, raw: Request):
-        body = await answered(anthropic_message(engine, model_name, request, raw.is_disconnected), anthropic_error)
-        if request.stream and isinstance(body, dict):
-            return StreamingResponse(_as_message_stream(body), media_type="text/event-stream")
-        return body
+        return await served(anthropic_message(engine, model_name, request, raw.is_disconnected), anthropic_error,
+                            _as_message_stream if request.stream else None)
 
 
 def _message(reply: Reply, model_name: str) -> dict:

@@ -157,13 +157,16 @@ async def answer_all(items: list, answer: Callable[[object], Awaitable[dict]], s
     return list(await asyncio.gather(*(one(item) for item in items)))
 
 
-def _page(items: list, limit: int, after: str | None, key: str = "id") -> tuple[list, bool]:
-    """Newest first, after the item with id `after`, at most `limit`."""
+def listing(items: list, limit: int, after: str | None, openai: bool = True) -> dict:
+    """A list page as both APIs give one: newest first, after the item with id `after`, at most `limit`."""
     ordered = list(reversed(items))
     if after:
-        ids = [getattr(i, key) for i in ordered]
+        ids = [i.id for i in ordered]
         ordered = ordered[ids.index(after) + 1:] if after in ids else []
-    return ordered[:limit], len(ordered) > limit
+    page = ordered[:limit]
+    return {**({"object": "list"} if openai else {}), "data": [i.to_json() for i in page],
+            "has_more": len(ordered) > limit, "first_id": page[0].id if page else None,
+            "last_id": page[-1].id if page else None}
 
 
 def add_batch_routes(app, answers: dict[str, Answer], in_flight: int) -> BatchBook:
@@ -195,10 +198,7 @@ def add_file_routes(app, book: BatchBook) -> None:
 
     @app.get("/v1/files")
     async def list_files(purpose: str | None = None, limit: int = 10_000, after: str | None = None):
-        chosen = [f for f in book.files.values() if purpose in (None, f.purpose)]
-        page, more = _page(chosen, limit, after)
-        return {"object": "list", "data": [f.to_json() for f in page], "has_more": more,
-                "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}
+        return listing([f for f in book.files.values() if purpose in (None, f.purpose)], limit, after)
 
     @app.get("/v1/files/{file_id}")
     async def get_file(file_id: str):
@@ -243,9 +243,7 @@ def add_openai_batch_routes(app, book: BatchBook, answers: dict[str, Answer]) ->
 
     @app.get("/v1/batches")
     async def list_batches(limit: int = 20, after: str | None = None):
-        page, more = _page(list(book.openai.values()), max(1, min(limit, 100)), after)
-        return {"object": "list", "data": [b.to_json() for b in page], "has_more": more,
-                "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}
+        return listing(list(book.openai.values()), max(1, min(limit, 100)), after)
 
     @app.get("/v1/batches/{batch_id}")
     async def get_batch(batch_id: str):
@@ -360,9 +358,7 @@ def add_message_batch_routes(app, book: BatchBook, answer: Answer) -> None:
 
     @app.get("/v1/messages/batches")
     async def list_batches(limit: int = 20, after_id: str | None = None):
-        page, more = _page(list(book.anthropic.values()), max(1, min(limit, 1000)), after_id)
-        return {"data": [b.to_json() for b in page], "has_more": more,
-                "first_id": page[0].id if page else None, "last_id": page[-1].id if page else None}
+        return listing(list(book.anthropic.values()), max(1, min(limit, 1000)), after_id, openai=False)
 
     @app.get("/v1/messages/batches/{batch_id}")
     async def get_batch(batch_id: str):

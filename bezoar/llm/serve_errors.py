@@ -45,3 +45,14 @@ async def answered(answer: Awaitable[dict], error_body: Callable[..., dict]):
     except Exception as error:
         kind = "server_error" if error_body is openai_error else "api_error"
         return JSONResponse(status_code=500, content=error_body(str(error), kind))
+
+
+async def served(answer: Awaitable[dict], error_body: Callable[..., dict], events: Callable | None = None):
+    """`answered`, as JSON or, when `events` is given (the client asked for `stream`), as the server-sent
+    events `events(body)` makes of the finished answer."""
+    from fastapi.responses import StreamingResponse
+
+    body = await answered(answer, error_body)
+    if events is not None and isinstance(body, dict):
+        return StreamingResponse(events(body), media_type="text/event-stream")
+    return body

@@ -12,11 +12,11 @@ import time
 import uuid
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.requests import Request  # at module level: FastAPI resolves the handlers' annotations here
 
 from bezoar.llm.protocol import Reply, Sampling
-from bezoar.llm.serve_errors import BadRequest, answered, openai_error
+from bezoar.llm.serve_errors import BadRequest, openai_error, served
 
 ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 
@@ -37,19 +37,13 @@ class ResponsesRequest(BaseModel):
     tools: list[dict] | None = None
     previous_response_id: str | None = None
 
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, value):
-        if value:
-            raise ValueError("tools are not supported by bezoar serve (text in, text out)")
-        return value
-
-    @field_validator("previous_response_id")
-    @classmethod
-    def _stateless(cls, value):
-        if value:
-            raise ValueError("bezoar serve stores no responses: send the whole conversation in `input`")
-        return value
+    @model_validator(mode="after")
+    def _text_only(self) -> "ResponsesRequest":
+        if self.tools:
+            raise ValueError("tools: not supported by bezoar serve (text in, text out)")
+        if self.previous_response_id:
+            raise ValueError("previous_response_id: bezoar serve stores no responses; send the whole conversation in `input`")
+        return self
 
     def conversation(self) -> list[dict]:
         system = [{"role": "system", "content": self.instructions}] if self.instructions else []
@@ -188,7 +182,7 @@ def completion_chunks(body: dict):
 
 
 def add_response_routes(app, engine, model_name: str) -> None:
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse
 
     @app.post("/v1/responses")
     async def responses(request: ResponsesRequest, raw: Request):
@@ -196,14 +190,10 @@ def add_response_routes(app, engine, model_name: str) -> None:
             request.conversation()
         except BadRequest as error:
             return JSONResponse(status_code=400, content=openai_error(str(error), param=str(error).split(":")[0]))
-        body = await answered(respond(engine, model_name, request, raw.is_disconnected), openai_error)
-        if request.stream and isinstance(body, dict):
-            return StreamingResponse(response_events(body), media_type="text/event-stream")
-        return body
+        return await served(respond(engine, model_name, request, raw.is_disconnected), openai_error,
+                            response_events if request.stream else None)
 
     @app.post("/v1/completions")
     async def completions(request: TextCompletionRequest, raw: Request):
-        body = await answered(text_completion(engine, model_name, request, raw.is_disconnected), openai_error)
-        if request.stream and isinstance(body, dict):
-            return StreamingResponse(completion_chunks(body), media_type="text/event-stream")
-        return body
+        return await served(text_completion(engine, model_name, request, raw.is_disconnected), openai_error,
+                            completion_chunks if request.stream else None)
