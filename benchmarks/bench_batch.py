@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from common import DATA, emit, peak_rss_mb
-from rehearsal import model_server, recipe_for, record_ids, rehearse
-from rehearsal_batch import batch_recipe, batch_traffic, items_sent_twice, kill_mid_poll
+from rehearsal import model_server, record_ids, rehearse
+from rehearsal_batch import small_recipe, batch_traffic, items_sent_twice, kill_mid_poll
 from servers import free_port
 
 from bezoar.llm.batch_store import batches_in
@@ -54,8 +54,8 @@ def main() -> None:
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-batch-"))
     root.mkdir(parents=True, exist_ok=True)
     stages = args.stages.split(",")
-    online_recipe = priced(recipe_for(root / "online-recipe", DATA), root / "online-recipe")
-    batch_recipe_path = priced(batch_recipe(root / "batch-recipe", DATA), root / "batch-recipe")
+    online_recipe = priced(small_recipe(root / "online-recipe", DATA, batch=False), root / "online-recipe")
+    batch_recipe_path = priced(small_recipe(root / "batch-recipe", DATA, batch=True), root / "batch-recipe")
     with model_server(root / "serve.log") as upstream:
         online_runs, started = [], time.perf_counter()
         for stage in stages:

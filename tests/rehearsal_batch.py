@@ -19,10 +19,20 @@ POLL_S = 0.5
 BATCH_ROLES = ("models.teacher", "models.judge", "eval.mt_bench.judge")
 
 
-def batch_recipe(workdir: Path, data_dir: Path) -> Path:
-    """recipes/rehearsal.yaml with every remote role sending provider batches, polled every POLL_S."""
-    changes = {}
-    for role in BATCH_ROLES:
+SMALL = {"generate.lamini.n": 1, "generate.evol.n": 1, "generate.orca.n": 2,
+         "generate.lamini.instruction_sampling": {"temperature": 1.0, "max_new_tokens": 48},
+         "generate.lamini.response_sampling": {"temperature": 0.7, "max_new_tokens": 16},
+         "generate.evol.evolve_sampling": {"temperature": 0.8, "max_new_tokens": 32},
+         "generate.evol.response_sampling": {"temperature": 0.8, "max_new_tokens": 16},
+         "generate.orca.response_sampling": {"temperature": 0.7, "max_new_tokens": 16}}
+"""The rehearsal at half its sizes: on a shared 2-core machine the full one took over an hour per run."""
+
+
+def small_recipe(workdir: Path, data_dir: Path, batch: bool) -> Path:
+    """recipes/rehearsal.yaml at SMALL sizes; with `batch`, every remote role sends provider batches, polled
+    every POLL_S."""
+    changes = dict(SMALL)
+    for role in BATCH_ROLES if batch else ():
         changes.update({f"{role}.batch": True, f"{role}.batch_poll_s": POLL_S})
     return recipe_for(workdir, data_dir, **changes)
 

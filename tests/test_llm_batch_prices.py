@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from bezoar.config_base import ModelConfig
 from bezoar.errors import BatchPending
 from bezoar.llm.batch_prices import role_cost, role_prices
-from bezoar.llm.batch_store import BatchRecord, BatchStore, batches_in, shown_state
+from bezoar.llm.batch_store import BatchRecord, BatchStore, batch_summary, batches_in, shown_state
 from bezoar.llm.cache import CallCache
 
 GPT4 = {"spec": "openai:gpt-4", "input_price_per_mtok": 30.0, "output_price_per_mtok": 60.0}
@@ -55,6 +55,7 @@ def test_batch_records_as_status_shows_them(tmp_path):
     store.update("bzb_1", state="done", status="expired", succeeded=1, missing=1)
     shown = batches_in(cache.path)[0]
     assert (shown.state, shown.succeeded) == ("expired", 1) and store.live_for(["k1"]) == {}
+    assert batch_summary([shown]) == "1 provider batch: 1 expired; 1 of 2 items answered" and batch_summary([]) == ""
     assert store.attempts(["k1", "k9"]) == {"k1": 1}
     assert [shown_state(*s) for s in (("submitted", "validating"), ("submitted", "finalizing"), ("done", "completed"),
                                       ("done", "failed"), ("done", "cancelled"))] == \

@@ -13,9 +13,9 @@ import pytest
 from bezoar.errors import BatchPending
 from bezoar.llm.batch_store import batches_in
 from bezoar.llm.batches import NO_WAIT_ENV
-from rehearsal import BIN, model_server, recipe_for, record_ids, rehearse
+from rehearsal import BIN, model_server, record_ids, rehearse
 from servers import free_port
-from rehearsal_batch import batch_recipe, items_sent_twice, kill_mid_poll
+from rehearsal_batch import items_sent_twice, kill_mid_poll, small_recipe
 
 
 @pytest.mark.slow
@@ -24,10 +24,10 @@ def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
     with model_server(tmp_path / "serve.log") as upstream:
         online = tmp_path / "online"
         for stage in ("generate", "filter"):
-            done = rehearse(online, upstream, recipe_for(tmp_path / "online-recipe", data_dir), faulty=False,
+            done = rehearse(online, upstream, small_recipe(tmp_path / "online-recipe", data_dir, batch=False), faulty=False,
                             args=("--only", stage))
             assert done.returncode == 0, done.stderr[-3000:]
-        recipe = batch_recipe(tmp_path / "batch-recipe", data_dir)
+        recipe = small_recipe(tmp_path / "batch-recipe", data_dir, batch=True)
         ports = {name: free_port() for name in ("teacher_a", "teacher_b", "judge", "claude")}  # the URLs are the recipe's
         killed = rehearse(tmp_path / "batch", upstream, recipe, faulty=False, ports=ports,
                           batch_faults={"teacher_a": ("poll-500",)}, watch=kill_mid_poll(ports["judge"]))

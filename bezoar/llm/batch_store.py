@@ -164,3 +164,18 @@ def shown_state(state: str, status: str | None) -> str:
     if state == "submitted":
         return "in_progress" if status in ("in_progress", "finalizing", "cancelling", "canceling") else "submitted"
     return {"expired": "expired", "cancelled": "cancelled", "failed": "failed"}.get(status or "", "done")
+
+
+def batch_summary(states: list[BatchState]) -> str:
+    """One line for `bezoar status`: `3 provider batches: 2 done, 1 in_progress; 120 of 160 items answered;
+    oldest running 2.1 h` (empty without batches)."""
+    if not states:
+        return ""
+    counts: dict[str, int] = {}
+    for state in states:
+        counts[state.state] = counts.get(state.state, 0) + 1
+    running = [s.age_s for s in states if s.state in ("submitted", "in_progress")]
+    text = (f"{len(states)} provider batch{'es' if len(states) > 1 else ''}: "
+            + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+            + f"; {sum(s.succeeded + s.failed for s in states):,} of {sum(s.items for s in states):,} items answered")
+    return text + (f"; oldest running {max(running) / 3600:.1f} h" if running else "")
