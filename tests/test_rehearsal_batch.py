@@ -14,8 +14,8 @@ from bezoar.errors import BatchPending
 from bezoar.llm.batch_store import batches_in
 from bezoar.llm.batches import NO_WAIT_ENV
 from rehearsal import BIN, model_server, record_ids, rehearse
-from servers import free_port
 from rehearsal_batch import items_sent_twice, kill_mid_poll, small_recipe
+from servers import free_port
 
 
 @pytest.mark.slow
