@@ -24,8 +24,10 @@ SMALL = {"generate.lamini.n": 1, "generate.evol.n": 1, "generate.orca.n": 2,
          "generate.lamini.response_sampling": {"temperature": 0.7, "max_new_tokens": 16},
          "generate.evol.evolve_sampling": {"temperature": 0.8, "max_new_tokens": 32},
          "generate.evol.response_sampling": {"temperature": 0.8, "max_new_tokens": 16},
-         "generate.orca.response_sampling": {"temperature": 0.7, "max_new_tokens": 16}}
-"""The rehearsal at half its sizes: on a shared 2-core machine the full one took over an hour per run."""
+         "generate.orca.response_sampling": {"temperature": 0.7, "max_new_tokens": 16},
+         "models.judge.timeout_s": 300}
+"""The rehearsal at half its sizes, and a judge that may take 300 s (not 20: no hang is injected here): on a
+shared 2-core machine the full rehearsal took over an hour per run and online judge calls timed out."""
 
 
 def small_recipe(workdir: Path, data_dir: Path, batch: bool) -> Path:
