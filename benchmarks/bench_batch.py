@@ -65,9 +65,10 @@ def main() -> None:
         ports = {name: free_port() for name in PROXIES}
         batch_runs, started, killed = [], time.perf_counter(), None
         for stage in stages:
-            watch = kill_mid_poll(ports["judge"]) if stage == "filter" else None
-            run = rehearse(root / "batch", upstream, batch_recipe_path, faulty=False, ports=ports,
-                           args=("--only", stage), watch=watch)
+            killing = stage == "filter"  # the judge's batch never ends in that run, so the kill finds it polling
+            run = rehearse(root / "batch", upstream, batch_recipe_path, faulty=False, ports=ports, args=("--only", stage),
+                           watch=kill_mid_poll(ports["judge"]) if killing else None,
+                           batch_faults={"judge": ("never-ends",)} if killing else None)
             if run.killed_at is not None:
                 killed = run
                 batch_runs.append(run)

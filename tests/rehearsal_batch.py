@@ -39,9 +39,10 @@ def small_recipe(workdir: Path, data_dir: Path, batch: bool) -> Path:
     return recipe_for(workdir, data_dir, **changes)
 
 
-def kill_mid_poll(port: int, stage: str = "filter"):
+def kill_mid_poll(port: int):
     """A `rehearse(watch=...)` that SIGKILLs the run (its whole process group) as soon as a batch sent to
-    127.0.0.1:PORT is on record and not yet done, while `stage` runs."""
+    127.0.0.1:PORT is on record and not yet done. A loopback batch may end before its first poll: give that
+    endpoint's proxy the never-ends batch fault in the run to be killed."""
     from bezoar.llm.batch_store import batches_in
 
     def watch(process: subprocess.Popen, run_dir: Path) -> float | None:

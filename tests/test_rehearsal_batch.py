@@ -30,7 +30,8 @@ def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
         recipe = small_recipe(tmp_path / "batch-recipe", data_dir, batch=True)
         ports = {name: free_port() for name in ("teacher_a", "teacher_b", "judge", "claude")}  # the URLs are the recipe's
         killed = rehearse(tmp_path / "batch", upstream, recipe, faulty=False, ports=ports,
-                          batch_faults={"teacher_a": ("poll-500",)}, watch=kill_mid_poll(ports["judge"]))
+                          batch_faults={"teacher_a": ("poll-500",), "judge": ("never-ends",)},  # polled until killed
+                          watch=kill_mid_poll(ports["judge"]))
         # `bezoar run --no-wait` (the variable it sets): submits, polls once, exits 75 while batches run.
         pending = rehearse(tmp_path / "batch", upstream, recipe, faulty=False, ports=ports,
                            batch_faults={"judge": ("never-ends",) * 4, "claude": ("never-ends",) * 4},
