@@ -1,7 +1,8 @@
 """The `bezoar` command: each sub-command is a thin map onto one library call.
 
 Stage packages add their own sub-commands through `register(app)` in their `commands.py`. A
-`BezoarError` becomes one line on stderr and exit code 2; anything else keeps its traceback.
+`BezoarError` becomes one line on stderr and exit code 2 (`BatchPending`, provider batches still running:
+exit code 75); anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -127,6 +128,9 @@ def main() -> None:
 
 
 def _exit_with(error: BezoarError) -> None:
+    from bezoar.errors import BatchPending
+
+    pending = isinstance(error, BatchPending)  # not a failure: submitted, come back later
     for line in str(error).splitlines() or [type(error).__name__]:
-        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
-    sys.exit(2)
+        console.print(line, style="yellow" if pending else "red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(BatchPending.EXIT_CODE if pending else 2)

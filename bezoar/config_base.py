@@ -55,6 +55,20 @@ class ModelConfig(StrictModel):
     """USD per million prompt tokens (for the cost estimate and max_cost)."""
     output_price_per_mtok: float = Field(0.0, ge=0)
     """USD per million tokens, for the cost estimate in the manifest."""
+    batch: bool = False
+    """Remote (openai, anthropic): send the role's calls as provider batches (OpenAI Batch, Anthropic Message
+    Batches): answered within 24 h at `batch_price_factor` of the price. Batch ids and their items are
+    recorded in the run's call cache before anything is sent, so a killed run polls the same batches."""
+    batch_price_factor: float = Field(0.5, gt=0, le=1)
+    """The batch price as a fraction of the online price (both providers: 0.5); plan and status use it."""
+    batch_poll_s: float = Field(30.0, gt=0)
+    """First wait between polls of a batch; it grows by half each poll up to 10 minutes."""
+    batch_wait_s: float | None = Field(None, ge=0)
+    """How long a stage waits for its batches before it stops (exit 75) and a later run collects them;
+    unset: until they are done (up to the providers' 24 h window). 0: submit and stop at once."""
+    batch_max_requests: int | None = Field(None, ge=1)
+    """Requests per batch; more are split over several batches. Unset: the provider's limit
+    (OpenAI 50,000 and 200 MB, Anthropic 100,000 and 256 MB; the byte limits always apply)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -86,6 +100,13 @@ class ModelConfig(StrictModel):
         """`repr` and `str` show the spec without URL credentials too."""
         for name, value in super().__repr_args__():
             yield name, public_spec(value) if name == "spec" else value
+
+    @model_validator(mode="after")
+    def _batch_is_remote(self) -> "ModelConfig":
+        if self.batch and parse_spec(self.spec).kind == "local":
+            raise ValueError("batch: true needs an openai: or anthropic: spec (a local model has no batch API; "
+                             "it batches its own decoding already)")
+        return self
 
     @field_validator("api_key_env")
     @classmethod

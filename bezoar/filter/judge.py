@@ -169,7 +169,10 @@ def _keep_top(results: list[JudgeResult], fraction: float) -> None:
 
 def _chat(model: CachedModel, conversations: list[Conversation], sampling: Sampling, config: JudgeConfig,
           progress: Callable[[int], None] | None) -> list[Reply]:
-    """In chunks, so progress is reported and each chunk's replies are committed before the next starts."""
+    """In chunks, so progress is reported and each chunk's replies are committed before the next starts;
+    all at once for a batch judge (`batch: true`): one provider batch, not one per chunk waited on in turn."""
+    if model.batched:
+        return model.chat(conversations, sampling, progress=progress)
     replies: list[Reply] = []
     for start in range(0, len(conversations), config.chunk_size):
         replies += model.chat(conversations[start:start + config.chunk_size], sampling, progress=progress)

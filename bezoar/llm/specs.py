@@ -19,6 +19,7 @@ import weakref
 from typing import Protocol
 
 from bezoar.errors import ConfigError
+from bezoar.llm.batch_prices import role_prices
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
 from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
 from bezoar.llm.protocol import Backend
@@ -119,7 +120,12 @@ def open_model(config: RoleSettings, role: str = "model", cache: CallCache | Non
     backend = _BACKENDS.get(key)
     if backend is None:
         backend = _BACKENDS[key] = build_backend(config)
+    prices = role_prices(config)
     budget = Budget(max_calls=config.max_calls, max_cost=config.max_cost,
-                    input_per_mtok=config.input_price_per_mtok, output_per_mtok=config.output_price_per_mtok)
+                    input_per_mtok=prices.input_per_mtok, output_per_mtok=prices.output_per_mtok)
     cache = cache if cache is not None else CallCache(default_cache_path())  # an empty cache is falsy (len 0)
+    if config.batch:  # per role, never shared: its batch records live in this role's cache
+        from bezoar.llm.batches import BatchBackend, BatchSettings
+
+        backend = BatchBackend(backend, cache, BatchSettings.from_config(config))  # type: ignore[arg-type]
     return CachedModel(backend, cache, role=role, budget=budget)
