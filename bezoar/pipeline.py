@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from bezoar.config import Recipe
-from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
+from bezoar.errors import BatchPending, BezoarError, BudgetExceeded, ConfigError, DataError
 from bezoar.handoff import RECORDS_VERSION
 from bezoar.hashing import canonical_hash, file_sha256
 from bezoar.llm.cache import Usage
@@ -36,6 +36,9 @@ from bezoar.steps.base import Progress, Step, StepContext, StepResult
 
 log = logging.getLogger(__name__)
 
+BATCH_PLUMBING = {"batch", "batch_price_factor", "batch_poll_s", "batch_wait_s", "batch_max_requests"}
+"""How a role's calls travel, not what they answer (the call cache's keys leave them out too): switching
+a role to provider batches, or polling it differently, re-runs no finished step."""
 VERSIONED = ("bezoar", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval", "httpx")
 
 
@@ -78,7 +81,7 @@ def versions() -> dict[str, str]:
 def fingerprint(recipe: Recipe, step: Step, previous: str) -> tuple[str, dict[str, str]]:
     """What decides a step's result, hashed: (fingerprint, {input file: sha256})."""
     inputs = {str(p): file_sha256(p) for p in input_files(step) if p.is_file()}
-    roles = {r: config.model_dump(mode="json") for r, (_, config) in step.roles(recipe).items()}
+    roles = {r: config.model_dump(mode="json", exclude=BATCH_PLUMBING) for r, (_, config) in step.roles(recipe).items()}
     basis = {"step": step.model_dump(mode="json"), "roles": roles, "seed": recipe.run.seed,
              "commercial": recipe.run.require_commercial_use, "inputs": inputs, "previous": previous,
              "records": RECORDS_VERSION}
@@ -186,7 +189,7 @@ def run_step(step: Step, recipe: Recipe, run_dir: Path, manifest: Manifest, prin
         if sent.get("error") is not None:
             raise sent["error"]
     except BaseException as error:
-        status = "stopped" if isinstance(error, BudgetExceeded) else "failed"
+        status = {BudgetExceeded: "stopped", BatchPending: "waiting"}.get(type(error), "failed")
         message = str(error) if isinstance(error, BezoarError) else f"{type(error).__name__}: {error}"
         _finish(manifest, step.name, sent, started, status=status, error=message)
         raise

@@ -3,6 +3,7 @@ where it stands, what it made."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -11,6 +12,9 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from bezoar.llm.batch_store import batch_summary, batches_in
+from bezoar.llm.batches import NO_WAIT_ENV
 
 # A table piped to a file, a log or a test is read whole: rich would cut it to 80 columns ("interr…").
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -28,7 +32,8 @@ def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes
                only: Optional[str] = typer.Option(None, "--only", help="Run just this step (by name)."),
                run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: run.run_dir or runs/NAME."),
                retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again only the items that failed (each step's failed.jsonl)."),
-               no_probe: bool = typer.Option(False, "--no-probe", help="Skip the one-call probe of each remote role before the first step.")) -> None:
+               no_probe: bool = typer.Option(False, "--no-probe", help="Skip the one-call probe of each remote role before the first step."),
+               no_wait: bool = typer.Option(False, "--no-wait", help="Submit provider batches (roles with batch: true) and exit; the same command later collects them.")) -> None:
     """The recipe's steps in order (e.g. generate → filter → sft → sft_hh → dpo → eval → report), resumable.
 
     An item a server refuses becomes a failed item (listed in its step's failed.jsonl) and the step goes
@@ -36,6 +41,8 @@ def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes
     from bezoar.config import load_recipe
     from bezoar.pipeline import run
 
+    if no_wait:  # the step processes inherit it: a batch not done at once is left to the provider (exit 75)
+        os.environ[NO_WAIT_ENV] = "1"
     loaded = load_recipe(recipe)
     for name in (start, only):
         if name:
@@ -87,6 +94,9 @@ def show_status(run_dir: Path, data: dict) -> None:
     console.print(table)
     if total_cost:
         console.print(f"estimated cost so far: ${total_cost:.2f}")
+    batches = batch_summary(batches_in(Path(run_dir) / "cache" / "calls.sqlite"))
+    if batches:
+        console.print(batches, highlight=False)
     for name, step in steps.items():
         if step.get("error"):
             console.print(f"[red]{name}: {step['error']}[/red]", markup=True, highlight=False)
@@ -122,19 +132,21 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes/)."),
         table.add_column(column, justify="left" if column in ("step", "role", "model") else "right")
     for line in made.lines:
         table.add_row(line.step, line.role, line.model, f"{line.calls:,}", f"{line.prompt_tokens:,}",
-                      f"{line.completion_tokens:,}", f"${line.cost_usd:,.2f}" if line.cost_usd else "-",
-                      _duration(line.wall_s or 0))
+                      f"{line.completion_tokens:,}", _cost(line), "≤ 24 h" if line.wall_s is None else _duration(line.wall_s))
     console.print(table)
     console.print("wall time by step (calls, training, scoring): "
                   + ", ".join(f"{step} {_duration(s)}" for step, s in made.wall_s.items()), highlight=False)
-    console.print(f"estimated cost: ${sum(line.cost_usd for line in made.lines):,.2f}; assumed yields: "
+    batch = sum(line.batch_usd for line in made.lines)
+    console.print(f"estimated cost: ${sum(line.cost_usd for line in made.lines):,.2f} (every remote role as provider "
+                  f"batches: ${batch:,.2f}); assumed yields: "
                   + ", ".join(f"{k} {v}" for k, v in made.assumptions.items()), highlight=False)
 
 
 def _state(stage: dict) -> str:
     from bezoar.pipeline import is_interrupted
 
-    colours = {"done": "green", "running": "yellow", "failed": "red", "stopped": "magenta", "interrupted": "red"}
+    colours = {"done": "green", "running": "yellow", "failed": "red", "stopped": "magenta", "interrupted": "red",
+               "waiting": "cyan"}
     state = "interrupted" if is_interrupted(stage) else stage.get("status", "pending")
     return f"[{colours.get(state, 'dim')}]{state}[/]"
 
@@ -144,6 +156,15 @@ def _time(stage: dict) -> str:
         elapsed = datetime.now(timezone.utc) - datetime.fromisoformat(stage["started"])
         return f"{elapsed.total_seconds():.0f} s so far"
     return f"{stage['wall_s']:.0f} s" if stage.get("wall_s") is not None else "-"
+
+
+def _cost(line) -> str:
+    """`$236.00 (batch $118.00)`, or for a `batch: true` role `$118.00 (batch; online $236.00)`."""
+    if not line.online_usd:
+        return "-"
+    if line.cost_usd != line.online_usd:
+        return f"${line.cost_usd:,.2f} (batch; online ${line.online_usd:,.2f})"
+    return f"${line.online_usd:,.2f} (batch ${line.batch_usd:,.2f})"
 
 
 def _duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bezoar import handoff
 from bezoar.config_base import ModelConfig, RecipeView
+from bezoar.llm.batch_prices import role_cost
 from bezoar.llm.endpoints import public_spec
 from bezoar.llm.spec_syntax import parse_spec
 from bezoar.llm.weights import models_cache_dir
@@ -39,6 +40,10 @@ class PlanLine:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float = 0.0
+    """What the role will pay, as configured (at the batch rate for a `batch: true` role)."""
+    online_usd: float = 0.0
+    batch_usd: float = 0.0
+    """The same calls online and as provider batches (`batch_price_factor` of the online price)."""
     wall_s: float | None = None
     note: str = ""
 
@@ -178,9 +183,12 @@ def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
         line.completion_tokens += int(kind.count * kind.completion_tokens)
     for line in by_role.values():
         config = configs[line.role]
-        line.cost_usd = round((line.prompt_tokens * config.input_price_per_mtok
-                               + line.completion_tokens * config.output_price_per_mtok) / 1e6, 2)
-        if is_local(config):
+        cost = role_cost(config, line.prompt_tokens, line.completion_tokens)
+        line.cost_usd, line.online_usd, line.batch_usd = (round(x, 2) for x in (cost.usd, cost.online_usd, cost.batch_usd))
+        if config.batch:
+            line.wall_s = None
+            line.note = "provider batch: answered within 24 h"
+        elif is_local(config):
             line.wall_s = round(line.completion_tokens / LOCAL_DECODE_TOK_S + line.prompt_tokens / LOCAL_PREFILL_TOK_S)
             line.note = "wall time at the embedded model's measured CPU speed" + (
                 "" if parse_spec(config.spec).model is None else " (this model's will differ)")

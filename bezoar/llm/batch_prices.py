@@ -4,8 +4,23 @@ price a batch role at the batch rate; the plan shows both prices for every remot
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
-from bezoar.config_base import ModelConfig
+
+class PricedRole(Protocol):
+    """A role's prices and batch settings (`bezoar.config_base.ModelConfig`)."""
+
+    @property
+    def input_price_per_mtok(self) -> float: ...
+
+    @property
+    def output_price_per_mtok(self) -> float: ...
+
+    @property
+    def batch(self) -> bool: ...
+
+    @property
+    def batch_price_factor(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -16,7 +31,7 @@ class Prices:
     output_per_mtok: float
 
 
-def role_prices(config: ModelConfig) -> Prices:
+def role_prices(config: PricedRole) -> Prices:
     factor = config.batch_price_factor if config.batch else 1.0
     return Prices(config.input_price_per_mtok * factor, config.output_price_per_mtok * factor)
 
@@ -47,7 +62,7 @@ class RoleCost:
         return f"${self.online_usd:,.2f} (batch would be ${self.batch_usd:,.2f})"
 
 
-def role_cost(config: ModelConfig, prompt_tokens: int, completion_tokens: int) -> RoleCost:
+def role_cost(config: PricedRole, prompt_tokens: int, completion_tokens: int) -> RoleCost:
     """The cost of these tokens for this role, online and at its batch rate (local roles cost nothing)."""
     online = (prompt_tokens * config.input_price_per_mtok + completion_tokens * config.output_price_per_mtok) / 1e6
     return RoleCost(online, online * config.batch_price_factor, config.batch)

@@ -66,6 +66,21 @@ class RoleSettings(Protocol):
     @property
     def output_price_per_mtok(self) -> float: ...
 
+    @property
+    def batch(self) -> bool: ...
+
+    @property
+    def batch_price_factor(self) -> float: ...
+
+    @property
+    def batch_poll_s(self) -> float: ...
+
+    @property
+    def batch_wait_s(self) -> float | None: ...
+
+    @property
+    def batch_max_requests(self) -> int | None: ...
+
 
 def build_backend(config: RoleSettings) -> Backend:
     """The backend object for a model config (loads local weights; checks API keys up front)."""

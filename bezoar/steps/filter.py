@@ -80,7 +80,8 @@ class FilterStep(Step, FilterConfig):
         if survivors is None:
             judged = math.ceil(records * JUDGED_SHARE)
             context.assumptions["filter_judged_share"] = JUDGED_SHARE
-            prompt_tokens = float(conversation_tokens(template.render(instruction="x" * 400, response="x" * 4 * 256)))
+            response = "x" * 4 * int(context.expected.get("response_tokens", 256))  # ~4 characters a token
+            prompt_tokens = float(conversation_tokens(template.render(instruction="x" * 400, response=response)))
         else:  # the records exist: the judge's real prompts
             judged = len(survivors)
             prompt_tokens = mean_tokens([template.render(instruction=r.instruction, response=r.response)

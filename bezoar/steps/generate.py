@@ -111,6 +111,9 @@ class GenerateStep(Step, GenerateConfig):
         for method in self.enabled_methods():
             calls += planners[method](recipe, self.scheme(method))  # type: ignore[operator]
             context.expected[method] = self.scheme(method).n
+        if self.enabled_methods():  # the longest a record's response may be: what a judge reads
+            context.expected["response_tokens"] = max(self.scheme(m).response_sampling.max_new_tokens  # type: ignore[attr-defined]
+                                                      for m in self.enabled_methods())
         if self.constraints.n:
             context.expected["constraints"] = self.constraints.n
         return lines_for(context.name, calls)

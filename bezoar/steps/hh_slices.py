@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from bezoar.findings import preview_pairs
+from bezoar.findings import count_lines, preview_pairs
 from bezoar.hh_rlhf import Malformed, load_row, parse_row
 from bezoar.licences import dataset_licence
 from bezoar.records import open_data
@@ -60,7 +60,11 @@ class HHSlicesStep(Step, HHData):
                                     f"{fix} or lower sft_n")
 
     def plan(self, context: PlanContext) -> list[PlanLine]:
-        context.expected.update(hh_sft=self.sft_n, hh_dpo=self.dpo_n or 0, hh_heldout=self.heldout_n)
+        rest = self.dpo_n
+        if rest is None:  # all the rest of the file
+            rows = count_lines(Path(self.path)) if self.path is not None and Path(self.path).is_file() else 0
+            rest = max(rows - self.sft_n - self.heldout_n, 0)
+        context.expected.update(hh_sft=self.sft_n, hh_dpo=rest, hh_heldout=self.heldout_n)
         return []
 
     def disk_mb(self, recipe: RecipeView) -> float:
