@@ -115,7 +115,7 @@ def filter_items(items: list[Item], config: FilterConfig, judge: CachedModel | N
     step("exact_dedup", lambda: _exact(items, config))
     step("near_dedup", lambda: _near(items, config, judge))
     extra = {}
-    step("contamination", lambda: extra.update(_contamination(items, config)))
+    step("contamination", lambda: extra.update(_contamination(items, config, judge)))
     step("judge", lambda: _judge(items, config, judge, progress))
     summary = _summary(items, steps, timings)
     summary["contamination"] = extra
@@ -180,21 +180,19 @@ def _embedding_dir(settings) -> Path:
     return settings.embedding_model
 
 
-def _contamination(items: list[Item], config: FilterConfig) -> dict:
+def _contamination(items: list[Item], config: FilterConfig, judge: CachedModel | None) -> dict:
     settings = config.contamination
     if not settings.enabled or not settings.eval_paths:
         return {"checked": False}
-    index = contamination.build_index(settings.eval_paths, settings.ngram, settings.min_item_words)
+    index = contamination.build_index(settings.eval_paths, settings)
+    alive = [i for i in items if i.alive]
+    screening = contamination.screen([i.record for i in alive], index, settings, judge)
     found = []
-    for item in (i for i in items if i.alive):
-        matches = [{**m, "field": name} for name, text in (("instruction", item.record.instruction),
-                                                            ("response", item.record.response))
-                   for m in index.matches(text)]
+    for item, matches in zip(alive, screening.matches):
         if matches:
             item.reject("contamination", ["contamination"], matches=matches)
             found.append({"id": item.record.meta.id, "matches": matches})
-    return {"checked": True, "eval_items": len(index.items), "ngrams": index.size, "ngram": settings.ngram,
-            "eval_paths": [str(p) for p in settings.eval_paths], "contaminated": found}
+    return {**screening.summary, "eval_paths": [str(p) for p in settings.eval_paths], "contaminated": found}
 
 
 def _judge(items: list[Item], config: FilterConfig, judge: CachedModel | None, progress) -> None:
@@ -320,7 +318,7 @@ def run_filter(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) ->
     # In name order, as the filter always read them: near-dedup keeps the first record of a cluster.
     inputs = [required_output(run_dir, "generate", method) for method in sorted(methods)]
     config: FilterConfig = recipe.filter
-    judge = models.get("judge") if config.judge.enabled or config.dedup.judge_clusters else None
+    judge = models.get("judge") if config.judge.enabled or config.dedup.judge_clusters or config.contamination.judge.enabled else None
     summary = run(inputs, Path(run_dir) / "data" / "filtered", config, judge, per_method=True,
                   max_failure_rate=recipe.run.max_failure_rate)
     return {**summary, "outputs": handed_on(run_dir, summary["outputs"])}
