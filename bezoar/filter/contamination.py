@@ -26,7 +26,7 @@ from bezoar.filter import embedder, eval_sets
 from bezoar.filter.config import ContaminationConfig
 from bezoar.filter.eval_sets import EvalItem
 from bezoar.filter.ngram_overlap import Batch, NgramTables, build_tables, coverage_matches, exact_matches, words
-from bezoar.filter.paraphrase import Retriever, ask_judge, fuzzy_ratio, top_k_cosine
+from bezoar.filter.paraphrase import Retriever, ask_judge, content_share, fuzzy_ratio, top_k_cosine
 from bezoar.records import Record
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 INDEX_VERSION = 1  # part of the cache key: bump when what the index holds changes
 BLOCK = 4096  # records per n-gram batch: bounds the flat arrays' memory
 MATCHES_PER_LAYER = 5
+MIN_QUESTION_WORDS = 4  # a one- or two-word eval string ("Inflation") is a label, not a question to copy
 JUDGE_CANDIDATE_RATE = 0.02
 """Share of records with an embedding candidate for the judge (grey zone), measured on 100k real instructions
 by benchmarks/bench_contamination.py; the plan's estimate of judge calls."""
@@ -191,14 +192,16 @@ def _ngram_layers(texts, index: ContaminationIndex, settings: ContaminationConfi
 
 
 def _fuzzy_layer(instructions, candidates, index: ContaminationIndex, settings: ContaminationConfig, found) -> None:
-    limit, threshold = settings.fuzzy.max_words, settings.fuzzy.threshold
+    layer = settings.fuzzy
     for record, pairs in enumerate(candidates):
+        record_words = set(words(instructions[record])) if pairs else set()
         for item_index, _ in pairs:
             question = index.items[item_index].question
-            if len(words(question)) <= limit:
-                ratio = fuzzy_ratio(question, instructions[record], threshold)
-                if ratio >= threshold:
-                    _add(found[record], index.items[item_index], item_index, "fuzzy", ratio, "instruction")
+            if not MIN_QUESTION_WORDS <= len(words(question)) <= layer.max_words or content_share(question, record_words) < layer.min_content_share:
+                continue
+            ratio = fuzzy_ratio(question, instructions[record])
+            if ratio >= layer.threshold:
+                _add(found[record], index.items[item_index], item_index, "fuzzy", ratio, "instruction")
 
 
 def _embedding_layers(instructions, best, index: ContaminationIndex, settings: ContaminationConfig, judge, found) -> dict:

@@ -19,6 +19,7 @@ import difflib
 import json
 import logging
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -63,12 +64,39 @@ class Retriever:
         return found, best
 
 
-def fuzzy_ratio(question: str, text: str, floor: float) -> float:
-    """difflib's ratio of the normalised texts; 0 when its cheap upper bounds are already below `floor`."""
-    matcher = difflib.SequenceMatcher(None, normalised(question), normalised(text), autojunk=False)
-    if matcher.real_quick_ratio() < floor or matcher.quick_ratio() < floor:
+MIN_CONTAINED = 0.9
+"""Share of the question's characters that must reappear, in order, in the text: what separates a copy
+with words inserted (all of it is there) from a near-miss ("the value of 2+2" / "the value of x if x^2 = 4")."""
+
+
+def fuzzy_ratio(question: str, text: str, max_chars: int = 3000) -> float:
+    """difflib's ratio of the normalised question and the part of `text` it aligns with (matching runs of 3+
+    characters, from the first to the last): a copy inside a longer prompt scores as the copy itself, filler
+    words inserted lower it by their share, scattered chance matches in a long text span too far to count.
+    0 unless MIN_CONTAINED of the question is matched."""
+    a, b = normalised(question), normalised(text)[:max_chars]
+    if not a or not b:
         return 0.0
-    return matcher.ratio()
+    blocks = [block for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks() if block.size >= 3]
+    matched = sum(block.size for block in blocks)
+    if matched < MIN_CONTAINED * len(a):
+        return 0.0
+    span = blocks[-1].b + blocks[-1].size - blocks[0].b
+    return 2 * matched / (len(a) + span)
+
+
+def content_share(question: str, text_words: set[str]) -> float:
+    """Share of the question's content words (not stop words) found among `text_words`: a short question
+    about another entity ("What does AWS stand for?" / "What does WIKI stand for?") differs in exactly these."""
+    content = {w for w in words(question) if w not in stopwords()} or set(words(question))
+    return len(content & text_words) / len(content) if content else 0.0
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    from bezoar.prompts import word_list
+
+    return frozenset(word_list("stopwords_en.txt"))
 
 
 def top_k_cosine(vectors: np.ndarray, questions: np.ndarray, k: int, floor: float,

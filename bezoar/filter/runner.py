@@ -157,7 +157,7 @@ def _near(items: list[Item], config: FilterConfig, judge: CachedModel | None) ->
     alive = [i for i in items if i.alive]
     texts = [i.record.instruction for i in alive]
     if settings.method == "embedding":
-        graph, similarity = dedup.embedding_graph(texts, _embedding_dir(settings), settings.embedding_threshold)
+        graph, similarity = dedup.embedding_graph(texts, settings.embedding_model, settings.embedding_threshold)
     else:
         graph, similarity = dedup.minhash_graph(texts, settings.threshold, settings.num_perm, settings.shingle_words)
     scores = [_prior_score(i.record) for i in alive]
@@ -171,13 +171,6 @@ def _near(items: list[Item], config: FilterConfig, judge: CachedModel | None) ->
     for dup in dedup.assign(graph, scores, similarity):
         alive[dup.index].reject("near_dedup", ["near_duplicate"], duplicate_of=alive[dup.kept].record.meta.id,
                                 similarity=dup.similarity, method=settings.method)
-
-
-def _embedding_dir(settings) -> Path:
-    if settings.embedding_model is None:
-        raise BezoarError("filter.dedup.method is embedding but filter.dedup.embedding_model is not set: "
-                          "name a local encoder directory (e.g. all-MiniLM-L6-v2), or use method: minhash")
-    return settings.embedding_model
 
 
 def _contamination(items: list[Item], config: FilterConfig, judge: CachedModel | None) -> dict:
