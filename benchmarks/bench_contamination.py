@@ -95,7 +95,7 @@ def evaluate(index, settings, plants, controls, judge=None) -> dict:
             "flagged_controls": [{"control": c[:160], "layer": m["layer"], "score": m["score"], "eval": m["text"][:160]}
                                  for c, m in flagged],
             "summary": {k: result.summary[k] for k in ("layers", "timings_s") if k in result.summary}
-            | {k: result.summary.get(k) for k in ("embedded_records", "judge_asked", "judge_said_same")}}
+            | {k: result.summary.get(k) for k in ("embedded_records", "judge_asked", "judge_said_same", "judge_usage")}}
 
 
 def speed(index, settings, records) -> dict:
@@ -106,7 +106,8 @@ def speed(index, settings, records) -> dict:
     elapsed = time.perf_counter() - started
     return {"records": len(records), "seconds": round(elapsed, 1), "per_second": round(len(records) / elapsed),
             "contaminated": result.summary["contaminated_records"], "embedded": result.summary.get("embedded_records"),
-            "timings_s": result.summary["timings_s"]}
+            "judge_calls_per_record": round(result.summary.get("judge_candidates", 0) / len(records), 4),
+            "layers": result.summary["layers"], "timings_s": result.summary["timings_s"]}
 
 
 def speed_records(plants, controls, pool: list[str], count: int) -> list:
@@ -144,15 +145,16 @@ def main() -> None:
         pool = instruction_pool(47_000, seed=args.seed)
         controls = make_controls(index, chosen, pool)
         print(f"{len(plants)} plants of {len(chosen)} eval questions, {len(controls)} same-topic controls", flush=True)
-        configs = {"ngram13_only": exact_only(settings), "layers": settings}
+        every = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"gate": 0.0})})
+        configs = {"ngram13_only": exact_only(settings), "layers": settings, "layers_gate0": every}
         results = {name: evaluate(index, s, plants, controls) for name, s in configs.items()}
-        if model is not None:
-            judged = settings.model_copy(update={"judge": settings.judge.model_copy(update={"enabled": True})})
-            results["layers_judge"] = evaluate(index, judged, plants, controls, model)
+        if model is not None:  # the judge on every record's candidates (gate 0), as LMSYS's decontaminator
+            judged = every.model_copy(update={"judge": settings.judge.model_copy(update={"enabled": True})})
+            results["layers_gate0_judge"] = evaluate(index, judged, plants, controls, model)
     for name, result in results.items():
         print(f"{name:13} recall " + " ".join(f"{k} {v:.2f}" for k, v in result["recall"].items())
               + f" | false positives {result['false_positive_rate']:.3f} of {result['controls']}", flush=True)
-    for flagged in results["layers"]["flagged_controls"]:
+    for flagged in results[max(results, key=lambda n: results[n]["false_positive_rate"])]["flagged_controls"]:
         print(f"  flagged control ({flagged['layer']} {flagged['score']}): {flagged['control']!r} ~ {flagged['eval']!r}")
     records = speed_records(plants, controls, pool, args.records)
     fast = speed(index, exact_only(settings), records)
@@ -163,6 +165,7 @@ def main() -> None:
           f"{fast['per_second'] / layered['per_second']:.1f}x the 13-gram rule's time per record", flush=True)
     emit({"recall": {n: r["recall"] for n, r in results.items()},
           "false_positive_rate": {n: r["false_positive_rate"] for n, r in results.items()},
+          "judge": results.get("layers_gate0_judge", {}).get("summary"),
           "plants": results["layers"]["plants"], "controls": len(controls), "teacher": args.teacher,
           "speed_layers": layered, "speed_ngram13": fast, "eval_items": len(index.items),
           "index_cached": index.cached, "peak_rss_mb": round(peak_rss_mb())})

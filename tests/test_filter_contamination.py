@@ -22,17 +22,16 @@ def record(instruction: str, response: str = "Here is my answer.") -> Record:
                   meta=RecordMeta(method="test")).with_id()
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path_factory, monkeypatch):
-    """The index cache in a folder of this module's own (the user cache is never touched by tests)."""
-    monkeypatch.setenv("BEZOAR_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "contamination-cache"))
+@pytest.fixture(scope="module", autouse=True)
+def own_cache(tmp_path_factory):
+    """The index cache in a folder of this module's own (tests never touch the user cache)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("BEZOAR_CACHE_DIR", str(tmp_path_factory.mktemp("contamination-cache")))
+        yield
 
 
 @pytest.fixture(scope="module")
-def eval_index(data_dir, tmp_path_factory):
-    import os
-
-    os.environ["BEZOAR_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "contamination-cache")
+def eval_index(data_dir):
     settings = ContaminationConfig.model_validate(NGRAMS_ONLY)
     return build_index([data_dir / "eval"], settings), settings
 

@@ -36,8 +36,8 @@ BLOCK = 4096  # records per n-gram batch: bounds the flat arrays' memory
 MATCHES_PER_LAYER = 5
 MIN_QUESTION_WORDS = 4  # a one- or two-word eval string ("Inflation") is a label, not a question to copy
 JUDGE_CANDIDATE_RATE = 0.02
-"""Share of records with an embedding candidate for the judge (grey zone), measured on 100k real instructions
-by benchmarks/bench_contamination.py; the plan's estimate of judge calls."""
+"""Judge calls per record (embedding candidates in the grey zone, `judge_candidates` of a screening), measured
+on 100k real instructions by benchmarks/bench_contamination.py: the plan's estimate of the judge layer."""
 JUDGE_PROMPT_TOKENS = 260
 """Mean prompt tokens of a "same question?" call (prompt ~110 tokens + an eval question + an instruction)."""
 
@@ -209,16 +209,21 @@ def _embedding_layers(instructions, best, index: ContaminationIndex, settings: C
     gated = np.flatnonzero(best >= layer.gate) if layer.gate > 0 else np.arange(len(instructions))
     vectors = embedder.encode([instructions[i] for i in gated], index.embedder_dir, layer.batch_size, layer.max_tokens)
     use_judge = ask.enabled and judge is not None
-    floor = min(layer.threshold, ask.min_cosine) if use_judge else layer.threshold
+    # Neighbours down to the judge's floor are looked at even without a judge: their count is the plan's
+    # estimate of what the judge layer would cost on this data.
+    floor = min(layer.threshold, ask.min_cosine)
     to_judge: list[tuple[int, int, float]] = []
+    grey = 0
     for record, neighbours in zip(gated.tolist(), top_k_cosine(vectors, index.question_vectors, layer.top_k, floor)):
         for row, cosine in neighbours:
             item_index = int(index.question_rows[row])
-            if use_judge and (ask.confirm == "all" or cosine < layer.threshold):
+            needs_judge = ask.confirm == "all" or cosine < layer.threshold
+            grey += needs_judge
+            if use_judge and needs_judge:
                 to_judge.append((record, item_index, cosine))
-            else:
+            elif cosine >= layer.threshold:
                 _add(found[record], index.items[item_index], item_index, "embedding", cosine, "instruction")
-    summary = {"embedded_records": int(len(gated)), "judge_asked": len(to_judge)}
+    summary = {"embedded_records": int(len(gated)), "judge_candidates": grey, "judge_asked": len(to_judge)}
     if to_judge:
         usage_before = judge.usage.copy()
         answers = ask_judge([(index.items[i].question, instructions[r]) for r, i, _ in to_judge], judge, ask.scoring,
@@ -259,6 +264,24 @@ def judge_cost(records: int, settings: ContaminationConfig, judged: bool = True)
     if not (settings.enabled and settings.judge.enabled and settings.embedding.enabled and settings.eval_paths and judged):
         return 0, 0, 0
     share = JUDGE_CANDIDATE_RATE * (settings.embedding.top_k if settings.judge.confirm == "all" else 1)
-    calls = int(np.ceil(records * min(1.0, share)))
+    calls = int(np.ceil(records * min(float(settings.embedding.top_k), share)))
     completion = 0 if settings.judge.scoring == "logprobs" else 8
     return calls, calls * JUDGE_PROMPT_TOKENS, calls * completion
+
+
+def problems(settings: ContaminationConfig) -> list[str]:
+    """What preflight should refuse before any call: an embedder that cannot load, eval files that are missing
+    or unreadable (each message names the recipe key)."""
+    found = []
+    if not (settings.enabled and settings.eval_paths):
+        return found
+    if settings.embedding.enabled:
+        try:
+            embedder.model_dir(settings.embedding.model)
+        except Exception as error:  # ConfigError: not installed / not a model directory
+            found.append(f"filter.contamination.embedding.model: {error}")
+    try:
+        eval_sets.eval_files(settings.eval_paths)
+    except Exception as error:
+        found.append(str(error))
+    return found

