@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -94,8 +93,33 @@ def evaluate(index, settings, plants, controls, judge=None) -> dict:
             "false_positive_rate": round(len(flagged) / max(1, len(controls)), 4), "controls": len(controls),
             "flagged_controls": [{"control": c[:160], "layer": m["layer"], "score": m["score"], "eval": m["text"][:160]}
                                  for c, m in flagged],
+            "matches": result.matches,
             "summary": {k: result.summary[k] for k in ("layers", "timings_s") if k in result.summary}
             | {k: result.summary.get(k) for k in ("embedded_records", "judge_asked", "judge_said_same", "judge_usage")}}
+
+
+GATES = (0.0, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
+
+
+def gate_table(index, plants, controls, matches: list[list[dict]], pool: list[str]) -> list[dict]:
+    """Recall per kind, false positives and the share of real instructions embedded at each gate, from one
+    run at gate 0: a plant caught by its embedding match counts only if its TF-IDF best reaches the gate."""
+    texts = [p[2] for p in plants] + [c[1] for c in controls]
+    _, best = index.retriever.candidates(texts, 1)
+    _, pool_best = index.retriever.candidates(pool, 1)
+    rows = []
+    for gate in GATES:
+        hits: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        for n, (kind, item, _) in enumerate(plants):
+            own = {m["layer"] for m in matches[n] if m["item"] == index.items[item].where and m["source"] == index.items[item].source}
+            hits[kind][0] += bool(own - {"embedding", "judge"}) or (bool(own & {"embedding", "judge"}) and best[n] >= gate)
+            hits[kind][1] += 1
+        flagged = sum(bool({m["layer"] for m in matches[len(plants) + n]} - {"embedding", "judge"})
+                      or (bool(matches[len(plants) + n]) and best[len(plants) + n] >= gate) for n in range(len(controls)))
+        rows.append({"gate": gate, "embedded_share": round(float((pool_best >= gate).mean()), 4),
+                     "recall": {k: round(c / t, 3) for k, (c, t) in hits.items()},
+                     "false_positive_rate": round(flagged / max(1, len(controls)), 4)})
+    return rows
 
 
 def speed(index, settings, records) -> dict:
@@ -138,8 +162,10 @@ def main() -> None:
     index = build_index(EVAL_PATHS, settings)
     print(f"index: {len(index.items)} eval items, {len(index.question_rows)} questions, "
           f"{'from the cache' if index.cached else 'built'} in {time.perf_counter() - started:.1f} s", flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        model = open_model(args.teacher, Path(tmp))
+    if True:  # the teacher's and judge's replies are kept in a call cache of the benchmark's own: a re-run is cheap
+        from bezoar.llm.cache import default_cache_path
+
+        model = open_model(args.teacher, default_cache_path().parent)
         chosen = base_items(index, args.per_source, rng)
         plants = make_plants(index, chosen, rng, model, args.reworded)
         pool = instruction_pool(47_000, seed=args.seed)
@@ -154,6 +180,12 @@ def main() -> None:
     for name, result in results.items():
         print(f"{name:13} recall " + " ".join(f"{k} {v:.2f}" for k, v in result["recall"].items())
               + f" | false positives {result['false_positive_rate']:.3f} of {result['controls']}", flush=True)
+    gates = {name: gate_table(index, plants, controls, results[name]["matches"], pool)
+             for name in ("layers_gate0", "layers_gate0_judge") if name in results}
+    for name, rows in gates.items():
+        for row in rows:
+            print(f"{name} at gate {row['gate']}: embeds {row['embedded_share']:.1%} of real instructions; recall "
+                  + " ".join(f"{k} {v:.2f}" for k, v in row["recall"].items()) + f" | false positives {row['false_positive_rate']:.3f}")
     for flagged in results[max(results, key=lambda n: results[n]["false_positive_rate"])]["flagged_controls"]:
         print(f"  flagged control ({flagged['layer']} {flagged['score']}): {flagged['control']!r} ~ {flagged['eval']!r}")
     records = speed_records(plants, controls, pool, args.records)
@@ -163,7 +195,7 @@ def main() -> None:
     print(f"speed, all layers without the judge: {layered['per_second']} records/s ({layered['records']} in "
           f"{layered['seconds']} s; {layered['embedded']} embedded; {layered['timings_s']}); "
           f"{fast['per_second'] / layered['per_second']:.1f}x the 13-gram rule's time per record", flush=True)
-    emit({"recall": {n: r["recall"] for n, r in results.items()},
+    emit({"recall": {n: r["recall"] for n, r in results.items()}, "by_gate": gates,
           "false_positive_rate": {n: r["false_positive_rate"] for n, r in results.items()},
           "judge": results.get("layers_gate0_judge", {}).get("summary"),
           "plants": results["layers"]["plants"], "controls": len(controls), "teacher": args.teacher,
@@ -186,7 +218,7 @@ def open_model(spec: str, tmp: Path):
     from bezoar.llm.cache import CallCache
     from bezoar.llm.specs import open_model as open_spec
 
-    return open_spec(ModelConfig(spec=spec), role="judge", cache=CallCache(tmp / "calls.sqlite"))
+    return open_spec(ModelConfig(spec=spec), role="judge", cache=CallCache(tmp / "bench_contamination.sqlite"))
 
 
 if __name__ == "__main__":

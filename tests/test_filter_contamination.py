@@ -120,7 +120,7 @@ def test_embedding_catches_a_rewording_and_not_a_same_topic_question(semantic_in
 
 def test_the_gate_embeds_only_records_close_to_some_eval_question(semantic_index):
     index, settings = semantic_index
-    gated = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"gate": 0.35})})
+    gated = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"gate": 0.5})})
     texts = ["Compose an engaging travel blog post about a recent trip to Hawaii, with its culture and attractions.",
              "Give me a recipe for a vegetarian lasagna with spinach."]
     result = screen([record(t) for t in texts], index, gated)

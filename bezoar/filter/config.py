@@ -115,7 +115,7 @@ class EmbeddingLayerConfig(StrictModel):
     threshold: float = Field(0.8, gt=0, le=1)
     """Cosine at or above which a neighbour is a match without asking the judge (measured on plants and
     same-topic controls with the shipped MiniLM: benchmarks/bench_contamination.py)."""
-    gate: float = Field(0.35, ge=0, le=1)
+    gate: float = Field(0.5, ge=0, le=1)
     """Only records whose best TF-IDF similarity to an eval question reaches this are embedded: the speed
     bargain (embedding is ~100 texts/s on two CPU cores). 0 embeds every record."""
     batch_size: int = Field(128, ge=1)
