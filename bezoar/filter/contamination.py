@@ -35,11 +35,11 @@ INDEX_VERSION = 1  # part of the cache key: bump when what the index holds chang
 BLOCK = 4096  # records per n-gram batch: bounds the flat arrays' memory
 MATCHES_PER_LAYER = 5
 MIN_QUESTION_WORDS = 4  # a one- or two-word eval string ("Inflation") is a label, not a question to copy
-JUDGE_CANDIDATE_RATE = 0.02
+JUDGE_CANDIDATE_RATE = 0.08
 """Judge calls per record (embedding candidates in the grey zone, `judge_candidates` of a screening), measured
-on 100k real instructions by benchmarks/bench_contamination.py: the plan's estimate of the judge layer."""
-JUDGE_PROMPT_TOKENS = 260
-"""Mean prompt tokens of a "same question?" call (prompt ~110 tokens + an eval question + an instruction)."""
+on 100k real instructions by benchmarks/bench_contamination.py (0.082 at gate 0.5): the plan's estimate."""
+JUDGE_PROMPT_TOKENS = 235
+"""Mean prompt tokens of a "same question?" call, measured there (SmolLM2 tokenizer: 143,508 over 616 calls)."""
 
 
 @dataclass
