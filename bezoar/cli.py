@@ -91,7 +91,7 @@ def serve(model: str = ModelOption,
 def _register_stage_commands() -> None:
     import importlib
 
-    for package in ("generate", "filter", "train", "evaluate", "pipeline_commands"):
+    for package in ("generate", "filter", "train", "evaluate", "report", "pipeline_commands"):
         try:
             module = importlib.import_module(f"bezoar.{package}.commands" if package != "pipeline_commands"
                                              else "bezoar.pipeline_commands")

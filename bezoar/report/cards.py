@@ -20,13 +20,13 @@ def _write(path: Path, front: dict, body: str) -> None:
     write_text(path, f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
 
 
-def _licence_lines(lineage: Lineage) -> str:
+def licence_lines(lineage: Lineage) -> str:
     rows = "\n".join(f"| {s.kind} | {s.name} | {s.licence} | {s.commercial_use.value} |" for s in lineage.sources)
     return (f"**Commercial use: {lineage.commercial_use.value}.**\n\n| kind | name | licence | commercial use |\n"
             f"|---|---|---|---|\n{rows}\n")
 
 
-def _licence_id(lineage: Lineage) -> str:
+def licence_id(lineage: Lineage) -> str:
     licences = {s.licence for s in lineage.sources if s.kind in ("seed", "data")}
     return "cc-by-sa-3.0" if any("sa" in lic for lic in licences) else (licences.pop() if len(licences) == 1 else "other")
 
@@ -39,7 +39,7 @@ def dataset_card(method: str, records: list[Record], data: RunData) -> tuple[dic
     templates = Counter(r.meta.template for r in records)
     ratings = [r.meta.judge.get("rating") for r in records if r.meta.judge and r.meta.judge.get("rating") is not None]
     generated = len(data.generated.get(method, []))
-    front = {"license": _licence_id(lineage), "language": ["en"], "task_categories": ["text-generation"],
+    front = {"license": licence_id(lineage), "language": ["en"], "task_categories": ["text-generation"],
              "tags": ["synthetic", "bezoar", method], "size_categories": ["n<1K" if len(records) < 1000 else "1K<n<10K"]}
     filter_config = next((s for s in data.manifest.get("recipe", {}).get("steps", []) if s.get("type") == "filter"), {})
     rating = f"{sum(ratings) / len(ratings):.2f}" if ratings else "none recorded"
@@ -51,7 +51,7 @@ def dataset_card(method: str, records: list[Record], data: RunData) -> tuple[dic
             f"- Filters: heuristics → de-duplication → contamination → LLM judge "
             f"(settings: `{json.dumps(filter_config)[:400]}`)\n"
             f"- Mean judge rating of kept records: {rating}\n")
-    body += "\n\n## Licence lineage\n\n" + _licence_lines(lineage)
+    body += "\n\n## Licence lineage\n\n" + licence_lines(lineage)
     return front, body
 
 
@@ -71,7 +71,7 @@ def model_card(checkpoint: str, data: RunData) -> tuple[dict, str]:
     body = (f"# {checkpoint}\n\nA LoRA adapter from the `{stage}` step of the bezoar run "
             f"`{data.manifest.get('run_name', data.run_dir.name)}` (the OpenBezoar recipe, arXiv 2404.12195), "
             f"over the base model `{student}`.\n\n## Training\n\n```json\n{json.dumps(settings, indent=1)[:3000]}\n```\n\n"
-            f"## Scores\n\n{scores or 'Not evaluated yet.'}\n\n## Licence lineage\n\n" + _licence_lines(lineage) +
+            f"## Scores\n\n{scores or 'Not evaluated yet.'}\n\n## Licence lineage\n\n" + licence_lines(lineage) +
             "\nLoad it with `peft.AutoPeftModelForCausalLM.from_pretrained(this_dir)`, or merge it with "
             "`bezoar export --adapter this_dir --out DIR`.\n")
     return front, body

@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from bezoar.config_base import ModelConfig, RecipeView
+from bezoar.filter import contamination
 from bezoar.filter.config import FilterConfig
 from bezoar.filter.runner import run
 from bezoar.findings import count_lines, preview_pairs
@@ -37,7 +38,12 @@ class FilterStep(Step, FilterConfig):
     """The record sets to filter, by the names earlier steps handed them on under (missing ones are skipped)."""
 
     def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
-        return {"judge": (("models", "judge"), recipe.models.judge)} if self.judge.enabled else {}
+        return {"judge": (("models", "judge"), recipe.models.judge)} if self._judges() else {}
+
+    def _judges(self) -> bool:
+        """The judge is asked: about records, about duplicate clusters, or whether two questions are the same."""
+        return self.judge.enabled or self.dedup.judge_clusters or \
+            (self.contamination.enabled and self.contamination.judge.enabled)
 
     def provides(self, recipe: RecipeView) -> list[str]:
         return [*self.methods, "rejected"]
@@ -48,7 +54,7 @@ class FilterStep(Step, FilterConfig):
         inputs = [path for path in found.values() if path is not None]
         if not inputs:
             return StepResult(headline="skipped: no earlier step handed on records to filter")
-        judge = context.models["judge"] if self.judge.enabled or self.dedup.judge_clusters else None
+        judge = context.models["judge"] if self._judges() else None
         alive = sum(count_lines(path) for path in inputs)
         context.progress(0, alive, "records judged")
         summary = run(inputs, context.out_dir, self, judge, per_method=True,
@@ -64,6 +70,8 @@ class FilterStep(Step, FilterConfig):
             for i, path in enumerate(self.contamination.eval_paths):
                 if not path.exists():
                     context.missing(("contamination", "eval_paths", i), str(path))
+            for problem in contamination.problems(self.contamination):
+                context.add(("contamination",), problem.removeprefix("filter.contamination."))
 
     def plan(self, context: PlanContext) -> list[PlanLine]:
         """The judge sees each record that survives the cheap filters once (+ re-asks of unreadable replies)."""
@@ -73,8 +81,10 @@ class FilterStep(Step, FilterConfig):
         records = sum(n or 0 for n in counted.values())
         for method, n in counted.items():
             context.expected[method] = (n or 0) * JUDGED_SHARE
+        judge = context.recipe.models.judge
+        calls = self._contamination_calls(records, judge)
         if not self.judge.enabled or not records:
-            return []
+            return lines_for(context.name, calls)
         template = load_prompt(self.judge.prompt)
         survivors = self._survivors(context) if context.wanted else None
         if survivors is None:
@@ -86,10 +96,14 @@ class FilterStep(Step, FilterConfig):
             judged = len(survivors)
             prompt_tokens = mean_tokens([template.render(instruction=r.instruction, response=r.response)
                                          for r in survivors])
-        judge = context.recipe.models.judge
         next_token = self.judge.scoring == "logprobs" or (self.judge.scoring == "auto" and is_local(judge))
         completion = 0 if next_token else self.judge.max_new_tokens  # a next-token rating generates nothing
-        return lines_for(context.name, [Calls("judge", judge, judged, prompt_tokens, completion)])
+        return lines_for(context.name, [Calls("judge", judge, judged, prompt_tokens, completion), *calls])
+
+    def _contamination_calls(self, records: float, judge: ModelConfig) -> list[Calls]:
+        """The judge's "same question?" confirmations of embedding candidates (the contamination check's cost)."""
+        calls, prompt, completion = contamination.judge_cost(int(records), self.contamination)
+        return [Calls("judge", judge, calls, prompt / calls, completion / calls)] if calls else []
 
     def _survivors(self, context: PlanContext) -> list | None:
         """Once the records exist, those that reach the judge: the cheap filters run as the step runs them
