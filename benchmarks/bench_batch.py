@@ -6,7 +6,7 @@ Reports: the same records both ways, items submitted twice after the kill (goal 
 online from the runs' manifests (goal 0.5), the wall time of each, and the requests and bytes each sent.
 On loopback a batch ends in seconds, so the wall times measure the polling overhead, not the providers' 24 h.
 
-    .venv/bin/python benchmarks/bench_batch.py [--workdir DIR] [--stages generate,filter,eval]
+    .venv/bin/python benchmarks/bench_batch.py [--workdir DIR] [--steps generate,filter,eval]
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ PROXIES = ("teacher_a", "teacher_b", "judge", "claude")
 
 def run_cost(run_dir: Path) -> float:
     """USD the manifest says the run's calls cost (each role at its own rate: batch roles at the batch rate)."""
-    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    return sum(u.get("cost_usd", 0.0) for s in stages.values() for u in (s.get("usage") or {}).values())
+    steps = json.loads((run_dir / "manifest.json").read_text())["steps"]
+    return sum(u.get("cost_usd", 0.0) for s in steps.values() for u in (s.get("usage") or {}).values())
 
 
 def priced(recipe: Path, workdir: Path) -> Path:
@@ -38,7 +38,8 @@ def priced(recipe: Path, workdir: Path) -> Path:
     import yaml
 
     data = yaml.safe_load(recipe.read_text())
-    for role in (data["models"]["teacher"], data["models"]["judge"], data["eval"]["mt_bench"]["judge"]):
+    eval_step = next(s for s in data["steps"] if s["type"] == "eval")
+    for role in (data["models"]["teacher"], data["models"]["judge"], eval_step["mt_bench"]["judge"]):
         role.update(input_price_per_mtok=30.0, output_price_per_mtok=60.0)
     out = workdir / recipe.name
     out.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -48,31 +49,31 @@ def priced(recipe: Path, workdir: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--stages", default="generate,filter,eval",
-                        help="stages to run (each with --only, in order); the training stages make no remote call")
+    parser.add_argument("--steps", default="generate,filter,eval",
+                        help="steps to run (each with --only, in order); the training steps make no remote call")
     args = parser.parse_args()
     root = args.workdir or Path(tempfile.mkdtemp(prefix="bench-batch-"))
     root.mkdir(parents=True, exist_ok=True)
-    stages = args.stages.split(",")
+    steps = args.steps.split(",")
     online_recipe = priced(small_recipe(root / "online-recipe", DATA, batch=False), root / "online-recipe")
     batch_recipe_path = priced(small_recipe(root / "batch-recipe", DATA, batch=True), root / "batch-recipe")
     with model_server(root / "serve.log") as upstream:
         online_runs, started = [], time.perf_counter()
-        for stage in stages:
-            online_runs.append(rehearse(root / "online", upstream, online_recipe, faulty=False, args=("--only", stage)))
+        for step in steps:
+            online_runs.append(rehearse(root / "online", upstream, online_recipe, faulty=False, args=("--only", step)))
             assert online_runs[-1].returncode == 0, online_runs[-1].stderr[-2000:]
         online_s = time.perf_counter() - started
         ports = {name: free_port() for name in PROXIES}
         batch_runs, started, killed = [], time.perf_counter(), None
-        for stage in stages:
-            killing = stage == "filter"  # the judge's batch never ends in that run, so the kill finds it polling
-            run = rehearse(root / "batch", upstream, batch_recipe_path, faulty=False, ports=ports, args=("--only", stage),
+        for step in steps:
+            killing = step == "filter"  # the judge's batch never ends in that run, so the kill finds it polling
+            run = rehearse(root / "batch", upstream, batch_recipe_path, faulty=False, ports=ports, args=("--only", step),
                            watch=kill_mid_poll(ports["judge"]) if killing else None,
                            batch_faults={"judge": ("never-ends",)} if killing else None)
             if run.killed_at is not None:
                 killed = run
                 batch_runs.append(run)
-                run = rehearse(root / "batch", upstream, batch_recipe_path, faulty=False, ports=ports, args=("--only", stage))
+                run = rehearse(root / "batch", upstream, batch_recipe_path, faulty=False, ports=ports, args=("--only", step))
             assert run.returncode == 0, run.stderr[-2000:]
             batch_runs.append(run)
         batch_s = time.perf_counter() - started
@@ -87,7 +88,7 @@ def main() -> None:
     print(f"wall online {online_s:.0f} s, batch {batch_s:.0f} s (ratio {batch_s / online_s:.2f}); "
           f"{len(states)} batches")
     print(f"traffic: {traffic}")
-    emit({"stages": stages, "records_equal": same, "items_submitted_twice": twice, "killed_mid_poll": killed is not None,
+    emit({"steps": steps, "records_equal": same, "items_submitted_twice": twice, "killed_mid_poll": killed is not None,
           "cost_online_usd": round(online_cost, 4), "cost_batch_usd": round(batch_cost, 4),
           "cost_ratio": round(batch_cost / online_cost, 3) if online_cost else None,
           "wall_s_online": round(online_s, 1), "wall_s_batch": round(batch_s, 1), "wall_ratio": round(batch_s / online_s, 2),

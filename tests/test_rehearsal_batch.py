@@ -23,9 +23,9 @@ from servers import free_port
 def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
     with model_server(tmp_path / "serve.log") as upstream:
         online = tmp_path / "online"
-        for stage in ("generate", "filter"):
+        for step in ("generate", "filter"):
             done = rehearse(online, upstream, small_recipe(tmp_path / "online-recipe", data_dir, batch=False), faulty=False,
-                            args=("--only", stage))
+                            args=("--only", step))
             assert done.returncode == 0, done.stderr[-3000:]
         recipe = small_recipe(tmp_path / "batch-recipe", data_dir, batch=True)
         ports = {name: free_port() for name in ("teacher_a", "teacher_b", "judge", "claude")}  # the URLs are the recipe's
@@ -58,6 +58,7 @@ def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
     assert {ports["teacher_a"], ports["judge"], ports["claude"]} <= polled_at
     assert any(r["action"] == "poll-500" for r in killed.requests("teacher_a"))
     manifest = json.loads((resumed.run_dir / "manifest.json").read_text())
-    assert all(manifest["stages"][s]["status"] == "done" for s in ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"))
+    assert all(manifest["steps"][s]["status"] == "done"
+               for s in ("generate", "filter", "sft", "hh_slices", "sft_hh", "dpo", "eval", "report"))
     status = subprocess.run([str(BIN / "bezoar"), "status", str(resumed.run_dir)], capture_output=True, text=True, timeout=120)
     assert status.returncode == 0
