@@ -142,7 +142,7 @@ def run(recipe: Recipe, source: Path, start: str | None = None, only: str | None
         if probe:
             probe_remote_roles(recipe, chosen)
         manifest = open_run(recipe, run_dir, source)
-        manifest.data["plan"] = make_plan(recipe, chosen).over(manifest.data.get("plan"), chosen)
+        manifest.data["plan"] = make_plan(recipe, chosen, run_dir).over(manifest.data.get("plan"), chosen)
         manifest.save()  # the plan (and a rebuilt manifest) on disk even if every step is skipped
         if retry_failed:
             forced |= steps_with_failures(manifest, chosen)

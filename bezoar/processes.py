@@ -30,8 +30,8 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import traceback
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,11 +61,12 @@ def run_call(function: str, kwargs: dict, workdir: Path, num_processes: int = 1,
              config_file: Path | None = None) -> Outcome:
     """Run `function(**kwargs)` in a child process (or in `num_processes` ranks under accelerate, or with
     an accelerate `config_file`); wait, and return rank 0's value. A BezoarError raised there is raised
-    here as it was; a crash or a kill is a StageFailed naming the exit code."""
-    scratch = Path(workdir) / f".call-{uuid.uuid4().hex[:8]}"
-    scratch.mkdir(parents=True)
+    here as it was; a crash or a kill is a StageFailed naming the exit code. `workdir`: where the call
+    writes (the directory named when its disk fills)."""
+    # Outside the run: a child that fills the run's disk must still be able to send back its outcome.
+    scratch = Path(tempfile.mkdtemp(prefix="bezoar-call-"))
     call_file = scratch / "call.json"
-    call_file.write_text(json.dumps({"function": function, "kwargs": kwargs,
+    call_file.write_text(json.dumps({"function": function, "kwargs": kwargs, "workdir": str(workdir),
                                      "log_level": logging.getLogger().getEffectiveLevel()}))
     launch = num_processes > 1 or config_file is not None
     command = accelerate_command(num_processes, config_file, call_file) if launch else \
@@ -198,7 +199,7 @@ def main(call_file: str) -> int:
     except (BezoarError, KeyboardInterrupt) as error:
         outcome["error"], code = _portable(error), 2
     except BaseException as error:  # noqa: BLE001 - a crash is reported to the parent too
-        if full := disk_full(error, Path(call_file).parent.parent):  # the environment: one line, no traceback
+        if full := disk_full(error, Path(call["workdir"])):  # the environment: one line, no traceback
             outcome["error"] = full
         else:
             traceback.print_exc()

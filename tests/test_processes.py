@@ -54,11 +54,16 @@ def run(function: str, tmp_path: Path, **kwargs):
     return run_call(f"test_processes:{function}", kwargs, tmp_path)
 
 
-def test_the_call_runs_in_another_process_and_sends_back_its_result(tmp_path):
-    outcome = run("summarises", tmp_path, run="tiny")
+def test_the_call_runs_in_another_process_and_sends_back_its_result(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the call and outcome files go
+    outcome = run("summarises", tmp_path / "run", run="tiny")
     assert outcome.result["run"] == "tiny" and outcome.result["pid"] != os.getpid()
     assert len(outcome.peak_rss_mb) == 1 and outcome.peak_rss_mb[0] > 0
-    assert not list(tmp_path.glob(".call-*"))  # the call's scratch folder is gone
+    assert list(scratch.iterdir()) == [] and not (tmp_path / "run").exists()  # nothing left, nothing in the run
 
 
 def test_a_bezoar_error_keeps_its_type_and_message(tmp_path):
