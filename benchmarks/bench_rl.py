@@ -88,7 +88,7 @@ def dpo_round(args, records: list, start: str, out: Path, cache) -> tuple[str, d
     from bezoar.train.dpo import train_dpo
     from bezoar.train.config import DPOStageConfig
 
-    config = PreferencesConfig(enabled=True, k=args.k, temperature=args.temperature,
+    config = PreferencesConfig(k=args.k, temperature=args.temperature,
                                max_new_tokens=args.sample_tokens, margin=args.margin)
     made = make_pairs(student(start, cache), None, records, config, start, args.seed, out / "pairs")
     pairs = made.pop("pairs_data")

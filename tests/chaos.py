@@ -33,13 +33,12 @@ from typing import Callable
 
 import yaml
 
-from bezoar.stages import STAGE_NAMES
-
 REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
-STAGES = STAGE_NAMES
+STAGES = ("generate", "filter", "sft", "hh_slices", "sft_hh", "dpo", "eval", "report")
+"""The steps of the smoke recipe (recipes/tiny.yaml's), in order."""
 TARGETS = ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report")
-"""The stages the smoke recipe spends time in (the tiny recipe leaves `preferences` off: done at once)."""
+"""The steps the smoke recipe spends time in (hh_slices is done at once)."""
 TRAINED = ("sft", "sft_hh", "dpo")
 LOSS_TOLERANCE = 0.02
 """Largest |difference| allowed between a resumed and an uninterrupted adapter's validation loss. A
@@ -57,7 +56,7 @@ SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
     ("generate", "evol", "evolve_sampling", "max_new_tokens"): 64,
     ("sft", "max_steps"): 2, ("sft", "eval_steps"): 1, ("sft_hh", "max_steps"): 2, ("sft_hh", "eval_steps"): 1,
     ("sft_hh", "gradient_accumulation_steps"): 1, ("dpo", "gradient_accumulation_steps"): 1,
-    ("sft_hh", "data", "sft_n"): 8, ("sft_hh", "data", "dpo_n"): 8, ("sft_hh", "data", "heldout_n"): 4,
+    ("hh_slices", "sft_n"): 8, ("hh_slices", "dpo_n"): 8, ("hh_slices", "heldout_n"): 4,
     ("sft_hh", "max_validation_examples"): 4, ("dpo", "max_validation_examples"): 4,
     ("dpo", "max_steps"): 2, ("dpo", "eval_steps"): 1,
     ("eval", "checkpoints"): ["dpo"], ("eval", "mt_bench", "limit"): 1, ("eval", "mt_bench", "max_new_tokens"): 24,
@@ -72,13 +71,18 @@ def smoke_recipe(path: Path, name: str, data_dir: Path) -> Path:
     """recipes/tiny.yaml with SMOKE's counts, run.name `name`, and the data at `data_dir`."""
     recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     for keys, value in SMOKE.items():
-        node = recipe
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        node[keys[-1]] = value
+        set_step_key(recipe, keys, value)
     recipe["run"]["name"] = name
     path.write_text(yaml.safe_dump(recipe).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
     return path
+
+
+def set_step_key(recipe: dict, keys: tuple, value) -> None:
+    """recipe[step whose type (or name) is keys[0]][keys[1]]...[keys[-1]] = value."""
+    node = next(s for s in recipe["steps"] if keys[0] in (s.get("name"), s["type"]))
+    for key in keys[1:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value
 
 
 @dataclass

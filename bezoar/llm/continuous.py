@@ -56,7 +56,7 @@ class Decoder:
     """Owns the running batch: admits jobs, steps all rows once per token, retires finished rows."""
 
     def __init__(self, model, tokenizer, device: str, max_batch: int):
-        from bezoar.train.versions import require
+        from bezoar.private_apis import require
 
         require("transformers", "the continuous-batching decoder (DynamicCache internals, the cache= keyword)")
         self.model, self.tokenizer, self.device, self.max_batch = model, tokenizer, device, max_batch

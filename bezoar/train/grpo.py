@@ -35,7 +35,7 @@ def grpo_trainer_class():
     """TRL's GRPOTrainer, quiet about the experimental `rollout_func` bezoar passes on purpose."""
     from trl import GRPOTrainer
 
-    from bezoar.train.versions import require
+    from bezoar.private_apis import require
 
     require("trl", "bezoar's GRPO rollouts (GRPOTrainer's experimental rollout_func)")
 
