@@ -62,11 +62,20 @@ def _rows(model: type[BaseModel], prefix: str, nested: bool) -> list[str]:
             rows += _rows(inner, key + ".", nested)
             continue
         rows.append(f"| `{key}` | {_type_name(field.annotation)} | {_default(field)} | {_describe(field)} |")
+        optional = _optional_model_of(field.annotation)
+        if optional is not None and nested and optional is not ModelConfig:  # its keys, once it is given
+            rows += _rows(optional, key + ".", nested)
     return rows
 
 
 def _model_of(annotation) -> type[BaseModel] | None:
     return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _optional_model_of(annotation) -> type[BaseModel] | None:
+    """The settings class of an `X | None` key (a section that is off unless given)."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return _model_of(args[0]) if len(args) == 1 and type(None) in typing.get_args(annotation) else None
 
 
 def _type_name(annotation) -> str:

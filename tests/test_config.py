@@ -43,7 +43,7 @@ MALFORMED = [
     ("steps:\n  - type: report\n  - type: eval\n    from: {hh_heldout: eval}\n",  # itself is not before it
      "{f}:4: steps.1.from: eval must name a step before this one (before it: report)"),
     ("steps:\n  - type: report\n  - type: shuot\n",
-     "{f}:3: steps.1: `type` must be one of: generate, filter, sft, hh_slices, sft_hh, preferences, dpo, eval, "
+     "{f}:3: steps.1: `type` must be one of: generate, filter, sft, hh_slices, sft_hh, preferences, dpo, grpo, eval, "
      "report (a step is `- type: NAME` and that type's keys)"),
     ("steps:\n  - type: sft\n    datasets: [lamini]\n    lerning_rate: 1\n",
      "{f}:4: steps.0.lerning_rate: unknown key (check the spelling; every key is in docs/recipe.md, or run "

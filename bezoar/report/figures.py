@@ -86,6 +86,27 @@ def dpo_rewards(rows: list[dict]) -> str:
     return _encode(fig)
 
 
+def grpo_rewards(rows: list[dict]) -> str:
+    """GRPO per step: the mean reward with its within-group spread, and the mean completion length."""
+    fig, ax = _figure()
+    points = [(r["step"], r["reward"], r.get("reward_std", 0.0)) for r in rows if "reward" in r]
+    steps, means, spreads = zip(*points)
+    ax.plot(steps, means, marker=".", label="reward (share of constraints met)")
+    ax.fill_between(steps, [m - s for m, s in zip(means, spreads)], [m + s for m, s in zip(means, spreads)],
+                    alpha=0.2, label="± reward std")
+    ax.set_xlabel("step")
+    ax.set_ylabel("reward")
+    lengths = [(r["step"], r["completions/mean_length"]) for r in rows if "completions/mean_length" in r]
+    if lengths:
+        twin = ax.twinx()
+        twin.plot(*zip(*lengths), color="grey", linestyle="--", label="completion length (tokens)")
+        twin.set_ylabel("tokens")
+        twin.legend(fontsize=7, loc="lower right")
+    ax.set_title("GRPO reward and completion length per step")
+    ax.legend(fontsize=7, loc="upper left")
+    return _encode(fig)
+
+
 def mt_bench_categories(summaries: dict[str, dict]) -> str:
     """Grouped bars: MT-Bench score per category for each checkpoint."""
     fig, ax = _figure(9, 3.4)

@@ -112,7 +112,9 @@ def section_training(data: RunData) -> dict | None:
         return None
     dpo = [(checkpoint, figure(figures.dpo_rewards(rows), "DPO rewards")) for checkpoint, rows in data.training.items()
            if any("rewards/accuracies" in r or "eval_rewards/accuracies" in r for r in rows)]
-    return {"losses": figure(figures.losses(data.training), "loss curves"), "dpo": dpo}
+    grpo = [(checkpoint, figure(figures.grpo_rewards(rows), "GRPO rewards")) for checkpoint, rows in data.training.items()
+            if any("reward" in r for r in rows)]
+    return {"losses": figure(figures.losses(data.training), "loss curves"), "dpo": dpo, "grpo": grpo}
 
 
 def section_evaluation(data: RunData) -> dict:

@@ -22,6 +22,7 @@ STEP_MODULES = (
     "bezoar.steps.sft_hh",
     "bezoar.steps.preferences",
     "bezoar.steps.dpo",
+    "bezoar.steps.grpo",
     "bezoar.steps.eval",
     "bezoar.steps.report",
 )

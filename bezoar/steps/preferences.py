@@ -47,7 +47,7 @@ class PreferencesStep(Step, PreferencesConfig):
     def run(self, context: StepContext) -> StepResult:
         records = load_prompts(self.prompts or context.input("constraints"), self.limit)
         _, current = context.continued_from()
-        student = _student(context, current)
+        student = sampling_student(context, current)
         judge = context.models["judge"] if self.judge_unconstrained and any(not constraints_of(r)[0] for r in records) \
             else None
         context.progress(0, len(records), "prompts sampled")
@@ -77,7 +77,7 @@ class PreferencesStep(Step, PreferencesConfig):
         return lines_for(context.name, [Calls("student", student, prompts * self.k, prompt_tokens, self.max_new_tokens)])
 
 
-def _student(context: StepContext, current: str) -> CachedModel:
+def sampling_student(context: StepContext, current: str) -> CachedModel:
     """The base student from the run's models, or the trained checkpoint with the student's settings
     (its own role, so that usage and budgets count it)."""
     base = context.recipe.models.student
