@@ -1,7 +1,9 @@
 """Kill a training process after its step-N checkpoint: the helper behind the resume tests
-(SFT, QLoRA, GRPO), and the check that a resumed run ended with the uninterrupted run's adapter."""
+(SFT, QLoRA, GRPO), the check that a resumed run ended with the uninterrupted run's adapter, and a
+`bezoar run` to kill (the recipe tests)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -36,3 +38,21 @@ def assert_same_adapter(resumed: Path, uninterrupted: Path, tolerance: float = 1
     assert found.keys() == expected.keys()
     for name, tensor in expected.items():
         assert (found[name].float() - tensor.float()).abs().max() < tolerance, name
+
+
+def start_run(recipe: Path, tmp_path: Path, data_dir: Path) -> tuple[subprocess.Popen, dict]:
+    """`bezoar run RECIPE` in a session of its own (os.killpg ends it and its step processes), with the
+    test's data and cache; returns the process and the environment to start it again with."""
+    env = {**os.environ, "BEZOAR_DATA": str(data_dir), "BEZOAR_CACHE_DIR": str(tmp_path / "cache"),
+           "HF_HUB_OFFLINE": "1"}
+    bezoar = str(Path(sys.executable).parent / "bezoar")
+    return subprocess.Popen([bezoar, "run", str(recipe)], env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), env
+
+
+def step_states(run_dir: Path) -> dict:
+    """The manifest's steps, or {} while it is not written yet (or is being replaced)."""
+    try:
+        return json.loads((Path(run_dir) / "manifest.json").read_text()).get("steps", {})
+    except (OSError, ValueError):
+        return {}

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from killing import start_run, step_states
+
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,33 +39,23 @@ def toy_recipe(tmp_path: Path) -> Path:
     return path
 
 
-def _state(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "manifest.json").read_text()).get("steps", {})
-    except (OSError, ValueError):
-        return {}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_rounds_sample_from_the_newest_model_and_a_killed_round_resumes(tmp_path, data_dir):
     recipe, run_dir = toy_recipe(tmp_path), tmp_path / "run"
-    env = {**os.environ, "BEZOAR_DATA": str(data_dir), "BEZOAR_CACHE_DIR": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([BEZOAR, "run", str(recipe)], env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first, env = start_run(recipe, tmp_path, data_dir)
     deadline = time.monotonic() + 2000
-    while _state(run_dir).get("preferences-2", {}).get("status") != "running" and first.poll() is None:
+    while step_states(run_dir).get("preferences-2", {}).get("status") != "running" and first.poll() is None:
         assert time.monotonic() < deadline, "round 2 never started"
         time.sleep(0.2)
     time.sleep(3)
     os.killpg(first.pid, signal.SIGKILL)  # mid-round 2: its sampling is cut short
     first.wait()
-    assert _state(run_dir)["dpo-1"]["status"] == "done"
+    assert step_states(run_dir)["dpo-1"]["status"] == "done"
     again = subprocess.run([BEZOAR, "run", str(recipe)], env=env, capture_output=True, text=True, timeout=2000)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "dpo-1: unchanged" in again.stderr  # round 1 is not done again
-    steps = _state(run_dir)
+    steps = step_states(run_dir)
     assert all(s["status"] == "done" for s in steps.values())
     round_2 = steps["preferences-2"]["result"]["details"]["student"]
     assert round_2 != steps["preferences-1"]["result"]["details"]["student"]  # sampled from dpo-1, not the base

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from killing import start_run, step_states
 from recipe_dicts import shipped, step, write
 
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
@@ -61,21 +62,11 @@ def test_epochs_decide_the_steps_without_max_steps():
         (32.0, 4)  # each generated batch serves two optimizer steps
 
 
-def _state(run_dir: Path) -> dict:
-    try:
-        return json.loads((run_dir / "manifest.json").read_text()).get("steps", {})
-    except (OSError, ValueError):
-        return {}
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_rlvr_runs_and_a_killed_grpo_step_resumes(tmp_path, data_dir):
     path, run_dir = write(tmp_path / "rlvr.yaml", toy_recipe(tmp_path, data_dir)), tmp_path / "run"
-    env = {**os.environ, "BEZOAR_DATA": str(data_dir), "BEZOAR_CACHE_DIR": str(tmp_path / "cache"),
-           "HF_HUB_OFFLINE": "1"}
-    first = subprocess.Popen([BEZOAR, "run", str(path)], env=env, start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first, env = start_run(path, tmp_path, data_dir)
     deadline = time.monotonic() + 2000
     while not (run_dir / "grpo" / "checkpoint-2" / "trainer_state.json").exists():
         assert first.poll() is None, "the run ended before the grpo step's first checkpoint"
@@ -88,7 +79,7 @@ def test_rlvr_runs_and_a_killed_grpo_step_resumes(tmp_path, data_dir):
     again = subprocess.run([BEZOAR, "run", str(path)], env=env, capture_output=True, text=True, timeout=2000)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "dpo: unchanged" in again.stderr
-    steps = _state(run_dir)
+    steps = step_states(run_dir)
     assert all(s["status"] == "done" for s in steps.values())
     grpo = steps["grpo"]["result"]
     assert grpo["checkpoints"] == {"grpo": "grpo"} and grpo["reference"] == "dpo"  # continued the DPO adapter

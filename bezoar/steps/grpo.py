@@ -39,6 +39,9 @@ GENERATED_SHARE = 0.46
 KEPT_SHARE = 0.43
 """Prompts the selection keeps, before any is sampled (recipes/verifiable.yaml's base student: of 400
 constraint prompts, 187 had four failing answers and 40 four alike)."""
+STEP_OVERHEAD_S = 3.0
+"""Per optimizer step beyond its rollouts and training tokens (log-probs, optimizer, the decoder's set-up): a
+tiny step (2 prompts x 2 completions of 32 tokens) took 6.9 s on one thread, ~3.5 of them rollouts and tokens."""
 TYPICAL_PROMPT = [{"role": "user", "content": "x" * 4 * 60}]
 """A constraint prompt when none can be read yet (~60 tokens)."""
 
@@ -106,7 +109,7 @@ class GRPOStep(Step, GRPOStageConfig):
                               note=f"rollouts by the policy in training ({engine}, {steps} steps; not in call usage)"))
         passes = 1 + (self.beta > 0) + (self.num_iterations > 1)  # policy, reference, old log-probs
         trained = steps * self.completions_per_step() * (prompt_tokens + generated) * passes
-        context.other_wall_s = START_S + trained / TOKENS_PER_S["sft"]
+        context.other_wall_s = START_S + trained / TOKENS_PER_S["sft"] + steps * STEP_OVERHEAD_S
         return lines
 
     def planned_prompts(self, context: PlanContext) -> tuple[float, float]:
