@@ -53,6 +53,22 @@ def test_the_plan_counts_selection_samples_rollouts_and_steps(tmp_path, data_dir
     assert plan.assumptions["grpo_selection_kept_share"] == pytest.approx(0.43)
 
 
+def test_prompts_from_a_file_plan_their_own_count_and_length(tmp_path, data_dir):
+    from bezoar.config import load_recipe
+    from bezoar.plan import make_plan
+    from bezoar.records import write_jsonl
+    from test_train_grpo import constraint_records
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, constraint_records(data_dir, 10))
+    recipe = {"run": {"name": "g", "run_dir": str(tmp_path / "run")},
+              "steps": [{"type": "grpo", "prompts": str(prompts), **GRPO, "max_steps": None}]}
+    plan = make_plan(load_recipe(write(tmp_path / "g.yaml", recipe)))
+    rollouts, = plan.lines  # no selection: no sampling line
+    assert rollouts.calls == 20 and "5 steps" in rollouts.note  # 10 prompts x 2 completions, 4 a step
+    assert rollouts.prompt_tokens != 20 * 64  # measured on the file, not the typical prompt
+
+
 def test_epochs_decide_the_steps_without_max_steps():
     from bezoar.steps.grpo import GRPOStep
 

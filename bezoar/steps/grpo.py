@@ -15,16 +15,19 @@ rollouts (`bezoar.train.rollouts`).
 from __future__ import annotations
 
 import math
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
 from bezoar.config_base import ModelConfig, RecipeView
+from bezoar.errors import DataError
 from bezoar.findings import count_lines, preview_jsonl
 from bezoar.llm.endpoints import public_spec
 from bezoar.plan import LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, conversation_tokens, lines_for, mean_tokens
 from bezoar.preferences.config import SelectionConfig
+from bezoar.preferences.stage import load_prompts
 from bezoar.records import Record, read_jsonl
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 from bezoar.steps.preferences import sampling_student
@@ -67,23 +70,28 @@ class GRPOStep(Step, GRPOStageConfig):
         return [] if self.prompts else ["constraints"]
 
     def run(self, context: StepContext) -> StepResult:
-        from bezoar.preferences.stage import load_prompts
         from bezoar.train.grpo import train_grpo
 
-        records = load_prompts(self.prompts or context.input("constraints"), self.limit)
         reference, start = context.continued_from()
-        counts: dict[str, float] = {"prompts": len(records)}
-        selected = None
-        if self.selection is not None:
-            selected = select(context, start, records, self.selection)
-            records = selected.pop("records")
-            counts["kept"] = len(records)
+        records, counts, selected = self.chosen_prompts(context, start)
         summary = train_grpo(self.as_settings(GRPOStageConfig), records, start, context.out_dir, stage=self.name)
         counts |= training_counts([summary])
         counts |= {key: round(summary[key], 4) for key in ("first_reward", "last_reward") if key in summary}
         details = {**summary, "selection": selected} if selected else summary
         return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}), reference=reference,
                           counts=counts, headline=grpo_headline(counts), details=details)
+
+    def chosen_prompts(self, context: StepContext, start: str) -> tuple[list[Record], dict[str, float], dict | None]:
+        """(prompts to train on, their counts, the selection's summary when there is one)."""
+        records = load_prompts(self.prompts or context.input("constraints"), self.limit)
+        if self.selection is None:
+            return records, {"prompts": len(records)}, None
+        selected = select(context, start, records, self.selection)
+        kept = selected.pop("records")
+        if not kept:
+            raise DataError(f"{self.name}: the selection kept no prompt of {len(records)} ({selected['reasons']}); "
+                            f"see {context.out_dir / 'selection' / 'dropped.jsonl'}")
+        return kept, {"prompts": len(records), "kept": len(kept)}, selected
 
     def check(self, context: CheckContext) -> None:
         if self.prompts is not None:
@@ -118,7 +126,8 @@ class GRPOStep(Step, GRPOStageConfig):
         found = count_lines(path) if path is not None and Path(path).is_file() else \
             None if self.prompts else context.records("constraints")
         count = min(found or 0, self.limit or math.inf)
-        sample = list(read_jsonl(path, Record, skip_bad=True))[:50] if path is not None and Path(path).is_file() else []
+        sample = list(islice(read_jsonl(path, Record, skip_bad=True), 50)) if path is not None and Path(path).is_file() \
+            else []
         tokens = mean_tokens([[{"role": "user", "content": r.instruction}] for r in sample]) if sample else \
             conversation_tokens(TYPICAL_PROMPT)
         return count, tokens
