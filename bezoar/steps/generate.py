@@ -43,7 +43,7 @@ CAPABLE_YIELDS = {
 EMBEDDED_YIELDS = {
     "lamini_candidates_per_prompt": 0.05,  # most of its lists do not parse
     "lamini_records_per_answer": 1.0,
-    "evol_evolutions_kept": 0.25,  # most evolutions leak the template
+    "evol_evolutions_kept": 0.2,  # most evolutions leak the template
     "evol_records_per_evolution": 0.75,
     "evol_equality_calls_per_pair": 3.0,  # its "equal?" replies rarely parse: asked equality_attempts times
     "orca_records_per_answer": 1.0,
