@@ -29,7 +29,8 @@ class ModelConfig(StrictModel):
     spec: str = "local"
     """`local`, `local:PATH`, `openai:MODEL@URL[,URL]` or `anthropic:MODEL` (see README)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Local weights: `auto` measures; on CPU it keeps fp32 so batched output equals one-by-one."""
+    """Local weights: `auto` is bf16 where it is faster (measured on CPU; GPUs that have it), else fp32; in
+    deterministic mode (`run.deterministic`, `--deterministic`) every local model decodes in fp32."""
     batch_size: int = Field(32, ge=1)
     """Local: conversations per forward batch (32-64 is the sweet spot on 2 CPU cores)."""
     concurrency: int = Field(8, ge=1)

@@ -12,6 +12,10 @@ DATA = Path(os.environ.get("BEZOAR_DATA", REPO.parent / "shared" / "data")).reso
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The suite checks equalities that only deterministic decoding promises (batched = one-by-one, a resumed run =
+# one never killed), so it decodes in fp32 unless a test asks for the fast default (BEZOAR_DETERMINISTIC=0,
+# `exact=False`): tests/test_device.py, test_llm_local.py and test_chaos.py's fast-mode run do.
+os.environ.setdefault("BEZOAR_DETERMINISTIC", "1")
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +31,14 @@ def embedded():
     from bezoar.llm.local import LocalBackend
 
     return LocalBackend()
+
+
+@pytest.fixture(scope="session")
+def embedded_fast():
+    """The embedded SmolLM2 as a default run decodes it: fast mode (bf16 where this machine is faster in it)."""
+    from bezoar.llm.local import LocalBackend
+
+    return LocalBackend(exact=False)
 
 
 @pytest.fixture

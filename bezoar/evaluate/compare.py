@@ -8,12 +8,15 @@ base (and, in the JSON, against the previous checkpoint), computed over the item
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
 from bezoar.errors import DataError
 from bezoar.intervals import paired_bootstrap_delta
 from bezoar.records import write_json
+
+log = logging.getLogger(__name__)
 
 KINDS = ("mt_bench", "harness", "preference", "ifeval")
 
@@ -103,9 +106,46 @@ def compare(run_dir: Path, only: list[str] | None = None, out: Path | None = Non
             row["metrics"][metric] = entry
         rows.append(row)
     result = {"run_dir": str(run_dir), "baseline": baseline, "checkpoints": checkpoints, "metrics": metrics,
-              "rows": rows}
+              "rows": rows, "decoding": decoding(run_dir, checkpoints)}
     write_json(out or Path(run_dir) / "eval" / "comparison.json", result)
     return result
+
+
+def decoding(run_dir: Path, checkpoints: list[str]) -> dict:
+    """How the compared answers were decoded: {"mode", "dtype"} when every checkpoint's evaluations agree
+    (a comparison's deltas mean something only then), else {"mixed": {checkpoint: [mode/dtype, ...]}}.
+    Summaries written before the mode was recorded count as deterministic fp32, the only mode then; remote
+    models decode as their server decides and are left out."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for kind in KINDS:
+        for checkpoint in checkpoints:
+            path = Path(run_dir) / "eval" / kind / checkpoint / "summary.json"
+            seen = json.loads(path.read_text(encoding="utf-8")).get("decoding", LEGACY) if path.exists() else None
+            if seen:  # None: not evaluated, or a remote model (its server decides how it decodes)
+                found.setdefault(checkpoint, set()).add((seen["mode"], seen["dtype"]))
+    modes = set().union(*found.values())
+    if not modes:
+        return {}
+    if len(modes) == 1:
+        mode, dtype = modes.pop()
+        return {"mode": mode, "dtype": dtype}
+    log.warning("the checkpoints were evaluated in different decoding modes (%s): run the eval again in one mode "
+                "(bezoar eval run --deterministic, or without it) for deltas that compare like with like",
+                {c: sorted(m) for c, m in found.items()})
+    return {"mixed": {c: sorted(f"{m}/{d}" for m, d in found[c]) for c in found}}
+
+
+def describe_decoding(decoding: dict) -> str:
+    """How the compared answers were decoded, in words for `bezoar compare` and the report."""
+    if "mixed" in decoding:
+        return "decoded in different modes per checkpoint: " + "; ".join(
+            f"{c} {', '.join(m)}" for c, m in decoding["mixed"].items()) + " (deltas do not compare like with like)"
+    if not decoding:
+        return "decoded by remote models"
+    return f"decoded in {decoding['mode']} mode ({decoding['dtype']}), every checkpoint alike"
+
+
+LEGACY = {"mode": "deterministic", "dtype": "float32"}
 
 
 def _delta(cell: dict, before: dict | None, samples: int, seed: int) -> dict | None:

@@ -17,6 +17,7 @@ from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
 from bezoar.intervals import wilson
+from bezoar.llm.device import decoding_mode
 from bezoar.records import PreferencePair, write_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ def preference_accuracy(model: str | Path, pairs: Iterable[PreferencePair | dict
     ids = [str(p.meta.get("id", i)) for i, p in enumerate(pairs)]
     policy = score_pairs(_source(model), pairs, batch_size, max_length)
     result = {"n": len(pairs), "model": str(model), "reference": str(reference) if reference else None,
+              "decoding": decoding_mode(),
               "loglik": _accuracy(ids, [c.logprob - r.logprob for c, r in policy]),
               "loglik_per_token": _accuracy(ids, [c.logprob / max(c.tokens, 1) - r.logprob / max(r.tokens, 1)
                                                   for c, r in policy])}
