@@ -18,6 +18,7 @@ from bezoar.errors import BackendError, ConfigError
 from bezoar.evaluate.config import HarnessConfig
 from bezoar.evaluate.harness_tasks import LOCAL_TASKS, PREFIX, check_offline, expand_tasks, render_tasks, short_name
 from bezoar.intervals import bootstrap_mean, normal_interval
+from bezoar.llm.cores import SHARE
 from bezoar.llm.device import decoding_mode
 from bezoar.records import write_json
 
@@ -104,12 +105,13 @@ def _evaluate(args: dict, names: list[str], config: HarnessConfig, out_dir: Path
     identity = content_identity(Path(args.get("peft") or args["pretrained"])).replace("@", "-") + f"-{args['dtype']}"
     cache = out_dir / "lm_cache" / identity
     cache.parent.mkdir(parents=True, exist_ok=True)
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args={k: v for k, v in args.items() if k != "device"}, tasks=names,
-        num_fewshot=config.num_fewshot, batch_size=config.batch_size, device=args["device"],
-        limit=_limit(config.limit), use_cache=str(cache), log_samples=True,
-        apply_chat_template=config.apply_chat_template, fewshot_as_multiturn=config.apply_chat_template,
-        task_manager=manager)
+    with SHARE.computing():  # other bezoar processes computing meanwhile get their share of the cores
+        results = lm_eval.simple_evaluate(
+            model="hf", model_args={k: v for k, v in args.items() if k != "device"}, tasks=names,
+            num_fewshot=config.num_fewshot, batch_size=config.batch_size, device=args["device"],
+            limit=_limit(config.limit), use_cache=str(cache), log_samples=True,
+            apply_chat_template=config.apply_chat_template, fewshot_as_multiturn=config.apply_chat_template,
+            task_manager=manager)
     if results is None:
         raise BackendError("lm-eval returned no results (not the main process?)")
     return results

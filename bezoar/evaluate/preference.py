@@ -17,6 +17,7 @@ from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
 from bezoar.intervals import wilson
+from bezoar.llm.cores import SHARE
 from bezoar.llm.device import decoding_mode
 from bezoar.records import PreferencePair, write_json
 
@@ -133,7 +134,7 @@ def _score(loaded, sequences: list[tuple[list[int], list[int]]], batch_size: int
         ids = torch.tensor([[pad] * (width - len(p) - len(r)) + p + r for p, r in batch])
         mask = torch.tensor([[0] * (width - len(p) - len(r)) + [1] * (len(p) + len(r)) for p, r in batch])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with loaded.lock, torch.inference_mode():
+        with loaded.lock, SHARE.computing(), torch.inference_mode():
             logits = loaded.model(input_ids=ids.to(loaded.plan.device), attention_mask=mask.to(loaded.plan.device),
                                   position_ids=positions.to(loaded.plan.device), logits_to_keep=keep).logits
         for row, (index, (_, reply)) in enumerate(zip(order[start:start + batch_size], batch)):

@@ -72,6 +72,7 @@ def _load_uncached(path: Path, plan: DevicePlan) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from bezoar.llm.attention import use_fp32_attention
     from bezoar.llm.prepack import pack_linear_weights
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -85,6 +86,8 @@ def _load_uncached(path: Path, plan: DevicePlan) -> LoadedModel:
     model.to(plan.device).eval()
     torch.set_num_threads(plan.threads)
     packed = pack_linear_weights(model) if plan.device == "cpu" else 0
+    if plan.device == "cpu" and plan.dtype != torch.float32:
+        use_fp32_attention(model)  # the CPU's bf16 attention kernel is slower than fp32 (bezoar.llm.attention)
     if packed:
         _unmap_weights(model)
     log.info("local model %s on %s%s%s", path.name, plan.describe(),
