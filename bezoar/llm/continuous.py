@@ -57,6 +57,8 @@ class Decoder:
     """Owns the running batch: admits jobs, steps all rows once per token, retires finished rows."""
 
     def __init__(self, model, tokenizer, device: str, max_batch: int):
+        import torch
+
         from bezoar.train.versions import require
 
         require("transformers", "the continuous-batching decoder (the Cache and DynamicLayer classes, the cache= keyword)")
@@ -67,6 +69,9 @@ class Decoder:
         self.admit_at = max(1, max_batch // 4)
         self.active = 0
         self.computing = False
+        # On the CPU a half-precision model attends in fp32 at its decode steps (bezoar.llm.attention): keep
+        # the KV cache in fp32 there rather than cast all of it at every step.
+        self.kv_dtype = torch.float32 if device == "cpu" else None
 
     def run(self, source: JobSource, on_done: Callable[[DecodeJob, Reply], None]) -> None:
         try:
@@ -127,7 +132,7 @@ class Decoder:
             ids[r, longest - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
             mask[r, longest - len(job.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = new_cache(self.model.config.num_hidden_layers)
+        cache = new_cache(self.model.config.num_hidden_layers, self.kv_dtype)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()

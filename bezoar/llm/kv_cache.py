@@ -19,10 +19,12 @@ SPARE = 64
 
 
 class GrowingLayer(DynamicLayer):
-    """A layer's keys and values as views of buffers [batch, heads, capacity, head_dim]."""
+    """A layer's keys and values as views of buffers [batch, heads, capacity, head_dim], kept in `dtype`
+    (None: the model's)."""
 
-    def __init__(self):
+    def __init__(self, dtype: torch.dtype | None = None):
         super().__init__()
+        self.dtype = dtype
         self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start = self.end = 0
 
@@ -30,7 +32,7 @@ class GrowingLayer(DynamicLayer):
     def stacking(cls, first: "GrowingLayer", second: "GrowingLayer", length: int) -> "GrowingLayer":
         """The rows of `first`, then those of `second`, each left-padded with zeros to `length` columns (the
         padding is masked out, but must hold numbers: a masked NaN would still poison the softmax)."""
-        layer, rows = cls(), first.keys.shape[0]
+        layer, rows = cls(first.dtype), first.keys.shape[0]
         layer._allocate(first.keys, first.values, length, rows=rows + second.keys.shape[0])
         for buffer, upper, lower in zip(layer.buffers, (first.keys, first.values), (second.keys, second.values)):
             buffer[:, :, :length].zero_()
@@ -42,7 +44,7 @@ class GrowingLayer(DynamicLayer):
     @classmethod
     def rows_of(cls, other: "GrowingLayer", index: torch.Tensor) -> "GrowingLayer":
         """The rows at `index` of `other`, copied once (straight into the new buffers)."""
-        layer, length = cls(), other.keys.shape[-2]
+        layer, length = cls(other.dtype), other.keys.shape[-2]
         layer._allocate(other.keys, other.values, length, rows=len(index))
         for source, buffer in zip((other.keys, other.values), layer.buffers):
             torch.index_select(source, 0, index, out=buffer[:, :, :length])
@@ -60,9 +62,9 @@ class GrowingLayer(DynamicLayer):
     def _allocate(self, keys: torch.Tensor, values: torch.Tensor, needed: int, rows: int | None = None) -> None:
         """Empty buffers for `needed` columns and SPARE more (shaped like `keys`, `values` but for the time)."""
         rows = keys.shape[0] if rows is None else rows
-        capacity = needed + SPARE
-        self.buffers = (keys.new_empty((rows, keys.shape[1], capacity, keys.shape[-1])),
-                        values.new_empty((rows, values.shape[1], capacity, values.shape[-1])))
+        capacity, dtype = needed + SPARE, self.dtype or keys.dtype
+        self.buffers = (keys.new_empty((rows, keys.shape[1], capacity, keys.shape[-1]), dtype=dtype),
+                        values.new_empty((rows, values.shape[1], capacity, values.shape[-1]), dtype=dtype))
         self.start = self.end = 0
         self.device, self.is_initialized = keys.device, True
 
@@ -85,9 +87,11 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self.buffers[0][:, :, start:end], self.buffers[1][:, :, start:end]
 
 
-def new_cache(layers: int) -> Cache:
-    """An empty cache for a prefill: each layer allocates on its first update."""
-    return Cache(layers=[GrowingLayer() for _ in range(layers)])
+def new_cache(layers: int, dtype: torch.dtype | None = None) -> Cache:
+    """An empty cache for a prefill, kept in `dtype` (None: the model's); each layer allocates on its first
+    update. A bf16 model decoding on the CPU keeps it in fp32: attention runs in fp32 there
+    (bezoar.llm.attention), and casting the whole cache to fp32 at every step cost 17% of a step."""
+    return Cache(layers=[GrowingLayer(dtype) for _ in range(layers)])
 
 
 def merge(cache: Cache, mask: torch.Tensor, joining: Cache, joining_mask: torch.Tensor) -> tuple[Cache, torch.Tensor]:
