@@ -13,13 +13,14 @@ Issue 23's bar: every paired difference within +-1 point (0.01 of an accuracy). 
 items in one mode, and each summary records the mode (`decoding`). Calls are cached in OUT/calls.sqlite
 (fp32 and bf16 replies under their own model identities), so a killed run resumes.
 
-    .venv/bin/python benchmarks/bench_dtype_quality.py [--out DIR] [--ifeval-limit N] [--skip-tiny]
+    .venv/bin/python benchmarks/bench_dtype_quality.py [--out DIR] [--ifeval-limit N] [--max-new-tokens N] [--skip-tiny]
 
 ~15 min per mode for IFEval on an idle 2-core AVX512-BF16 machine, ~3 min for the tiny metrics.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from common import DATA, REPO, emit, peak_rss_mb
 MODES = ("deterministic", "fast")
 
 
-def evaluate(mode: str, out: Path, ifeval_limit: int | None, tiny: bool) -> dict[str, dict]:
+def evaluate(mode: str, out: Path, ifeval_limit: int | None, max_new_tokens: int, tiny: bool) -> dict[str, dict]:
     """{metric: {value, ci95, items}} of the base model, every evaluation decoded in `mode`."""
     from bezoar.config import ModelConfig, load_recipe
     from bezoar.evaluate.compare import metrics_of
@@ -45,7 +46,8 @@ def evaluate(mode: str, out: Path, ifeval_limit: int | None, tiny: bool) -> dict
     set_deterministic(mode == "deterministic")
     model = open_model(ModelConfig(spec="local"), role="student", cache=CallCache(out / "calls.sqlite"))
     started = time.perf_counter()
-    found = metrics_of("ifeval", run_ifeval(model, IFEvalConfig(limit=ifeval_limit), out / mode / "ifeval", "base"))
+    ifeval = IFEvalConfig(prompts=DATA / "eval/ifeval/input_data.jsonl", limit=ifeval_limit, max_new_tokens=max_new_tokens)
+    found = metrics_of("ifeval", run_ifeval(model, ifeval, out / mode / "ifeval", "base"))
     print(f"{mode}: IFEval in {time.perf_counter() - started:.0f} s ({model.identity})", flush=True)
     if tiny:
         recipe = load_recipe(REPO / "recipes" / "tiny.yaml")
@@ -76,10 +78,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/bench_dtype_quality"))
     parser.add_argument("--ifeval-limit", type=int, default=None, help="Only the first N IFEval prompts (default all 541).")
+    parser.add_argument("--max-new-tokens", type=int, default=512, help="Longest IFEval answer (512, as lm-eval's).")
     parser.add_argument("--skip-tiny", action="store_true", help="IFEval only.")
     args = parser.parse_args()
+    os.environ.setdefault("BEZOAR_DATA", str(DATA))  # the tiny recipe's paths and the evaluations' defaults read it
     args.out.mkdir(parents=True, exist_ok=True)
-    scores = {mode: evaluate(mode, args.out, args.ifeval_limit, not args.skip_tiny) for mode in MODES}
+    scores = {mode: evaluate(mode, args.out, args.ifeval_limit, args.max_new_tokens, not args.skip_tiny) for mode in MODES}
     exact, fast = scores["deterministic"], scores["fast"]
     figures: dict = {"benchmark": "dtype_quality", "metrics": {}}
     print(f"{'metric':34s} {'fp32 (deterministic)':>22s} {'fast':>10s}   fast - fp32 [95% CI]")
