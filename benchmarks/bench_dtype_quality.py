@@ -50,12 +50,12 @@ def evaluate(mode: str, out: Path, ifeval_limit: int | None, max_new_tokens: int
     found = metrics_of("ifeval", run_ifeval(model, ifeval, out / mode / "ifeval", "base"))
     print(f"{mode}: IFEval in {time.perf_counter() - started:.0f} s ({model.identity})", flush=True)
     if tiny:
-        recipe = load_recipe(REPO / "recipes" / "tiny.yaml")
-        found |= metrics_of("mt_bench", run_mt_bench(model, model, out / mode / "mt_bench", recipe.eval.mt_bench,
+        settings = load_recipe(REPO / "recipes" / "tiny.yaml").steps_of("eval")[0]  # the tiny recipe's eval step
+        found |= metrics_of("mt_bench", run_mt_bench(model, model, out / mode / "mt_bench", settings.mt_bench,
                                                      "base", "local"))
-        found |= metrics_of("harness", run_harness("local", recipe.eval.harness, out / mode / "harness"))
+        found |= metrics_of("harness", run_harness("local", settings.harness, out / mode / "harness"))
         pairs = PreferenceConfig(pairs=DATA / "preferences/hh-rlhf/harmless-base/test.jsonl.gz", heldout_n=32,
-                                 limit=32, batch_size=recipe.eval.preference.batch_size)
+                                 limit=32, batch_size=settings.preference.batch_size)
         found |= metrics_of("preference", run_preference("local", pairs, out / mode / "preference"))
         print(f"{mode}: all metrics in {time.perf_counter() - started:.0f} s", flush=True)
     del model

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: data location, seed prompts, timing, the final JSON line."""
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -34,3 +35,25 @@ def peak_rss_mb() -> float:
 def emit(figures: dict) -> None:
     """The last line a benchmark prints: one JSON object."""
     print(json.dumps(figures), flush=True)
+
+
+def instruction_pool(count: int, seed: int = 0) -> list[str]:
+    """Real instructions: HH-RLHF first human turns, Dolly, Alpaca, self-instruct, FLAN CoT and T0 prompts."""
+    texts: list[str] = []
+    with gzip.open(DATA / "preferences/hh-rlhf/harmless-base/test.jsonl.gz", "rt") as handle:
+        for line in handle:
+            first = json.loads(line)["chosen"].split("\n\nHuman:", 1)[-1].split("\n\nAssistant:", 1)[0]
+            texts.append(first.strip())
+    texts += [json.loads(line)["instruction"] for line in (DATA / "seeds/dolly15k_open_qa_subset.jsonl").open()]
+    texts += [r["instruction"] + (" " + r["input"] if r["input"] else "")
+              for r in json.loads((DATA / "seeds/alpaca_en_demo_llamafactory.json").read_text())]
+    texts += [json.loads(line)["instruction"] for line in (DATA / "seeds/self_instruct_seed_tasks.jsonl").open()]
+    for path in sorted((DATA / "seeds/flan/cot_data").glob("*.tsv.gz")):
+        with gzip.open(path, "rt") as handle:
+            texts += [row[0] for row in csv.reader(handle, delimiter="\t") if row]
+    with gzip.open(DATA / "seeds/flan/t0_p3_sample_25_per_template.jsonl.gz", "rt") as handle:
+        texts += [json.loads(line)["prompt"] for line in handle]
+    random.Random(seed).shuffle(texts)
+    if len(texts) < count:
+        raise SystemExit(f"only {len(texts)} instructions available, {count} asked")
+    return texts[:count]

@@ -1,7 +1,8 @@
 """The `bezoar` command: each sub-command is a thin map onto one library call.
 
 Stage packages add their own sub-commands through `register(app)` in their `commands.py`. A
-`BezoarError` becomes one line on stderr and exit code 2; anything else keeps its traceback.
+`BezoarError` becomes one line on stderr and exit code 2 (`BatchPending`, provider batches still running:
+exit code 75); anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -36,11 +37,21 @@ def validate(recipe: Path = typer.Argument(..., help="Recipe YAML to check.")) -
     """Check a recipe without a model call: keys and values, input files, HH-RLHF rows, seed counts,
     API keys, the licence gate and free disk; every problem one line, all at once."""
     from bezoar.config import load_recipe
-    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import check_recipe
 
-    check_recipe(load_recipe(recipe), recipe, STAGE_NAMES)
+    check_recipe(load_recipe(recipe), recipe)
     console.print(f"[green]ok[/green] {recipe}")
+
+
+@app.command()
+def recipe(reference: bool = typer.Option(False, "--reference", help="Print every recipe key (Markdown).")) -> None:
+    """What a recipe may say: `--reference` prints every key of run, models and each step type, with its
+    type, default and meaning (the same text as docs/recipe.md)."""
+    from bezoar.recipe_reference import reference_markdown
+
+    if not reference:  # one line, as every other bad input (a usage error prints the whole usage)
+        raise BezoarError("bezoar recipe: say what to show: --reference (every recipe key, as in docs/recipe.md)")
+    print(reference_markdown(), end="")
 
 
 @app.command()
@@ -83,7 +94,7 @@ def serve(model: str = ModelOption,
 def _register_stage_commands() -> None:
     import importlib
 
-    for package in ("generate", "filter", "train", "evaluate", "pipeline_commands"):
+    for package in ("generate", "filter", "train", "evaluate", "report", "pipeline_commands"):
         try:
             module = importlib.import_module(f"bezoar.{package}.commands" if package != "pipeline_commands"
                                              else "bezoar.pipeline_commands")
@@ -110,7 +121,8 @@ def main() -> None:
 
         from bezoar.errors import disk_full
 
-        if isinstance(error, click.exceptions.ClickException):
+        # typer (0.29 here) raises its own copy of click's exceptions (typer._click), not click's classes
+        if isinstance(error, (click.exceptions.ClickException, typer.TyperException)) and hasattr(error, "show"):
             error.show()
             sys.exit(error.exit_code)
         if full := disk_full(error):  # the environment, not a bug: one line like any BezoarError
@@ -119,6 +131,9 @@ def main() -> None:
 
 
 def _exit_with(error: BezoarError) -> None:
+    from bezoar.errors import BatchPending
+
+    pending = isinstance(error, BatchPending)  # not a failure: submitted, come back later
     for line in str(error).splitlines() or [type(error).__name__]:
-        console.print(line, style="red", markup=False, highlight=False, soft_wrap=True)
-    sys.exit(2)
+        console.print(line, style="yellow" if pending else "red", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(BatchPending.EXIT_CODE if pending else 2)

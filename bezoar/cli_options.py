@@ -14,7 +14,7 @@ def _deterministic(on: bool) -> bool:
 
 
 def follow_recipe(recipe) -> None:
-    """A recipe's `run.deterministic: true` switches the command (and the stage processes it starts) to
+    """A recipe's `run.deterministic: true` switches the command (and the step processes it starts) to
     deterministic decoding, as --deterministic does; false leaves a --deterministic given on the command line."""
     _deterministic(recipe.run.deterministic)
 

@@ -31,6 +31,22 @@ class RoleUnavailable(BackendError):
     the same command resumes once the cause is fixed."""
 
 
+class BatchPending(BackendError):
+    """Provider batches (OpenAI Batch, Anthropic Message Batches) were submitted and are not done yet
+    (`batch_wait_s` passed, or `bezoar run --no-wait`). Nothing is lost: the batch ids and their items are
+    in the run's call cache, and the same command collects them later without submitting an item twice.
+    The CLI exits with `EXIT_CODE` (sysexits' EX_TEMPFAIL: "try again later"), not 2."""
+
+    EXIT_CODE = 75
+
+    def __init__(self, message: str, batch_ids: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.batch_ids = tuple(batch_ids)
+
+    def __reduce__(self):  # keeps its type and ids across the pipe from a stage process
+        return type(self), (str(self), self.batch_ids)
+
+
 class FailureRateExceeded(BezoarError):
     """More items of a stage failed than `run.max_failure_rate` allows: a systematic fault, not bad luck."""
 

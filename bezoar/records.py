@@ -7,6 +7,7 @@ import bz2
 import gzip
 import json
 import os
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Literal, TypeVar
@@ -106,10 +107,61 @@ Model = TypeVar("Model", bound=BaseModel)
 
 def open_data(path: Path, binary: bool = False, newline: str | None = None) -> IO[Any]:
     """A data file opened for reading (UTF-8 text unless `binary`), through gzip or bz2 when its name
-    ends `.gz` or `.bz2`. `newline=""` keeps line endings as written (what the csv module wants)."""
+    ends `.gz` or `.bz2`. `newline=""` keeps line endings as written (what the csv module wants). In text
+    mode, bytes that are not UTF-8 (or a damaged gzip stream) raise one-line DataErrors naming the file and line."""
     compressed: dict[str, Callable[..., IO[Any]]] = {".gz": gzip.open, ".bz2": bz2.open}
-    opener = compressed.get(path.suffix, open)
-    return opener(path, "rb") if binary else opener(path, "rt", encoding="utf-8", newline=newline)
+    opener = compressed.get(Path(path).suffix, open)
+    if binary:
+        return opener(path, "rb")
+    return _TextFile(opener(path, "rt", encoding="utf-8", newline=newline), Path(path))  # type: ignore[return-value]
+
+
+class _TextFile:
+    """A text handle whose decoding errors are one line naming the file and the line they are on."""
+
+    def __init__(self, handle: IO[str], path: Path):
+        self.handle, self.path, self.lines = handle, path, 0
+
+    def __iter__(self) -> "_TextFile":
+        return self
+
+    def __next__(self) -> str:
+        with self._explained():
+            line = next(self.handle)
+        self.lines += 1
+        return line
+
+    def read(self, size: int = -1) -> str:
+        with self._explained():
+            return self.handle.read(size)
+
+    def readline(self, size: int = -1) -> str:
+        with self._explained():
+            line = self.handle.readline(size)
+        self.lines += bool(line)
+        return line
+
+    @contextmanager
+    def _explained(self) -> Iterator[None]:
+        try:
+            yield
+        except UnicodeDecodeError as error:
+            raise DataError(located(self.path, self.lines + 1, f"not UTF-8 text ({error.reason}, byte 0x"
+                                    f"{error.object[error.start]:02x}); save the file as UTF-8")) from None
+        except (EOFError, OSError, zlib.error) as error:
+            if isinstance(error, OSError) and not isinstance(error, gzip.BadGzipFile) and error.errno is not None:
+                raise
+            raise DataError(located(self.path, self.lines + 1, f"cannot be read ({error}); is the file cut short "
+                                    "or not compressed as its name says?")) from None
+
+    def __enter__(self) -> "_TextFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
 
 
 def read_jsonl(path: Path | str, schema: type[Model] | None = None,

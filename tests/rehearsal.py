@@ -24,6 +24,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from servers import free_port, wait_healthy
 
@@ -34,6 +35,8 @@ JUDGE_FAULTS = ("hang",)
 CLAUDE_FAULTS = ("529",)
 KILL_AFTER = 3
 """Teacher endpoint B is killed once it has delivered this many answers."""
+Watch = Callable[[subprocess.Popen, Path], "float | None"]
+"""Runs beside a rehearsal's `bezoar run` (the process, the run directory); returns when it acted, if it did."""
 
 
 @contextmanager
@@ -68,12 +71,13 @@ class Proxy:
 
 
 def start_proxy(name: str, upstream: str, workdir: Path, faults=(), poison=(), hang_s: float = 30,
-                port: int | None = None) -> Proxy:
+                port: int | None = None, batch_faults=()) -> Proxy:
     port = port or free_port()
     log = workdir / f"proxy-{name}.jsonl"
     log.unlink(missing_ok=True)  # a later run in the same folder counts its own requests only
     command = [sys.executable, str(REPO / "tests" / "fault_proxy.py"), "--upstream", upstream, "--port", str(port),
-               "--log", str(log), "--faults", ",".join(faults), "--hang-s", str(hang_s)]
+               "--log", str(log), "--faults", ",".join(faults), "--hang-s", str(hang_s),
+               "--batch-faults", ",".join(batch_faults)]
     for text in poison:
         command += ["--poison", text]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -104,7 +108,8 @@ class Rehearsal:
 
     def repeated_calls(self) -> int:
         """Successful answers delivered twice for the same request body."""
-        bodies = [r["sha"] for r in self.requests() if r["action"] == "forward" and r["status"] == 200 and r["delivered"]]
+        bodies = [r["sha"] for r in self.requests() if r["action"] == "forward" and r["status"] == 200 and r["delivered"]
+                  and r.get("method", "POST") == "POST" and not r.get("items")]
         return len(bodies) - len(set(bodies))
 
     def faults_injected(self) -> dict[str, int]:
@@ -127,6 +132,7 @@ def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
+    workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(recipe, sort_keys=False).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
     return path
@@ -134,18 +140,23 @@ def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
 
 def rehearse(workdir: Path, upstream: str, recipe: Path, faulty: bool, poison: tuple[str, ...] = (),
              secret: str | None = None, args: tuple[str, ...] = (), timeout_s: float = 2400,
-             ports: dict[str, int] | None = None) -> Rehearsal:
+             ports: dict[str, int] | None = None, batch_faults: dict[str, tuple[str, ...]] | None = None,
+             watch: Watch | None = None, extra_env: dict[str, str] | None = None) -> Rehearsal:
     """One `bezoar run` of `recipe` through proxies in front of `upstream` (a `bezoar serve` base URL), on
-    `ports` when given: the URLs are part of the recipe, so a run on other ports is another recipe."""
+    `ports` when given: the URLs are part of the recipe, so a run on other ports is another recipe.
+    `batch_faults` ({proxy: faults}) are given to the batches created through each proxy (tests/batch_faults.py);
+    `watch(process, run_dir)`, if given, runs beside the command (e.g. to kill it) and returns when it acted."""
     workdir.mkdir(parents=True, exist_ok=True)
     faults = {"teacher_a": TEACHER_FAULTS, "teacher_b": (), "judge": JUDGE_FAULTS, "claude": CLAUDE_FAULTS}
     proxies = {name: start_proxy(name, upstream, workdir, injected if faulty else (), poison,
-                                 port=(ports or {}).get(name))
+                                 port=(ports or {}).get(name), batch_faults=(batch_faults or {}).get(name, ()))
                for name, injected in faults.items()}
-    env = _environment(workdir, proxies, secret)
+    env = {**_environment(workdir, proxies, secret), **(extra_env or {})}
     run_dir = workdir / "runs" / "rehearsal"
+    if watch is None and faulty:
+        watch = lambda process, run_dir: _kill_b_mid_generate(process, proxies["teacher_b"], run_dir)  # noqa: E731
     try:
-        return _run(workdir, recipe, run_dir, env, proxies, kill_b=faulty, args=args, timeout_s=timeout_s)
+        return _run(workdir, recipe, run_dir, env, proxies, watch=watch, args=args, timeout_s=timeout_s)
     finally:
         for proxy in proxies.values():
             _stop(proxy.process)
@@ -167,13 +178,13 @@ def _environment(workdir: Path, proxies: dict[str, Proxy], secret: str | None) -
     return env
 
 
-def _run(workdir: Path, recipe: Path, run_dir: Path, env: dict, proxies: dict[str, Proxy], kill_b: bool,
+def _run(workdir: Path, recipe: Path, run_dir: Path, env: dict, proxies: dict[str, Proxy], watch: Watch | None,
          args: tuple[str, ...], timeout_s: float) -> Rehearsal:
     command = [str(BIN / "bezoar"), "run", str(recipe), "--run-dir", str(run_dir), *args]
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
-    killed_at = _kill_b_mid_generate(process, proxies["teacher_b"], run_dir) if kill_b else None
+    killed_at = watch(process, run_dir) if watch else None
     try:
         stdout, stderr = process.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -203,6 +214,11 @@ def _stage_status(run_dir: Path, stage: str) -> str | None:
         return json.loads((run_dir / "manifest.json").read_text())["stages"].get(stage, {}).get("status")
     except (OSError, ValueError, KeyError):
         return None
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    """SIGTERM a process started in a session of its own (its group), SIGKILL if it lingers."""
+    _stop(process)
 
 
 def _stop(process: subprocess.Popen) -> None:

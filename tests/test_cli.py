@@ -34,3 +34,14 @@ def test_help_imports_no_heavy_library():
     probe = "import sys, bezoar.cli; print(sorted(m for m in ('torch', 'transformers', 'trl', 'lm_eval') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=600)
     assert loaded.stdout.strip() == "[]", loaded.stdout + loaded.stderr
+
+
+def test_batches_still_running_exit_75_with_one_line():
+    """A stage stopped by `BatchPending` (provider batches submitted, not done) is no failure: exit 75."""
+    script = ("import sys\nfrom bezoar import cli\nfrom bezoar.errors import BatchPending\n"
+              "def pending():\n    raise BatchPending('judge: 1 provider batch(es) still running (batch_1); "
+              "run the same command again to collect them', ('batch_1',))\n"
+              "cli.app.command('pending')(pending)\nsys.argv = ['bezoar', 'pending']\ncli.main()\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 75, result.stderr
+    assert result.stderr.strip() == "judge: 1 provider batch(es) still running (batch_1); run the same command again to collect them"

@@ -54,7 +54,8 @@ def _cases(tmp, data) -> dict[str, list[str]]:
         "export: missing adapter": ["export", "--adapter", str(missing), "--out", str(tmp / "e")],
         "compare: not a run": ["compare", str(missing)],
         "run: missing recipe": ["run", f"{missing}.yaml"],
-        "run: unknown stage": ["run", str(recipe), "--from", "trian"],
+        "run: unknown step": ["run", str(recipe), "--from", "trian"],
+        "recipe: nothing asked": ["recipe"],
         "plan: missing recipe": ["plan", f"{missing}.yaml"],
         "status: not a run": ["status", str(missing)],
         "report: not a run": ["report", str(missing)],
@@ -75,6 +76,15 @@ def _cases(tmp, data) -> dict[str, list[str]]:
         "eval winrate: bad model spec": ["eval", "winrate", "--model", "bogus:x", "--prompts", questions,
                                          "--out", str(tmp / "w")],
     }
+
+
+def test_a_usage_error_is_click_s_message_and_exit_2_not_a_traceback(monkeypatch, capfd):
+    """typer raises its own copy of click's usage errors: a missing argument or an unknown command still
+    ends in click's usage message and exit code 2."""
+    for argv in (["run"], ["nosuch"], ["plan", "--bogus"]):
+        code = _run(argv, monkeypatch)
+        err = capfd.readouterr().err
+        assert code == 2 and "Error:" in err and "Traceback" not in err, (argv, code, err[-2000:])
 
 
 def _commands(command, prefix: str = "") -> list[str]:

@@ -27,8 +27,7 @@ PAGE = 4096
 SIZE_MB = 96
 # What each stage writes (removed before it runs), and the share of it that fits on the disk. sft: half
 # the first adapter, so the first checkpoint (adapter, optimizer state, trainer state) cannot be written.
-STAGE_OUTPUTS = {"generate": ["data/generated"], "filter": ["data/filtered"], "sft": ["models/sft-*"],
-                 "report": ["report", "data/filtered/cards", "models/*/README.md"]}
+STAGE_OUTPUTS = {"generate": ["generate"], "filter": ["filter"], "sft": ["sft"], "report": ["report"]}
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +61,7 @@ def fill(disk: Path, leave: int) -> Path:
     return ballast
 
 
-OUTPUT_MOUNT = {"generate": "data/generated", "filter": "data/filtered", "sft": "models/sft-1-lamini",
-                "report": "report"}
+OUTPUT_MOUNT = {"generate": "generate", "filter": "filter", "sft": "sft/sft-1-lamini", "report": "report"}
 """Where each stage's small disk is mounted: the folder it writes most into (sft: its first adapter's)."""
 
 
@@ -134,15 +132,15 @@ def run_only(stage: str, run_dir: Path, cwd: Path) -> subprocess.CompletedProces
                           cwd=cwd, capture_output=True, text=True, timeout=900)
 
 
-# Stage functions the stage process imports by name: each writes onto the full tmpfs as a stage does.
-def appends_records(recipe, run_dir, models) -> dict:
+# Functions a step's process imports by name (bezoar.processes): each writes onto the full tmpfs as a step does.
+def appends_records(run_dir: str) -> dict:
     from bezoar.records import append_jsonl
 
     append_jsonl(Path(run_dir) / "data.jsonl", [{"text": "x" * 1000}] * 200)
     return {}
 
 
-def saves_an_adapter(recipe, run_dir, models) -> dict:
+def saves_an_adapter(run_dir: str) -> dict:
     import torch
     from safetensors.torch import save_file
 
@@ -150,7 +148,7 @@ def saves_an_adapter(recipe, run_dir, models) -> dict:
     return {}
 
 
-def saves_optimizer_state(recipe, run_dir, models) -> dict:
+def saves_optimizer_state(run_dir: str) -> dict:
     import torch
 
     torch.save({"exp_avg": torch.zeros(100_000)}, Path(run_dir) / "optimizer.pt")
@@ -159,24 +157,25 @@ def saves_optimizer_state(recipe, run_dir, models) -> dict:
 
 @pytest.mark.parametrize("function, named", [("appends_records", "data.jsonl"), ("saves_an_adapter", ""),
                                              ("saves_optimizer_state", "")])
-def test_a_stage_process_that_fills_the_disk_reports_one_line_naming_the_path(function, named, disk):
+def test_a_step_process_that_fills_the_disk_reports_one_line_naming_the_path(function, named, disk, monkeypatch):
     """safetensors and torch.save drop the errno (Rust's "os error 28", "unexpected pos N vs M"): still
     one line, no traceback; the run directory is named when the library does not say which file."""
-    from bezoar.config import load_recipe
     from bezoar.errors import DiskFull
-    from bezoar.stage_process import run_stage_process
+    from bezoar.processes import run_call
 
+    # the child is a fresh interpreter: it imports this module through PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).parent),
+                                                                    os.environ.get("PYTHONPATH")])))
     run_dir = disk / function
     run_dir.mkdir()
     ballast = fill(disk, 64 * 1024)
     try:
-        outcome = run_stage_process(f"test_disk_full:{function}", load_recipe(Path(__file__).parents[1] / "recipes" /
-                                    "tiny.yaml"), run_dir, run_dir / "calls.sqlite", {})
+        with pytest.raises(DiskFull) as caught:
+            run_call(f"test_disk_full:{function}", {"run_dir": str(run_dir)}, run_dir)
     finally:
         ballast.unlink()
-    assert isinstance(outcome.error, DiskFull), outcome.error
-    assert str(outcome.error).startswith(f"{run_dir / named}: no space left on device".replace("/: ", ": "))
-    assert "\n" not in str(outcome.error)
+    assert str(caught.value).startswith(f"{run_dir / named}: no space left on device".replace("/: ", ": "))
+    assert "\n" not in str(caught.value)
 
 
 def test_a_command_that_fills_the_disk_says_so_in_one_line_and_leaves_no_temp_file(disk, tmp_path):
@@ -224,7 +223,7 @@ def run_and_free(stage: str, run_dir: Path, reference: Path, cwd: Path, before: 
     if stage != "sft":  # torch and safetensors do not say which file: then the run directory is named
         assert any(fnmatch(named, f"{run_dir}/{pattern}*") for pattern in STAGE_OUTPUTS[stage]), said
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["stages"][stage]["status"] != "done"
+    assert manifest["steps"][stage]["status"] != "done"
     assert damage(run_dir) == {}
     assert digest(run_dir, stage) == before  # other stages' outputs untouched
 
@@ -234,8 +233,7 @@ def run_and_free(stage: str, run_dir: Path, reference: Path, cwd: Path, before: 
     torn = [p for p in run_dir.rglob("*.jsonl") if p.stat().st_size and not p.read_bytes().endswith(b"\n")]
     assert damage(run_dir) == {} and torn == []  # the torn last line was dropped on resume
     if stage in ("generate", "filter"):
-        folder = "generated" if stage == "generate" else "filtered"
-        assert record_ids(run_dir, folder) == record_ids(reference, folder) != {}
+        assert record_ids(run_dir, stage) == record_ids(reference, stage) != {}
     elif stage == "sft":
         want, got = training(reference)["sft"], training(run_dir)["sft"]
         assert [(r["output"], r["global_step"]) for r in got] == [(r["output"], r["global_step"]) for r in want]

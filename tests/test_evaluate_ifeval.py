@@ -1,5 +1,5 @@
 """IFEval offline: the embedded model's answers scored by lm-eval's checkers, equal to lm-eval's own
-`ifeval` task run on the same answers; the eval stage entry and the comparison table."""
+`ifeval` task run on the same answers; the eval step's entry and the comparison table."""
 from __future__ import annotations
 
 import json
@@ -109,28 +109,29 @@ def test_paired_instruction_delta_resamples_prompts():
 
 
 @pytest.mark.slow
-def test_eval_stage_ifeval_entry_reaches_the_comparison(tmp_path, data_dir, embedded):
+def test_eval_step_ifeval_entry_reaches_the_comparison(tmp_path, data_dir, embedded):
     from bezoar.config import load_recipe
-    from bezoar.evaluate.runner import run_eval
     from bezoar.llm.cache import CachedModel, CallCache
+    from bezoar.steps.base import StepContext
 
     run_dir = tmp_path / "run"
     recipe_file = tmp_path / "recipe.yaml"
     recipe_file.write_text(f"""
-run: {{name: ifeval-stage, run_dir: {run_dir}}}
-eval:
-  mt_bench: {{enabled: false}}
-  harness: {{enabled: false}}
-  preference: {{enabled: false}}
-  ifeval: {{enabled: true, prompts: {data_dir / IFEVAL}, limit: 2, max_new_tokens: 16}}
+run: {{name: ifeval-step, run_dir: {run_dir}}}
+steps:
+  - type: eval
+    mt_bench: {{enabled: false}}
+    harness: {{enabled: false}}
+    preference: {{enabled: false}}
+    ifeval: {{enabled: true, prompts: {data_dir / IFEVAL}, limit: 2, max_new_tokens: 16}}
 """)
     recipe = load_recipe(recipe_file)
     cache = CallCache(tmp_path / "calls.sqlite")
     models = {"judge": CachedModel(embedded, cache, role="judge"), "student": CachedModel(embedded, cache, role="student")}
-    summary = run_eval(recipe, run_dir, models)
+    summary = recipe.step("eval").run(StepContext(recipe, run_dir, "eval", models)).details
     assert set(summary["checkpoints"]["base"]["ifeval"]) == {"prompt_strict", "inst_strict", "prompt_loose", "inst_loose"}
     assert "ifeval_inst_strict" in summary["metrics"]
     written = json.loads((run_dir / "eval/ifeval/base/summary.json").read_text())
-    assert written["prompts"] == 2 and written["signature"]
-    again = run_eval(recipe, run_dir, models)  # up to date: no new call
+    assert written["prompts"] == 2 and written["fingerprint"]
+    again = recipe.step("eval").run(StepContext(recipe, run_dir, "eval", models)).details  # up to date: no new call
     assert again["checkpoints"]["base"] == summary["checkpoints"]["base"] and models["student"].usage.calls == 2

@@ -1,6 +1,6 @@
-"""The eval stage on a run directory with real LoRA adapters, and the comparison table.
+"""The eval step on a run directory with real LoRA adapters, and the comparison table.
 
-Two adapters over the embedded model stand in for the training stages' output: `sft-1-tiny` with
+Two adapters over the embedded model stand in for the training steps' output: `sft-1-tiny` with
 random LoRA weights (a different model) and `dpo` freshly initialised (B = 0, so exactly the base
 model). The identity adapter must score exactly as the base on every metric, with zero deltas."""
 from __future__ import annotations
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from recipe_dicts import hand_on, run_step
 
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
 
@@ -31,30 +33,31 @@ def _adapter(directory: Path, random_weights: bool) -> None:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, data_dir, embedded):
     from bezoar.config import load_recipe
-    from bezoar.evaluate.runner import run_eval
     from bezoar.llm.cache import CachedModel, CallCache
-    from bezoar.pipeline import Manifest
 
-    tmp = tmp_path_factory.mktemp("eval-stage")
+    tmp = tmp_path_factory.mktemp("eval-step")
     run_dir = tmp / "run"
-    _adapter(run_dir / "models" / "sft-1-tiny", random_weights=True)
-    _adapter(run_dir / "models" / "dpo", random_weights=False)
-    (run_dir / "models" / "notes").mkdir()  # not a checkpoint the manifest records: ignored
-    manifest = Manifest(run_dir)  # as `bezoar run` records the training stages it finished
-    manifest.update("sft", status="done", summary={"checkpoints": {"sft-1-tiny": "models/sft-1-tiny"}})
-    manifest.update("dpo", status="done", summary={"checkpoints": {"dpo": "models/dpo"}, "reference": "base"})
+    _adapter(run_dir / "sft" / "sft-1-tiny", random_weights=True)
+    _adapter(run_dir / "dpo", random_weights=False)
+    (run_dir / "sft" / "notes").mkdir()  # not a checkpoint the manifest records: ignored
+    # as `bezoar run` records the training steps it finished
+    hand_on(run_dir, "sft", checkpoints={"sft-1-tiny": run_dir / "sft" / "sft-1-tiny"})
+    hand_on(run_dir, "dpo", checkpoints={"dpo": run_dir / "dpo"}, reference="base")
     recipe_file = tmp / "recipe.yaml"
     recipe_file.write_text(f"""
-run: {{name: stage-test, run_dir: {run_dir}, max_failure_rate: 1.0}}
-eval:
-  mt_bench: {{questions: {data_dir}/eval/mt_bench/question.jsonl, limit: 1, max_new_tokens: 16,
-             judge_max_new_tokens: 16, judge_retries: 0}}
-  harness: {{tasks: [bezoar_truthfulqa_mc2], data_dir: {data_dir}/eval/harness, limit: 2, batch_size: 8}}
-  preference: {{pairs: {data_dir}/preferences/hh-rlhf/harmless-base/test.jsonl.gz, heldout_n: 3}}
+run: {{name: step-test, run_dir: {run_dir}, max_failure_rate: 1.0}}
+steps:
+  - {{type: sft}}
+  - {{type: dpo}}
+  - type: eval
+    mt_bench: {{questions: {data_dir}/eval/mt_bench/question.jsonl, limit: 1, max_new_tokens: 16,
+               judge_max_new_tokens: 16, judge_retries: 0}}
+    harness: {{tasks: [bezoar_truthfulqa_mc2], data_dir: {data_dir}/eval/harness, limit: 2, batch_size: 8}}
+    preference: {{pairs: {data_dir}/preferences/hh-rlhf/harmless-base/test.jsonl.gz, heldout_n: 3}}
 """)
     recipe = load_recipe(recipe_file)
     judge = CachedModel(embedded, CallCache(tmp / "calls.sqlite"), role="judge")  # students share its cache
-    summary = run_eval(recipe, run_dir, {"judge": judge})
+    summary = run_step(recipe, run_dir, "eval", {"judge": judge}).details
     return {"recipe": recipe, "run_dir": run_dir, "summary": summary, "judge": judge}
 
 
@@ -94,11 +97,9 @@ def test_identity_adapter_scores_exactly_as_the_base(run):
 
 @pytest.mark.slow
 def test_rerun_skips_up_to_date_evaluations_and_compare_prints(run):
-    from bezoar.evaluate.runner import run_eval
-
     run_dir = run["run_dir"]
     stamps = {p: p.stat().st_mtime_ns for p in (run_dir / "eval").rglob("summary.json")}
-    again = run_eval(run["recipe"], run_dir, {"judge": run["judge"]})
+    again = run_step(run["recipe"], run_dir, "eval", {"judge": run["judge"]}).details
     assert {p: p.stat().st_mtime_ns for p in (run_dir / "eval").rglob("summary.json")} == stamps
     assert again["checkpoints"] == run["summary"]["checkpoints"]
     shown = subprocess.run([BEZOAR, "compare", str(run_dir), "--only", "base,dpo", "--json", "--out",
@@ -109,48 +110,54 @@ def test_rerun_skips_up_to_date_evaluations_and_compare_prints(run):
     assert table.returncode == 0 and "sft-1-tiny" in table.stdout and "Δ" in table.stdout
 
 
-def test_eval_section_errors_name_file_line_and_key(tmp_path):
-    from bezoar.config import load_recipe
+def test_eval_step_errors_name_file_line_and_key(tmp_path):
+    from bezoar.config import UNKNOWN_KEY, load_recipe
     from bezoar.errors import ConfigError
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("eval:\n  mt_bench:\n    judge_repeat: 3\n  harness:\n    data_paths: {winogrand: /x}\n"
-                      "  preference:\n    heldout_n: 0\n")
+    recipe.write_text("steps:\n  - type: eval\n    mt_bench:\n      judge_repeat: 3\n    harness:\n"
+                      "      data_paths: {winogrand: /x}\n    preference:\n      heldout_n: 0\n")
     with pytest.raises(ConfigError) as error:
         load_recipe(recipe)
     lines = str(error.value).splitlines()
-    assert lines[0] == f"{recipe}:3: eval.mt_bench.judge_repeat: unknown key (check the spelling; see the recipe reference in README)"
-    assert lines[1].startswith(f"{recipe}:5: eval.harness.data_paths: no local task named ['winogrand']")
-    assert lines[2].startswith(f"{recipe}:7: eval.preference.heldout_n: Input should be greater than or equal to 1")
+    assert lines[0] == f"{recipe}:4: steps.0.mt_bench.judge_repeat: {UNKNOWN_KEY}"
+    assert lines[1].startswith(f"{recipe}:6: steps.0.harness.data_paths: no local task named ['winogrand']")
+    assert lines[2].startswith(f"{recipe}:8: steps.0.preference.heldout_n: Input should be greater than or equal to 1")
 
 
 def test_checkpoints_are_what_the_manifest_records_in_training_order(tmp_path):
+    from bezoar.config import Recipe
     from bezoar.errors import ConfigError
-    from bezoar.evaluate.config import EvalConfig
-    from bezoar.evaluate.runner import find_checkpoints
-    from bezoar.pipeline import Manifest
+    from bezoar.run_state import Manifest
+    from bezoar.steps.base import StepContext
+
+    def chosen(run_dir, **settings) -> list[tuple[str, str]]:
+        recipe = Recipe.model_validate({"steps": [{"type": "sft"}, {"type": "sft_hh"}, {"type": "dpo"},
+                                                  {"type": "eval", **settings}]})
+        return recipe.step("eval").chosen(StepContext(recipe, run_dir, "eval"))
 
     run_dir = tmp_path / "run"
-    for name in ("dpo", "sft-hh", "sft-10-orca", "sft-2-evol", "sft-1-lamini", "sft-3-stray"):
-        (run_dir / "models" / name).mkdir(parents=True)
-        (run_dir / "models" / name / "adapter_config.json").write_text("{}")
-    manifest = Manifest(run_dir)
     sft = ("sft-1-lamini", "sft-2-evol", "sft-10-orca")
-    manifest.update("sft", status="done", summary={"checkpoints": {n: f"models/{n}" for n in sft}})
-    manifest.update("sft_hh", status="done", summary={"checkpoints": {"sft-hh": "models/sft-hh"}})
-    # A dpo stage running again: its old summary hands nothing on until the stage is done.
-    manifest.update("dpo", status="running", summary={"checkpoints": {"dpo": "models/dpo"}})
-    names = [name for name, _ in find_checkpoints(run_dir, EvalConfig(), "local")]
-    assert names == ["base", *sft, "sft-hh"]  # sft-3-stray is a folder, not a recorded checkpoint
-    manifest.update("dpo", status="done")
+    folders = {**{name: run_dir / "sft" / name for name in (*sft, "sft-3-stray")},
+               "sft_hh": run_dir / "sft_hh", "dpo": run_dir / "dpo"}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text("{}")
+    hand_on(run_dir, "sft", checkpoints={n: folders[n] for n in sft})
+    hand_on(run_dir, "sft_hh", checkpoints={"sft_hh": folders["sft_hh"]})
+    # A dpo step running again: its old result hands nothing on until the step is done.
+    Manifest(run_dir).update("dpo", status="running", result={"checkpoints": {"dpo": "dpo"}})
+    names = [name for name, _ in chosen(run_dir)]
+    assert names == ["base", *sft, "sft_hh"]  # sft-3-stray is a folder, not a recorded checkpoint
+    Manifest(run_dir).update("dpo", status="done")
     moved = run_dir.rename(tmp_path / "moved")  # recorded paths are relative to the run: a moved run resolves
-    found = find_checkpoints(moved, EvalConfig(), "local")
-    assert [name for name, _ in found] == ["base", *sft, "sft-hh", "dpo"]
-    assert found[-1][1] == f"local:{(moved / 'models/dpo').resolve()}"
-    only = find_checkpoints(moved, EvalConfig(checkpoints=["dpo"], include_base=False), "local")
+    found = chosen(moved)
+    assert [name for name, _ in found] == ["base", *sft, "sft_hh", "dpo"]
+    assert found[-1][1] == f"local:{(moved / 'dpo').resolve()}"
+    only = chosen(moved, checkpoints=["dpo"], include_base=False)
     assert only == [found[-1]]
     with pytest.raises(ConfigError, match=r"eval.checkpoints: \['sft-9'\] are not among the checkpoints"):
-        find_checkpoints(moved, EvalConfig(checkpoints=["sft-9"]), "local")
+        chosen(moved, checkpoints=["sft-9"])
 
 
 def test_an_adapter_saved_twice_has_one_identity(tmp_path):

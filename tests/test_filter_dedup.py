@@ -88,16 +88,21 @@ def test_keep_first_ignores_ratings():
     assert [i.alive for i in items] == [True, False]
 
 
-def test_embedding_graph_links_what_its_vectors_say(tmp_path):
-    """The embedding path with a real offline encoder (the embedded model's own transformer here)."""
-    from bezoar.llm.weights import resolve_model_dir
+def test_embedding_method_uses_the_shipped_embedder_at_the_measured_threshold():
+    """Pairs from benchmarks/dedup_pairs.jsonl (labelled by hand): the duplicates join at the default
+    threshold, templated questions about another house stay apart."""
+    from bezoar.filter.config import DedupConfig
 
-    texts = ["What is the capital of France?", "What is the capital of France?", "How do volcanoes form?",
-             "Give me three tips for a job interview."]
-    model_dir = resolve_model_dir(None)
-    vectors = dedup.embed(texts, model_dir).numpy()
-    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
-    cosine = vectors @ vectors.T
-    threshold = float(np.sort(cosine[np.triu_indices(4, 1)])[-2]) + 1e-4  # just above the 2nd most similar pair
-    graph, similarity = dedup.embedding_graph(texts, model_dir, threshold)
-    assert graph == {0: {1}, 1: {0}} and similarity[(0, 1)] > 0.999
+    texts = ["What are the differences between a ukulele and guitar?", "What is the difference between a guitar and a ukulele?",
+             "What's the capital of Brazil?", "What is the capital of Brazil?",
+             "In the series A Song of Ice and Fire, who is the founder of House Towers?",
+             "In the series A Song of Ice and Fire, who is the founder of House Blackfyre?"]
+    vectors = dedup.embed(texts, None)
+    assert vectors.shape == (6, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    graph, similarity = dedup.embedding_graph(texts, None, DedupConfig().embedding_threshold)
+    assert graph == {0: {1}, 1: {0}, 2: {3}, 3: {2}}
+    assert similarity[(0, 1)] > 0.95 and similarity[(2, 3)] > 0.95
+    items = [Item(record(t), "a") for t in texts]
+    filter_items(items, FilterConfig.model_validate({**OFF, "dedup": {"method": "embedding", "exact": False}}), judge=None)
+    assert [i.alive for i in items] == [True, False, True, False, True, True]
+    assert items[1].evidence["method"] == "embedding" and items[1].evidence["similarity"] > 0.95

@@ -1,4 +1,4 @@
-"""The filter stage end to end with the embedded judge: outputs per method, every rejection with its reasons,
+"""The filter step end to end with the embedded judge: outputs per method, every rejection with its reasons,
 a run killed mid-judging that resumes with no repeated judge call and the same kept set, and bad input
 lines reported as FILE:LINE."""
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 
 from bezoar.config import load_recipe
 from bezoar.errors import DataError
-from bezoar.filter.runner import load_inputs, run_filter
+from bezoar.filter.runner import load_inputs
 from bezoar.llm.cache import CachedModel, CallCache
-from bezoar.pipeline import Manifest
 from bezoar.records import ChatMessage, Record, RecordMeta, read_jsonl, write_jsonl
-from bezoar.stage_outputs import handed_on
+from bezoar.steps.base import StepContext
+from recipe_dicts import hand_on
 
 REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
@@ -32,8 +32,14 @@ def record(method: str, instruction: str, response: str, finish_reason: str = "s
                   meta=RecordMeta(method=method, teacher="local", finish_reason=finish_reason)).with_id()
 
 
+def run_filter(recipe_path: Path, run_dir: Path, judge: CachedModel) -> dict:
+    """The recipe's filter step, in this process; its summary (the result's details)."""
+    recipe = load_recipe(recipe_path)
+    return recipe.step("filter").run(StepContext(recipe, run_dir, "filter", {"judge": judge})).details
+
+
 def make_run(tmp_path: Path, data_dir: Path, good: int = 12) -> tuple[Path, Path, dict]:
-    """A run directory whose generate stage left real Dolly pairs plus planted bad ones."""
+    """A run directory whose generate step left real Dolly pairs plus planted bad ones."""
     rows = [json.loads(line) for line in (data_dir / "seeds/dolly15k_open_qa_subset.jsonl").open()][200:200 + good]
     mt_bench = json.loads((data_dir / "eval/mt_bench/question.jsonl").open().readline())
     lamini = [record("lamini", r["instruction"], r["response"]) for r in rows[: good // 2]]
@@ -46,24 +52,24 @@ def make_run(tmp_path: Path, data_dir: Path, good: int = 12) -> tuple[Path, Path
     }
     run_dir = tmp_path / "run"
     # The rewording follows its original (ties in a duplicate cluster keep the first record read).
-    write_jsonl(run_dir / "data/generated/lamini.jsonl", lamini + [planted["refusal"], planted["near_duplicate"]])
-    write_jsonl(run_dir / "data/generated/evol.jsonl", evol + [planted["truncated"], planted["contamination"]])
-    # The pipeline's record of a done generate stage: what it hands on, by name.
-    Manifest(run_dir).update("generate", status="done", summary={"outputs": handed_on(run_dir, {
-        "lamini": run_dir / "data/generated/lamini.jsonl", "evol": run_dir / "data/generated/evol.jsonl"})})
+    write_jsonl(run_dir / "generate/lamini.jsonl", lamini + [planted["refusal"], planted["near_duplicate"]])
+    write_jsonl(run_dir / "generate/evol.jsonl", evol + [planted["truncated"], planted["contamination"]])
+    # The pipeline's record of a done generate step: what it hands on, by name.
+    hand_on(run_dir, "generate", {"lamini": run_dir / "generate/lamini.jsonl", "evol": run_dir / "generate/evol.jsonl"})
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("generate: {lamini: {n: 6}, evol: {n: 6}, orca: {n: 0}}\n"
-                      "filter:\n"
-                      "  judge: {chunk_size: 2, rule: top_fraction, keep_fraction: 0.5}\n"
-                      f"  contamination: {{eval_paths: ['{data_dir / 'eval/mt_bench/question.jsonl'}']}}\n")
+    recipe.write_text("steps:\n"
+                      "  - {type: generate, lamini: {n: 6}, evol: {n: 6}, orca: {n: 0}}\n"
+                      "  - type: filter\n"
+                      "    judge: {chunk_size: 2, rule: top_fraction, keep_fraction: 0.5}\n"
+                      f"    contamination: {{eval_paths: ['{data_dir / 'eval/mt_bench/question.jsonl'}']}}\n")
     return run_dir, recipe, planted
 
 
-def test_stage_writes_kept_per_method_rejected_with_reasons_and_summary(tmp_path, data_dir, embedded):
+def test_step_writes_kept_per_method_rejected_with_reasons_and_summary(tmp_path, data_dir, embedded):
     run_dir, recipe_path, planted = make_run(tmp_path, data_dir, good=6)
     judge = CachedModel(embedded, CallCache(tmp_path / "calls.sqlite"), role="judge")
-    summary = run_filter(load_recipe(recipe_path), run_dir, {"judge": judge})
-    out = run_dir / "data/filtered"
+    summary = run_filter(recipe_path, run_dir, judge)
+    out = run_dir / "filter"
     assert sorted(p.name for p in out.iterdir()) == ["evol.jsonl", "failed.jsonl", "judgments.jsonl", "lamini.jsonl",
                                                      "rejected.jsonl", "summary.json"]
     assert (out / "failed.jsonl").read_text() == "" and summary["failed_items"] == 0
@@ -93,13 +99,14 @@ CHILD = """
 import sys
 from pathlib import Path
 from bezoar.config import load_recipe
-from bezoar.filter.runner import run_filter
 from bezoar.llm.cache import CachedModel, CallCache
 from bezoar.llm.local import LocalBackend
+from bezoar.steps.base import StepContext
 run_dir, recipe, cache = sys.argv[1:4]
 judge = CachedModel(LocalBackend(batch_size=1), CallCache(cache), role="judge")
 print("loaded", flush=True)
-run_filter(load_recipe(recipe), Path(run_dir), {"judge": judge})
+recipe = load_recipe(recipe)
+recipe.step("filter").run(StepContext(recipe, Path(run_dir), "filter", {"judge": judge}))
 """
 
 
@@ -125,12 +132,12 @@ def test_killed_mid_judging_resumes_without_repeating_a_call(tmp_path, data_dir,
     child.wait(timeout=60)
     done_before = cached_calls(cache_path)
     assert child.returncode == -signal.SIGKILL, child.stdout.read()[-2000:]
-    assert not (run_dir / "data/filtered/summary.json").exists(), "the child finished before it could be killed"
+    assert not (run_dir / "filter/summary.json").exists(), "the child finished before it could be killed"
     assert 2 <= done_before < 8
 
     # Resume in this process: only the judgments the killed run did not finish reach the model.
     judge = CachedModel(embedded, CallCache(cache_path), role="judge")
-    summary = run_filter(load_recipe(recipe_path), run_dir, {"judge": judge})
+    summary = run_filter(recipe_path, run_dir, judge)
     judged = summary["judge"]["judged"]
     assert judged == 8
     assert judge.usage.calls == judged - done_before and judge.usage.cache_hits == done_before
@@ -138,15 +145,15 @@ def test_killed_mid_judging_resumes_without_repeating_a_call(tmp_path, data_dir,
 
     # An uninterrupted run from scratch keeps exactly the same records with the same ratings.
     fresh_dir = tmp_path / "fresh"
-    (fresh_dir / "data").mkdir(parents=True)
-    os.symlink(run_dir / "data/generated", fresh_dir / "data/generated")
+    fresh_dir.mkdir()
+    os.symlink(run_dir / "generate", fresh_dir / "generate")
     shutil.copy(run_dir / "manifest.json", fresh_dir / "manifest.json")  # its paths are relative to the run
     fresh = CachedModel(embedded, CallCache(tmp_path / "fresh.sqlite"), role="judge")
-    run_filter(load_recipe(recipe_path), fresh_dir, {"judge": fresh})
+    run_filter(recipe_path, fresh_dir, fresh)
 
     def kept(root: Path) -> dict[str, float]:
         return {r.meta.id: r.meta.judge["rating"] for name in ("lamini", "evol")
-                for r in read_jsonl(root / f"data/filtered/{name}.jsonl", Record)}
+                for r in read_jsonl(root / f"filter/{name}.jsonl", Record)}
 
     assert kept(run_dir) == kept(fresh_dir) and len(kept(run_dir)) >= 4
 
@@ -183,12 +190,12 @@ def test_cli_filters_plain_rows_and_several_inputs(tmp_path, data_dir):
     assert summary["contamination"]["checked"] and summary["contamination"]["eval_items"] == 80
 
 
-def test_recipe_filter_section_errors_name_file_line_and_key(tmp_path):
+def test_recipe_filter_step_errors_name_file_line_and_key(tmp_path):
     from bezoar.errors import ConfigError
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("filter:\n  judge:\n    treshold: 7\n  dedup:\n    threshold: 1.5\n")
+    recipe.write_text("steps:\n  - type: filter\n    judge:\n      treshold: 7\n    dedup:\n      threshold: 1.5\n")
     with pytest.raises(ConfigError) as error:
         load_recipe(recipe)
-    assert f"{recipe}:3: filter.judge.treshold: unknown key" in str(error.value)
-    assert f"{recipe}:5: filter.dedup.threshold: " in str(error.value)
+    assert f"{recipe}:4: steps.0.judge.treshold: unknown key" in str(error.value)
+    assert f"{recipe}:6: steps.0.dedup.threshold: " in str(error.value)

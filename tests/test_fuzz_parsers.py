@@ -77,13 +77,15 @@ def _json_line(value) -> str:
 # --- recipes -------------------------------------------------------------------------------------
 
 def _paths(tree, prefix=()):
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            yield prefix + (key,)
-            yield from _paths(value, prefix + (key,))
+    """Every key path of a recipe, into its lists too (the steps, and each step's keys)."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for key, value in items:
+        yield prefix + (key,)
+        yield from _paths(value, prefix + (key,))
 
 
 SHIPPED = {p.name: yaml.safe_load(p.read_text()) for p in sorted((REPO / "recipes").glob("*.yaml"))}
+STEP_TYPES = ["generate", "filter", "sft", "hh_slices", "sft_hh", "preferences", "dpo", "eval", "report", "nosuch", ""]
 
 
 @st.composite
@@ -103,8 +105,11 @@ def mutated_recipes(draw) -> str:
             del parent[where[-1]]
         elif action == "retype":
             parent[where[-1]] = draw(json_values)
-        elif action == "rename":
+        elif action == "rename" and isinstance(parent, dict):
             parent[draw(st.text(min_size=1, max_size=10))] = parent.pop(where[-1])
+        elif action == "rename":  # a list item (a step) has no name of its own: another step type instead
+            parent[where[-1]] = {**parent[where[-1]], "type": draw(st.sampled_from(STEP_TYPES))} \
+                if isinstance(parent[where[-1]], dict) else draw(json_values)
         else:
             parent[where[-1]] = draw(st.sampled_from(["${NOPE}", "${X:-}", "-1", "1e999", "local:/nonexistent",
                                                       "openai:", "anthropic:x@", "", "~", "[", "{a: b}"]))

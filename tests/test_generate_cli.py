@@ -28,8 +28,8 @@ def _env(cache_dir: Path) -> dict:
 
 
 def _orca_recipe(path: Path, max_new_tokens: int) -> Path:
-    path.write_text("generate:\n  orca:\n    mix: {cot: 1, t0: 1}\n"
-                    f"    response_sampling: {{temperature: 0.7, max_new_tokens: {max_new_tokens}}}\n", encoding="utf-8")
+    path.write_text("steps:\n  - type: generate\n    orca:\n      mix: {cot: 1, t0: 1}\n"
+                    f"      response_sampling: {{temperature: 0.7, max_new_tokens: {max_new_tokens}}}\n", encoding="utf-8")
     return path
 
 
@@ -138,3 +138,13 @@ def test_stats_prints_tables_and_writes_json(data_dir, tmp_path):
     printed = json.loads(subprocess.run([BEZOAR, "stats", str(path), "--json", "-"], capture_output=True, text=True,
                                         timeout=120).stdout)
     assert printed == found
+
+
+def test_a_recipe_without_a_generate_step_is_one_line(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - type: report\n")
+    result = subprocess.run([BEZOAR, "generate", "--method", "orca", "--n", "1", "--out", str(tmp_path / "o.jsonl"),
+                             "--recipe", str(recipe)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip() == f"--recipe: {recipe} has no generate step to take settings from"
+    assert not (tmp_path / "o.jsonl").exists()

@@ -1,5 +1,5 @@
 """Each scheme with the real embedded teacher and real seeds: valid records with provenance and lineage,
-top-up past rejections, recorded (never fatal) failures, the licence gate, and the recipe stage."""
+top-up past rejections, recorded (never fatal) failures, the licence gate, and the recipe's generate step."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from bezoar.errors import DataError, LicenceError
 from bezoar.generate.config import EvolConfig, LaMiniConfig, OrcaConfig, SamplingConfig
 from bezoar.generate.runner import GenerationIncomplete
 from bezoar.generate.seeds import read_seeds
-from bezoar.generate.stage import generate, run_generate
+from bezoar.generate.stage import generate
 from bezoar.prompts import scheme, template
 from bezoar.records import Record, read_jsonl
 
@@ -148,43 +148,49 @@ def test_licence_gate_refuses_a_non_commercial_seed_before_loading_anything(data
                  lambda: opened.append(1), "anthropic:claude-2.1", tmp_path / "x.jsonl", require_commercial_use=True)
 
 
-def test_recipe_stage_writes_the_run_layout(local_model, data_dir, tmp_path):
+def test_recipe_step_writes_the_run_layout(local_model, data_dir, tmp_path):
     from bezoar.config import load_recipe
+    from bezoar.steps.base import StepContext
 
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(f"""
 run: {{name: gen, seed: 5, require_commercial_use: true}}
-generate:
-  lamini: {{n: 0}}
-  evol: {{n: 0}}
-  orca:
-    n: 2
-    seeds: ["{data_dir}/seeds/flan/cot_data/strategyqa_train.tsv.gz"]
-    response_sampling: {{temperature: 0.7, max_new_tokens: 16}}
+steps:
+  - type: generate
+    lamini: {{n: 0}}
+    evol: {{n: 0}}
+    orca:
+      n: 2
+      seeds: ["{data_dir}/seeds/flan/cot_data/strategyqa_train.tsv.gz"]
+      response_sampling: {{temperature: 0.7, max_new_tokens: 16}}
 """, encoding="utf-8")
     recipe = load_recipe(recipe_path)
-    summary = run_generate(recipe, tmp_path / "run", {"teacher": local_model})
-    out = tmp_path / "run/data/generated/orca.jsonl"
-    assert list(summary["schemes"]) == ["orca"]
-    assert summary["outputs"] == {"orca": "data/generated/orca.jsonl"}  # handed on relative to the run
-    first = _records(out)
-    assert len(first) == 2 and json.loads((tmp_path / "run/data/generated/orca.generate.json").read_text())["n"] == 2
 
-    again = run_generate(recipe, tmp_path / "run", {"teacher": local_model})["schemes"]["orca"]
+    def run_generate():
+        return recipe.step("generate").run(StepContext(recipe, tmp_path / "run", "generate", {"teacher": local_model}))
+
+    result = run_generate()
+    out = tmp_path / "run/generate/orca.jsonl"
+    assert list(result.details["schemes"]) == ["orca"]
+    assert result.outputs == {"orca": "generate/orca.jsonl"}  # handed on relative to the run
+    first = _records(out)
+    assert len(first) == 2 and json.loads((tmp_path / "run/generate/orca.generate.json").read_text())["n"] == 2
+
+    again = run_generate().details["schemes"]["orca"]
     assert again["new_records"] == 0 and again["usage"]["calls"] == 0 and again["usage"]["cache_hits"] >= 2
 
-    recipe.generate.orca.n = 3  # a bigger n extends the same stream: the first records stay as they were
-    more = run_generate(recipe, tmp_path / "run", {"teacher": local_model})["schemes"]["orca"]
+    recipe.step("generate").orca.n = 3  # a bigger n extends the same stream: the first records stay as they were
+    more = run_generate().details["schemes"]["orca"]
     assert more["new_records"] == 1 and [r.meta.id for r in _records(out)[:2]] == [r.meta.id for r in first]
 
 
-def test_recipe_generate_section_errors_name_file_line_and_key(tmp_path):
+def test_recipe_generate_step_errors_name_file_line_and_key(tmp_path):
     from bezoar.config import load_recipe
     from bezoar.errors import ConfigError
 
     path = tmp_path / "bad.yaml"
-    path.write_text("generate:\n  evol:\n    epochs: 0\n    selektion: per_epoch\n", encoding="utf-8")
+    path.write_text("steps:\n  - type: generate\n    evol:\n      epochs: 0\n      selektion: per_epoch\n", encoding="utf-8")
     with pytest.raises(ConfigError) as caught:
         load_recipe(path)
     lines = str(caught.value).splitlines()
-    assert lines[0].startswith(f"{path}:3: generate.evol.epochs:") and lines[1].startswith(f"{path}:4: generate.evol.selektion: unknown key")
+    assert lines[0].startswith(f"{path}:4: steps.0.evol.epochs:") and lines[1].startswith(f"{path}:5: steps.0.evol.selektion: unknown key")

@@ -8,9 +8,9 @@ from pathlib import Path
 import bezoar
 
 PACKAGE = Path(bezoar.__file__).parent
-LEAVES = {"bezoar.errors", "bezoar.hashing", "bezoar.licences", "bezoar.records", "bezoar.stages",
+LEAVES = {"bezoar.errors", "bezoar.hashing", "bezoar.licences", "bezoar.records",
           "bezoar.config_base", "bezoar.llm.endpoints", "bezoar.llm.spec_syntax", "bezoar.verdicts",
-          "bezoar.intervals"}
+          "bezoar.intervals", "bezoar.private_apis"}
 """What every layer may import; they import nothing above them."""
 
 
@@ -78,6 +78,14 @@ def test_leaves_import_only_leaves():
     graph = import_graph()
     upward = {leaf: sorted(graph[leaf] - LEAVES) for leaf in LEAVES if graph[leaf] - LEAVES}
     assert upward == {}
+
+
+def test_the_model_layer_imports_nothing_above_it():
+    """bezoar.llm (backends, cache, specs) is used by every step; it knows no step, recipe or run."""
+    graph = import_graph()
+    upward = {name: sorted(d for d in deps if not d.startswith("bezoar.llm") and d not in LEAVES)
+              for name, deps in graph.items() if name.startswith("bezoar.llm")}
+    assert {name: deps for name, deps in upward.items() if deps} == {}
 
 
 def test_a_cycle_is_found():

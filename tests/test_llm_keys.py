@@ -110,23 +110,23 @@ def test_the_identity_is_the_same_with_or_without_credentials(monkeypatch):
         assert build_backend(ModelConfig(spec=spec, api_key_env="ROLE_KEY")).identity == bare.identity
     assert ModelConfig(spec="openai:m@http://u:tok-123456@127.0.0.1:8000/v1").model_dump()["spec"] == \
         "openai:m@http://127.0.0.1:8000/v1"
-    # the hand-over to a stage process keeps what the requests need
+    # the hand-over to a step's process keeps what the requests need
     kept = ModelConfig(spec="openai:m@http://u:tok-123456@h/v1").model_dump(mode="json", context={"credentials": True})
     assert kept["spec"] == "openai:m@http://u:tok-123456@h/v1"
 
 
-def test_a_recipe_dumps_and_shows_no_url_credential_but_hands_it_to_a_stage(tmp_path):
+def test_a_recipe_dumps_and_shows_no_url_credential_but_hands_it_to_a_step(tmp_path):
     from bezoar.config import Recipe
 
     secret = f"bz-secret-{uuid.uuid4().hex}"
     recipe_path = tmp_path / "recipe.yaml"
     recipe_path.write_text(f"models:\n  teacher: openai:t@http://user:{secret}@127.0.0.1:8000/v1\n"
-                           f"eval:\n  mt_bench:\n    judge: anthropic:j@http://127.0.0.1:8001?key={secret}\n")
+                           f"steps:\n  - type: eval\n    mt_bench:\n      judge: anthropic:j@http://127.0.0.1:8001?key={secret}\n")
     recipe = load_recipe(recipe_path)
     spec = recipe.models.teacher.spec
     for text in (recipe.model_dump_json(), repr(recipe.model_dump()), repr(recipe), str(recipe.models.teacher),
                  repr(parse_spec(spec)), repr(build_backend(recipe.models.teacher).endpoints)):
         assert secret not in text and "127.0.0.1:800" in text, text
-    handed = recipe.model_dump(mode="json", context={"credentials": True})  # what a stage process gets
+    handed = recipe.model_dump(mode="json", context={"credentials": True})  # what a step's process gets
     again = Recipe.model_validate(handed)
-    assert again.models.teacher.spec == spec and secret in again.eval.mt_bench.judge.spec
+    assert again.models.teacher.spec == spec and secret in again.step("eval").mt_bench.judge.spec

@@ -1,7 +1,8 @@
-"""`bezoar plan`: calls, tokens, cost and wall time per stage and role, before anything runs. The plan's
-call counts are compared with a real run's in tests/test_pipeline.py (the reference run it makes anyway)."""
+"""`bezoar plan`: calls, tokens, cost and wall time per step and role, before anything runs. The plan's
+call counts are compared with a real run's (the smoke reference run, made anyway for tests/test_chaos.py)."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -11,17 +12,32 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recipe_dicts import shipped, step, write
+
 REPO = Path(__file__).resolve().parents[1]
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
 
 
 def recipe_with(tmp_path: Path, data_dir: Path, **models) -> Path:
-    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text().replace("${BEZOAR_DATA:-../shared/data}",
-                                                                                  str(data_dir)))
+    recipe = shipped("tiny", data_dir)
     recipe["models"].update(models)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write(tmp_path / "recipe.yaml", recipe)
+
+
+def planned_teacher(recipe: dict, folder: Path, method: str) -> tuple[int, int]:
+    """(calls, prompt tokens) the plan expects of the teacher for one generate scheme: the recipe planned
+    with every other scheme at n: 0 (a plan line sums a role's calls over the step's schemes)."""
+    from bezoar.config import load_recipe
+    from bezoar.generate.config import METHODS
+    from bezoar.plan import make_plan
+
+    alone = copy.deepcopy(recipe)
+    for other in METHODS:
+        if other != method:
+            step(alone, "generate")[other]["n"] = 0
+    loaded = load_recipe(write(folder / f"only-{method}.yaml", alone))
+    line = next(line for line in make_plan(loaded, ["generate"]).lines if line.role == "teacher")
+    return line.calls, line.prompt_tokens
 
 
 def test_plan_json_of_the_tiny_recipe(data_dir):
@@ -31,7 +47,7 @@ def test_plan_json_of_the_tiny_recipe(data_dir):
                             cwd=REPO, timeout=120, env={**os.environ, "BEZOAR_DATA": str(DATA)})
     assert result.returncode == 0, result.stderr[-3000:]
     plan = json.loads(result.stdout)
-    rows = {(line["stage"], line["role"]): line for line in plan["lines"]}
+    rows = {(line["step"], line["role"]): line for line in plan["lines"]}
     assert set(rows) == {("generate", "teacher"), ("generate", "judge"), ("filter", "judge"),
                          ("eval", "student"), ("eval", "judge")}
     # every record needs at least one teacher call; evol's equality check asks the judge
@@ -59,16 +75,16 @@ def test_cost_and_remote_wall_time_follow_the_recipe(tmp_path, data_dir):
 
 def test_prompt_tokens_are_measured_on_the_seeds(tmp_path, data_dir):
     """Longer seeds make longer prompts: Orca's per-call prompt grows with the seed rows it renders."""
-    from bezoar.config import load_recipe
-    from bezoar.plan import plan_orca
-
-    recipe = load_recipe(recipe_with(tmp_path, data_dir))
-    short = plan_orca(recipe, recipe.generate.orca)[0][2]
+    recipe = shipped("tiny", data_dir)
+    calls, tokens = planned_teacher(recipe, tmp_path, "orca")
+    short = tokens / calls
     padded = tmp_path / "long.jsonl"
     padded.write_text("".join(json.dumps({"inputs": f"Question {i}: " + "why is the sky blue? " * 50,
                                           "targets": "yes"}) + "\n" for i in range(40)))
-    long = plan_orca(recipe, recipe.generate.orca.model_copy(update={
-        "seeds": [recipe.generate.orca.seeds[0].model_copy(update={"path": padded})], "mix": {"other": 1}}))[0][2]
+    orca = step(recipe, "generate")["orca"]
+    orca["seeds"], orca["mix"] = [{"path": str(padded)}], {"other": 1}
+    calls, tokens = planned_teacher(recipe, tmp_path, "orca")
+    long = tokens / calls
     assert short > 20 and long > short + 200  # 50 x 6 words each
 
 
@@ -84,8 +100,8 @@ def test_replay_follows_the_generate_batching():
 def test_status_shows_planned_against_done(tmp_path):
     from bezoar.pipeline_commands import console, show_status
 
-    data = {"run_name": "x", "plan": {"calls_by_stage": {"generate": 40, "filter": 16}},
-            "stages": {"generate": {"status": "done", "usage": {"teacher": {"calls": 30, "cache_hits": 7}}}}}
+    data = {"run_name": "x", "plan": {"calls_by_step": {"generate": 40, "filter": 16}},
+            "steps": {"generate": {"status": "done", "usage": {"teacher": {"calls": 30, "cache_hits": 7}}}}}
     width, console.width = console.width, 200  # every column whole
     try:
         with console.capture() as captured:
@@ -97,7 +113,7 @@ def test_status_shows_planned_against_done(tmp_path):
 
 
 EXACT_TOLERANCE = 0.5
-"""Where a stage's calls follow from the recipe (Orca: one call per seed; the filter judge: one per
+"""Where a step's calls follow from the recipe (Orca: one call per seed; the filter judge: one per
 record; MT-Bench: two turns per question and checkpoint), planned and real calls agree within 50%: at
 n=3 a single rejection moves a count by a third."""
 
@@ -109,33 +125,35 @@ def test_planned_calls_match_a_real_run(smoke_runs):
     (made + cache hits). LaMini and Evol-Instruct depend on the teacher's yields, which the plan assumes
     for a capable teacher: there the 135M teacher may need more calls, never far fewer."""
     data = json.loads((smoke_runs.root / "runs" / "reference" / "manifest.json").read_text())
-    planned = {(line["stage"], line["role"]): line for line in data["plan"]["lines"]}
-    schemes = data["stages"]["generate"]["summary"]["schemes"]
+    planned = {(line["step"], line["role"]): line for line in data["plan"]["lines"]}
+    schemes = data["steps"]["generate"]["result"]["details"]["schemes"]
+    recipe = yaml.safe_load((smoke_runs.root / "reference.yaml").read_text())
+    by_scheme = {m: planned_teacher(recipe, smoke_runs.root, m)[0] for m in ("lamini", "evol", "orca")}
 
     def answered(usage: dict) -> int:
         return usage["calls"] + usage["cache_hits"]
 
-    exact = {"orca": (planned["generate", "teacher"]["by_scheme"]["orca"], answered(schemes["orca"]["usage"])),
-             "filter": (planned["filter", "judge"]["calls"], answered(data["stages"]["filter"]["usage"]["judge"])),
-             "mt_bench": (planned["eval", "judge"]["calls"], answered(data["stages"]["eval"]["usage"]["judge"]))}
+    exact = {"orca": (by_scheme["orca"], answered(schemes["orca"]["usage"])),
+             "filter": (planned["filter", "judge"]["calls"], answered(data["steps"]["filter"]["usage"]["judge"])),
+             "mt_bench": (planned["eval", "judge"]["calls"], answered(data["steps"]["eval"]["usage"]["judge"]))}
     for name, (plan, done) in exact.items():
         assert abs(done - plan) <= EXACT_TOLERANCE * plan, (name, exact)
     # eval's student is left out: the manifest counts the base student's calls only (each checkpoint is a
     # model of its own, outside the run's roles), while the plan counts every checkpoint's answers.
-    assumed = {m: (planned["generate", "teacher"]["by_scheme"][m], answered(schemes[m]["usage"]))
-               for m in ("lamini", "evol")}
+    assumed = {m: (by_scheme[m], answered(schemes[m]["usage"])) for m in ("lamini", "evol")}
+    assert sum(by_scheme.values()) == planned["generate", "teacher"]["calls"]  # the schemes' plans add up
     assert all(done >= plan / 2 for plan, done in assumed.values()), assumed
 
 
-def test_a_partial_run_replans_only_its_stages(tmp_path, data_dir):
+def test_a_partial_run_replans_only_its_steps(tmp_path, data_dir):
     from bezoar.config import load_recipe
     from bezoar.plan import make_plan
 
     recipe = load_recipe(recipe_with(tmp_path, data_dir))
     full = make_plan(recipe).to_json()
     again = make_plan(recipe, ["filter"]).over(full, ["filter"])
-    assert again["calls_by_stage"] == full["calls_by_stage"] and len(again["lines"]) == len(full["lines"])
-    assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_stage"] == {"filter": 16}
+    assert again["calls_by_step"] == full["calls_by_step"] and len(again["lines"]) == len(full["lines"])
+    assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_step"] == {"filter": 16}
 
 
 LISTED = "\n".join(f"{i}. {text}" for i, text in enumerate([
@@ -154,28 +172,28 @@ def test_planned_generate_calls_match_a_run_against_a_loopback_server(tmp_path, 
     """The real LaMini and Orca code against a real HTTP server that answers every call with one numbered
     list (parseable, so the yields are known): planned and made calls agree within EXACT_TOLERANCE."""
     from bezoar.config import load_recipe
-    from bezoar.generate.stage import run_generate
     from bezoar.llm.cache import CallCache
-    from bezoar.stage_process import LazyModels
-    from bezoar.plan import make_plan
+    from bezoar.roles import LazyModels
+    from bezoar.steps.base import StepContext
     from servers import OK_BODY, FaultServer
 
     body = {**OK_BODY, "choices": [{**OK_BODY["choices"][0], "message": {"role": "assistant", "content": LISTED}}]}
     server = FaultServer([], ok_body=body)
     try:
         teacher = {"spec": f"openai:teacher@{server.url}/v1", "licence": "apache-2.0", "max_retries": 0}
-        path = recipe_with(tmp_path, data_dir, teacher=teacher)
-        recipe = yaml.safe_load(path.read_text())
-        recipe["generate"]["evol"]["n"] = 0  # its evolutions would all be one text: duplicates, not a yield
-        recipe["generate"]["lamini"]["n"] = recipe["generate"]["orca"]["n"] = 3
-        path.write_text(yaml.safe_dump(recipe))
-        loaded = load_recipe(path)
-        planned = next(line for line in make_plan(loaded, ["generate"]).lines if line.role == "teacher").by_scheme
-        summary = run_generate(loaded, tmp_path / "run", LazyModels(loaded, CallCache(tmp_path / "calls.sqlite")))
+        recipe = shipped("tiny", data_dir)
+        recipe["models"]["teacher"] = teacher
+        generate = step(recipe, "generate")
+        generate["evol"]["n"] = 0  # its evolutions would all be one text: duplicates, not a yield
+        generate["lamini"]["n"] = generate["orca"]["n"] = 3
+        planned = {m: planned_teacher(recipe, tmp_path, m)[0] for m in ("lamini", "orca")}
+        loaded = load_recipe(write(tmp_path / "recipe.yaml", recipe))
+        models = LazyModels(dict(loaded.models), CallCache(tmp_path / "calls.sqlite"))
+        result = loaded.step("generate").run(StepContext(loaded, tmp_path / "run", "generate", models))
     finally:
         server.close()
-    made = {m: s["usage"]["calls"] for m, s in summary["schemes"].items()}
+    made = {m: s["usage"]["calls"] for m, s in result.details["schemes"].items()}
     assert set(made) == set(planned) == {"lamini", "orca"}
     for method in made:
         assert abs(made[method] - planned[method]) <= EXACT_TOLERANCE * planned[method], (planned, made)
-    assert sum(made.values()) == len(server.seen)  # every call the stage made reached the server once
+    assert sum(made.values()) == len(server.seen)  # every call the step made reached the server once

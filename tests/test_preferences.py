@@ -34,7 +34,7 @@ def test_pairs_from_the_student_follow_the_checkers(data_dir, local_model):
 
     records = _prompts(data_dir, 4)
     judge = CachedModel(local_model.backend, local_model.cache, role="judge")
-    config = PreferencesConfig(enabled=True, k=2, temperature=1.0, max_new_tokens=16, margin=0.5)
+    config = PreferencesConfig(k=2, temperature=1.0, max_new_tokens=16, margin=0.5)
     summary = make_pairs(local_model, judge, records, config, "local", seed=0)
     counts = {k: summary[k] for k in ("pairs", "ties", "all_fail", "unscored")}
     assert sum(counts.values()) == summary["prompts"] == 5
@@ -73,9 +73,11 @@ def test_margin_ties_and_all_fail_are_counted_and_dropped():
 
 
 def test_dpo_data_mix_takes_pairs_in_the_weights_proportion(tmp_path):
+    from bezoar.config import Recipe
     from bezoar.records import ChatMessage, PreferencePair, write_jsonl
+    from bezoar.steps.base import StepContext
+    from bezoar.steps.dpo import dpo_pairs
     from bezoar.train.config import DPOData
-    from bezoar.train.dpo import dpo_pairs
 
     def pair(tag: str) -> PreferencePair:
         return PreferencePair(prompt=[ChatMessage(role="user", content=tag)],
@@ -85,13 +87,15 @@ def test_dpo_data_mix_takes_pairs_in_the_weights_proportion(tmp_path):
     generated = tmp_path / "pairs.jsonl"
     write_jsonl(generated, [pair(f"g{i}") for i in range(10)])
     hh = [pair(f"h{i}") for i in range(50)]
+    recipe = Recipe.model_validate({"steps": [{"type": "preferences"}, {"type": "dpo"}]})
+    context = StepContext(recipe, tmp_path / "run", "dpo")  # a run where the preferences step has not run
     mixed, counts = dpo_pairs(DPOData(source="mix", generated=generated, weights={"hh_rlhf": 1, "generated": 2}),
-                              hh, tmp_path, 0)
+                              hh, context, 0)
     assert counts == {"generated_pairs": 10, "hh_pairs": 5} and len(mixed) == 15
     assert {p.prompt[0].content for p in mixed} == {f"g{i}" for i in range(10)} | {f"h{i}" for i in range(5)}
-    only, counts = dpo_pairs(DPOData(source="generated", generated=generated), hh, tmp_path, 0)
+    only, counts = dpo_pairs(DPOData(source="generated", generated=generated), hh, context, 0)
     assert len(only) == 10 and counts == {"generated_pairs": 10}
-    assert dpo_pairs(DPOData(), hh, tmp_path, 0)[0] is hh
-    with pytest.raises(DataError, match="the preferences stage has not handed on 'pairs'"):
-        dpo_pairs(DPOData(source="generated"), hh, tmp_path, 0)  # no pairs file named, and no stage recorded one
+    assert dpo_pairs(DPOData(), hh, context, 0)[0] is hh
+    with pytest.raises(DataError, match="the step 'preferences' has not handed on 'pairs'.*--from preferences$"):
+        dpo_pairs(DPOData(source="generated"), hh, context, 0)  # no pairs file named, and no step recorded one
     assert json.loads(generated.read_text().splitlines()[0])["prompt"][0]["content"] == "g0"

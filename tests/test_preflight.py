@@ -1,6 +1,6 @@
 """Refuse before spending: `bezoar validate` and the start of `bezoar run` find every problem that needs
 no model call, one `FILE:LINE: key.path: ...` line each, all at once; `bezoar run` probes remote roles
-(real loopback servers) before the first stage."""
+(real loopback servers) before the first step."""
 from __future__ import annotations
 
 import os
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recipe_dicts import shipped, step, without, write
 from servers import FaultServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def test_paper_recipe_is_refused_in_seconds_naming_the_rows_and_the_variable(dat
     assert len(lines) == 1, result.stderr
     line = (REPO / "recipes" / "openbezoar.yaml").read_text().splitlines().index(
         next(t for t in (REPO / "recipes" / "openbezoar.yaml").read_text().splitlines() if "sft_n:" in t)) + 1
-    assert lines[0].startswith(f"recipes/openbezoar.yaml:{line}: sft_hh.data.sft_n: "), lines[0]
+    assert lines[0].startswith(f"recipes/openbezoar.yaml:{line}: steps.3.sft_n: "), lines[0]  # the hh_slices step
     assert f"{data_dir / HH} has 2,312 rows" in lines[0] or f"shared/data/{HH} has 2,312 rows" in lines[0]
     assert "101,000" in lines[0] and "set HH_RLHF to a larger HH-RLHF file" in lines[0]
     assert elapsed < 30  # seconds, not the hours after which sft_hh used to find out
@@ -45,47 +46,44 @@ def test_paper_recipe_is_refused_in_seconds_naming_the_rows_and_the_variable(dat
 
 def test_shipped_tiny_recipe_passes(monkeypatch):
     from bezoar.config import load_recipe
-    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import check_recipe
 
     monkeypatch.chdir(REPO)  # the recipe's data paths are relative to the repository
-    check_recipe(load_recipe(REPO / "recipes" / "tiny.yaml"), Path("recipes/tiny.yaml"), STAGE_NAMES)
+    check_recipe(load_recipe(REPO / "recipes" / "tiny.yaml"), Path("recipes/tiny.yaml"))
 
 
 def test_every_problem_is_one_line_at_its_key(tmp_path, data_dir, monkeypatch):
     """Missing seed, malformed seed, unreachable n, short HH file, missing key, licence: all at once."""
     from bezoar.config import load_recipe
-    from bezoar.stages import STAGE_NAMES
     from bezoar.preflight import Refused, refuse_before_spending
 
     bad_seed = tmp_path / "bad.jsonl"
     bad_seed.write_text('{"instruction": "Name a colour."}\n{"instruction": \n')
     unknown = tmp_path / "mine.jsonl"  # a file the licence registry does not know
     unknown.write_text("".join(f'{{"instruction": "Question {i}?"}}\n' for i in range(5)))
-    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text().replace("${BEZOAR_DATA:-../shared/data}",
-                                                                                  str(data_dir)))
+    recipe = shipped("tiny", data_dir)
     recipe["models"]["judge"] = {"spec": "openai:gpt-4o"}  # api.openai.com needs OPENAI_API_KEY
-    recipe["generate"]["lamini"]["seeds"] = [{"path": str(tmp_path / "missing.jsonl"), "licence": "apache-2.0"},
-                                              {"path": str(bad_seed), "licence": "apache-2.0"}]
-    recipe["generate"]["orca"]["seeds"] = [{"path": str(unknown)}]
-    recipe["generate"]["orca"]["mix"] = {"other": 1}
-    recipe["sft_hh"]["data"]["heldout_n"] = 3000
-    path = tmp_path / "broken.yaml"
-    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    generate = step(recipe, "generate")
+    generate["lamini"]["seeds"] = [{"path": str(tmp_path / "missing.jsonl"), "licence": "apache-2.0"},
+                                   {"path": str(bad_seed), "licence": "apache-2.0"}]
+    generate["orca"]["seeds"] = [{"path": str(unknown)}]
+    generate["orca"]["mix"] = {"other": 1}
+    step(recipe, "hh_slices")["heldout_n"] = 3000
+    path = write(tmp_path / "broken.yaml", recipe)
     text = path.read_text().splitlines()
     line = {key: 1 + next(i for i, t in enumerate(text) if t.strip().startswith(key)) for key in
             ("orca:", "sft_n:", "spec: openai:gpt-4o", "require_commercial_use:")}
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
 
     with pytest.raises(Refused) as caught:
-        refuse_before_spending(load_recipe(path), path, STAGE_NAMES, tmp_path / "run")
+        refuse_before_spending(load_recipe(path), path, load_recipe(path).names(), tmp_path / "run")
     lines = str(caught.value).splitlines()
     said = "\n".join(lines)
-    assert f"generate.lamini.seeds.0: seed file {tmp_path / 'missing.jsonl'} not found" in said
-    assert f"generate.lamini.seeds.1: {bad_seed}:2: not valid JSON" in said
-    assert f"{path}:{line['orca:'] + 1}: generate.orca.n: n=8 cannot be reached: at most 5 records" in said
-    assert f"{path}:{line['sft_n:']}: sft_hh.data.sft_n: sft_n 48 + dpo_n 48 + heldout_n 3,000 needs 3,096" in said
-    assert "has 2,312 rows (2,304 well-formed)" in said and "point sft_hh.data.path at a larger" in said
+    assert f"steps.0.lamini.seeds.0: seed file {tmp_path / 'missing.jsonl'} not found" in said
+    assert f"steps.0.lamini.seeds.1: {bad_seed}:2: not valid JSON" in said
+    assert f"{path}:{line['orca:'] + 1}: steps.0.orca.n: n=8 cannot be reached: at most 5 records" in said
+    assert f"{path}:{line['sft_n:']}: steps.3.sft_n: sft_n 48 + dpo_n 48 + heldout_n 3,000 needs 3,096" in said
+    assert "has 2,312 rows (2,304 well-formed)" in said and "point path at a larger" in said
     assert f"{path}:{line['spec: openai:gpt-4o']}: models.judge.api_key_env: " in said and "OPENAI_API_KEY is not set" in said
     assert f"{path}:{line['require_commercial_use:']}: run.require_commercial_use: " in said and str(unknown) in said
     assert len(lines) == 6 and all(t.startswith(f"{path}:") for t in lines), said
@@ -111,15 +109,34 @@ def test_too_little_disk_is_refused_with_the_numbers(tmp_path, data_dir, monkeyp
     assert "needs about 450 MB (sft 270, sft_hh 90, dpo 90" in message  # sft: 3 data sets x (2 kept + 1) x 30 MB
 
 
+def test_a_step_whose_input_no_step_before_hands_on_is_refused_at_its_type(tmp_path, data_dir):
+    """Handoffs are checked before anything runs: sft_hh without an hh_slices step before it, and a `from:`
+    naming a step that does not make the input, are one line each at the step's `type`."""
+    from bezoar.config import load_recipe
+    from bezoar.preflight import Refused, refuse_before_spending
+
+    recipe = without(shipped("tiny", data_dir), "hh_slices")
+    step(recipe, "dpo")["from"] = "sft"  # sft hands on checkpoints, not the hh_dpo pairs
+    path = write(tmp_path / "gap.yaml", recipe)
+    text = path.read_text().splitlines()
+    line = {kind: 1 + next(i for i, t in enumerate(text) if t.strip() == f"- type: {kind}") for kind in ("sft_hh", "dpo")}
+    loaded = load_recipe(path)
+    with pytest.raises(Refused) as caught:
+        refuse_before_spending(loaded, path, loaded.names(), tmp_path / "run")
+    lines = str(caught.value).splitlines()
+    assert lines == [f"{path}:{line['sft_hh']}: steps.3.type: sft_hh reads 'hh_sft', but no step before it hands it "
+                     "on; add a step that makes it before this one, or fix `from:`",
+                     f"{path}:{line['dpo']}: steps.4.type: dpo reads 'hh_dpo', but the step 'sft' (its `from:`) does "
+                     "not hand it on; add a step that makes it before this one, or fix `from:`"], lines
+    assert not (tmp_path / "run").exists()
+
+
 # --- probes ------------------------------------------------------------------------------------
 
 def probe_recipe(tmp_path: Path, data_dir: Path, teacher: dict) -> Path:
-    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text().replace("${BEZOAR_DATA:-../shared/data}",
-                                                                                  str(data_dir)))
+    recipe = shipped("tiny", data_dir)
     recipe["models"]["teacher"] = {"max_retries": 0, "licence": "apache-2.0", **teacher}
-    path = tmp_path / "probe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
+    return write(tmp_path / "probe.yaml", recipe)
 
 
 @pytest.mark.parametrize("case", ["unauthorised", "unreachable"])
@@ -141,8 +158,8 @@ def test_run_probes_remote_roles_first(tmp_path, data_dir, case):
     if server:
         assert [s["path"] for s in server.seen] == ["/v1/chat/completions"]  # GET /models: 501 here, then 1 token
         assert server.seen[0]["body"]["max_tokens"] == 1
-    assert not (tmp_path / "runs" / "tiny" / "manifest.json").exists()  # no stage started
-    if not server:  # --no-probe: the stage starts and meets the dead endpoint itself
+    assert not (tmp_path / "runs" / "tiny" / "manifest.json").exists()  # no step started
+    if not server:  # --no-probe: the step starts and meets the dead endpoint itself
         skipped = bezoar("run", str(recipe), "--only", "generate", "--no-probe", cwd=tmp_path, env={"PROBE_KEY": secret})
         assert skipped.returncode == 2 and "--no-probe" not in skipped.stderr, skipped.stderr[-3000:]
         assert (tmp_path / "runs" / "tiny" / "manifest.json").exists()

@@ -2,7 +2,7 @@
 
 At the same global batch (1 process x 4 examples, or 2 processes x 2), SFT and DPO follow the same
 loss curve and end with the same adapter; a two-process run whose whole process group is SIGKILLed
-resumes from its checkpoint; `bezoar run` starts the ranks for the sft stage only, and its manifest
+resumes from its checkpoint; `bezoar run` starts the ranks for the sft step only, and its manifest
 (written by the one main process) carries the ranks' summary and memory.
 
 Tolerances. Loss: 1e-4 absolute. In fp32 the two set-ups differ only in reduction order (the
@@ -110,29 +110,30 @@ def sft_one(dolly, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sft_run(dolly, tmp_path_factory) -> Path:
-    """`bezoar run --only sft` with `sft.launch.num_processes: 2` (the pipeline's own stage process)."""
+    """`bezoar run --only sft` with the sft step's `launch.num_processes: 2` (the pipeline's own step process)."""
     from bezoar.config import load_recipe
     from bezoar.pipeline import run
 
     root = tmp_path_factory.mktemp("sft-run")
     source = root / "recipe.yaml"
-    section = {**per_rank(SFT), "launch": {"num_processes": 2}, "datasets": [{"name": "dolly", "path": str(dolly)}]}
-    source.write_text(yaml.safe_dump({"run": {"name": "ddp", "run_dir": str(root / "run")}, "sft": section}))
+    step = {"type": "sft", **per_rank(SFT), "launch": {"num_processes": 2},
+            "datasets": [{"name": "dolly", "path": str(dolly)}]}
+    source.write_text(yaml.safe_dump({"run": {"name": "ddp", "run_dir": str(root / "run")}, "steps": [step]}))
     run(load_recipe(source), source, only="sft")
     return root / "run"
 
 
-def test_sft_stage_in_two_processes_matches_one(sft_one, sft_run):
+def test_sft_step_in_two_processes_matches_one(sft_one, sft_run):
     manifest = json.loads((sft_run / "manifest.json").read_text())
-    record = manifest["stages"]["sft"]
-    assert record["status"] == "done" and list(manifest["stages"]) == ["sft"]
-    step = record["summary"]["steps"][0]
-    assert step["global_step"] == 3 and record["summary"]["launch"]["processes"] == 2
-    ranks = record["summary"]["launch"]["peak_rss_mb"]
-    assert len(ranks) == 2 and all(r > 300 for r in ranks)  # each rank loaded the model
+    record = manifest["steps"]["sft"]
+    assert record["status"] == "done" and list(manifest["steps"]) == ["sft"]
+    step = record["result"]["details"]["runs"][0]
+    assert step["global_step"] == 3 and record["result"]["checkpoints"] == {"sft-1-dolly": "sft/sft-1-dolly"}
+    ranks = record["ranks_peak_rss_mb"]
+    assert len(ranks) == 2 and all(r > 300 for r in ranks)  # two ranks, each loaded the model
     assert record["peak_rss_mb"] >= sum(ranks)  # the manifest counts the ranks, not just the waiting parent
-    assert not list(sft_run.glob(".launch-*"))  # the call and result files are cleaned up
-    out = sft_run / "models/sft-1-dolly"
+    assert not list(sft_run.glob(".call-*"))  # the call and result files are cleaned up
+    out = sft_run / "sft/sft-1-dolly"
     assert "1 threads" in json.loads((out / "summary.json").read_text())["plan"]  # 2 cores shared by 2 ranks
     assert_same_curve_and_adapter(sft_one, out)
 
@@ -142,7 +143,7 @@ def test_killed_process_group_resumes(dolly, sft_run, tmp_path):
     command resumes there and ends where the uninterrupted two-process run ended."""
     out = tmp_path / "adapter"
     args = ("sft", "--data", str(dolly), "--out", str(out), "--num-processes", "2")
-    recipe = {"sft": per_rank(SFT)}
+    recipe = {"steps": [{"type": "sft", **per_rank(SFT)}]}
     process = bezoar(*args, recipe=recipe, tmp=tmp_path, new_session=True)
     deadline = time.time() + TIMEOUT_S
     while not (out / "checkpoint-2" / "trainer_state.json").exists():
@@ -159,7 +160,7 @@ def test_killed_process_group_resumes(dolly, sft_run, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed_from"] == "checkpoint-2" and summary["global_step"] == 3
     assert sorted(losses(out)) == [1, 2, 3]  # nothing repeated or lost
-    assert_same_curve_and_adapter(sft_run / "models/sft-1-dolly", out)
+    assert_same_curve_and_adapter(sft_run / "sft/sft-1-dolly", out)
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +181,7 @@ def test_dpo_in_two_processes_matches_one(short_pairs, tmp_path):
 
     train_dpo("local", read_pairs(short_pairs), tmp_path / "one", DPOStageConfig(**DPO), ref_cache_dir=tmp_path / "r1")
     finish(bezoar("dpo", "--pairs", str(short_pairs), "--out", str(tmp_path / "two"), "--num-processes", "2",
-                  "--ref-cache", str(tmp_path / "r2"), recipe={"dpo": per_rank(DPO)}, tmp=tmp_path))
+                  "--ref-cache", str(tmp_path / "r2"), recipe={"steps": [{"type": "dpo", **per_rank(DPO)}]}, tmp=tmp_path))
     assert abs(losses(tmp_path / "two")[1] - 0.6931) < 1e-3  # policy == reference at step 1 on both ranks
     assert_same_curve_and_adapter(tmp_path / "one", tmp_path / "two")
     assert len(list((tmp_path / "r2").glob("*.json"))) == 1  # one cache file, written by rank 0
@@ -190,6 +191,6 @@ def test_fsdp_config_trains_the_same_on_cpu(dolly, sft_one, tmp_path):
     """recipes/accelerate/fsdp.yaml (FSDP2, one shard per decoder layer) with two CPU processes."""
     out = tmp_path / "fsdp"
     finish(bezoar("sft", "--data", str(dolly), "--out", str(out), "--num-processes", "2",
-                  "--accelerate-config", str(REPO / "recipes/accelerate/fsdp.yaml"), recipe={"sft": per_rank(SFT)},
-                  tmp=tmp_path))
+                  "--accelerate-config", str(REPO / "recipes/accelerate/fsdp.yaml"),
+                  recipe={"steps": [{"type": "sft", **per_rank(SFT)}]}, tmp=tmp_path))
     assert_same_curve_and_adapter(sft_one, out)

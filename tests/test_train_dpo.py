@@ -1,6 +1,6 @@
 """DPO with the embedded SmolLM2 on real HH-RLHF pairs: the loss falls on a tiny over-fit set, the
-reference log-probs are cached and reused, held-out reward accuracy is reported, and the stages
-`sft_hh` → `dpo` chain through the recipe's disjoint HH-RLHF slices."""
+reference log-probs are cached and reused, held-out reward accuracy is reported, and the steps
+`hh_slices` → `sft_hh` → `dpo` chain through disjoint HH-RLHF slices."""
 from __future__ import annotations
 
 import json
@@ -61,28 +61,26 @@ def test_reference_log_probs_are_cached_and_reused(trained, caplog, tmp_path):
     assert sorted((root / "ref").glob("*.json")) == cached  # nothing recomputed
 
 
-def test_sft_hh_then_dpo_stages_use_disjoint_slices(hh_file, tmp_path):
+def test_hh_slices_sft_hh_then_dpo_use_disjoint_slices(hh_file, tmp_path):
     from bezoar.config import Recipe
-    from bezoar.pipeline import Manifest
-    from bezoar.train.dpo import run_dpo
-    from bezoar.train.sft import run_sft_hh
+    from recipe_dicts import run_step
 
-    steps = {**TINY, "max_steps": 1, "max_length": 128}
-    recipe = Recipe.model_validate({
-        "sft": {"datasets": []},
-        "sft_hh": {**steps, "data": {"path": str(hh_file), "sft_n": 4, "dpo_n": 4, "heldout_n": 2}},
-        "dpo": steps})
-    sft = run_sft_hh(recipe, tmp_path)
-    Manifest(tmp_path).update("sft_hh", status="done", summary=sft)  # as the pipeline records a done stage
-    dpo = run_dpo(recipe, tmp_path)
-    slices = {name: [json.loads(line)["meta"]["id"] for line in (tmp_path / f"data/hh/{name}.jsonl").open()]
+    settings = {**TINY, "max_steps": 1, "max_length": 128}
+    recipe = Recipe.model_validate({"steps": [
+        {"type": "hh_slices", "path": str(hh_file), "sft_n": 4, "dpo_n": 4, "heldout_n": 2},
+        {"type": "sft_hh", **settings},
+        {"type": "dpo", **settings}]})
+    hh = run_step(recipe, tmp_path, "hh_slices")
+    sft = run_step(recipe, tmp_path, "sft_hh")
+    dpo = run_step(recipe, tmp_path, "dpo")
+    slices = {name: [json.loads(line)["meta"]["id"] for line in (tmp_path / f"hh_slices/{name}.jsonl").open()]
               for name in ("sft", "dpo", "heldout")}
     assert [len(v) for v in slices.values()] == [4, 4, 2]
     assert not set(slices["sft"]) & set(slices["dpo"]) and not set(slices["heldout"]) & (set(slices["sft"]) | set(slices["dpo"]))
-    info = json.loads((tmp_path / "models/dpo/bezoar-train.json").read_text())
-    assert info["continued_adapter"] == sft["output"] == str(tmp_path / "models/sft-hh")
-    assert dpo["heldout_pairs"] == 2 and dpo["hh_pairs"] == 4
-    # What each stage handed on, by name, relative to the run directory.
-    assert sft["outputs"] == {f"hh_{n}": f"data/hh/{n}.jsonl" for n in ("sft", "dpo", "heldout")}
-    assert sft["checkpoints"] == {"sft-hh": "models/sft-hh"}
-    assert dpo["checkpoints"] == {"dpo": "models/dpo"} and dpo["reference"] == "sft-hh"
+    info = json.loads((tmp_path / "dpo/bezoar-train.json").read_text())
+    assert info["continued_adapter"] == sft.details["output"] == str(tmp_path / "sft_hh")
+    assert dpo.details["heldout_pairs"] == 2 and dpo.counts["hh_pairs"] == 4
+    # What each step handed on, by name, relative to the run directory.
+    assert hh.outputs == {f"hh_{n}": f"hh_slices/{n}.jsonl" for n in ("sft", "dpo", "heldout")}
+    assert sft.checkpoints == {"sft_hh": "sft_hh"}
+    assert dpo.checkpoints == {"dpo": "dpo"} and dpo.reference == "sft_hh"

@@ -1,5 +1,6 @@
-"""The launch plumbing without training: the accelerate command line, the recipe section, the thread
-share of each rank, and the one-line failure when a private TRL/transformers API is out of range."""
+"""The launch plumbing without training: when a step asks for a launch, its recipe keys, the thread share
+of each rank, and the one-line failure when a private TRL/transformers API is out of range (the accelerate
+command line itself: tests/test_processes.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,32 +8,22 @@ import pytest
 from bezoar.errors import BezoarError, ConfigError
 
 
-def test_command_is_the_real_accelerate_launcher(tmp_path):
+def test_launch_settings_ask_for_a_launch_only_when_needed(tmp_path):
     from bezoar.train.config import LaunchSettings
-    from bezoar.train.launch import accelerate_command, wants_launch
 
-    ddp = accelerate_command(LaunchSettings(num_processes=2), tmp_path / "call.json")
-    assert ddp[1:3] == ["-m", "accelerate.commands.launch"] and "--multi_gpu" in ddp
-    assert ddp[ddp.index("--num_processes") + 1] == "2" and ddp[-3:] == ["-m", "bezoar.train.launch",
-                                                                        str(tmp_path / "call.json")]
-    config = tmp_path / "fsdp.yaml"
-    config.write_text("distributed_type: FSDP\n")
-    fsdp = accelerate_command(LaunchSettings(num_processes=2, config_file=config), tmp_path / "call.json")
-    assert fsdp[fsdp.index("--config_file") + 1] == str(config) and "--multi_gpu" not in fsdp
-    with pytest.raises(BezoarError, match="launch.config_file: .*missing.yaml not found"):
-        accelerate_command(LaunchSettings(config_file=tmp_path / "missing.yaml"), tmp_path / "call.json")
-    assert not wants_launch(LaunchSettings()) and wants_launch(LaunchSettings(num_processes=2))
+    assert not LaunchSettings().wanted and LaunchSettings(num_processes=2).wanted
+    assert LaunchSettings(config_file=tmp_path / "fsdp.yaml").wanted  # an FSDP or DeepSpeed config, even on 1
 
 
 def test_launch_section_is_validated_with_its_line(tmp_path):
     from bezoar.config import load_recipe
 
     path = tmp_path / "recipe.yaml"
-    path.write_text("dpo:\n  launch:\n    num_processes: 0\n")
-    with pytest.raises(ConfigError, match=r"recipe.yaml:3: dpo.launch.num_processes"):
+    path.write_text("steps:\n  - type: dpo\n    launch:\n      num_processes: 0\n")
+    with pytest.raises(ConfigError, match=r"recipe.yaml:4: steps.0.launch.num_processes"):
         load_recipe(path)
-    path.write_text("sft:\n  launch: {num_processes: 2, config_file: recipes/accelerate/fsdp.yaml}\n")
-    assert load_recipe(path).sft.launch.num_processes == 2
+    path.write_text("steps:\n  - type: sft\n    launch: {num_processes: 2, config_file: recipes/accelerate/fsdp.yaml}\n")
+    assert load_recipe(path).step("sft").launch.num_processes == 2
 
 
 def test_shipped_accelerate_configs_load():
@@ -55,7 +46,7 @@ def test_ranks_share_the_cores(monkeypatch):
 
 
 def test_private_api_out_of_range_fails_in_one_line(monkeypatch):
-    from bezoar.train import versions
+    from bezoar import private_apis as versions
 
     versions.require.cache_clear()
     monkeypatch.setitem(versions.SUPPORTED, "trl", ("0.1", "0.2"))

@@ -1,5 +1,5 @@
 """SFT with the embedded SmolLM2 on real Dolly answers: loss falls on a tiny over-fit set, the run
-resumes after SIGKILL exactly where it was, stages continue one adapter, and export round-trips."""
+resumes after SIGKILL exactly where it was, the sft step's data sets continue one adapter, and export round-trips."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bezoar.records import ChatMessage, Record, RecordMeta, write_jsonl
+from recipe_dicts import hand_on
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(max_steps=6, per_device_train_batch_size=4, gradient_accumulation_steps=1, warmup_steps=0,
@@ -139,30 +140,29 @@ def test_a_run_killed_while_finishing_takes_no_step_past_max_steps(records_file,
     assert [row["step"] for row in rows if "loss" in row] == [1, 2, 3]
 
 
-def test_sequential_stages_continue_one_adapter(data_dir, tmp_path):
-    """The `sft` stage over two data sets: the second continues the first one's adapter."""
+def test_sequential_data_sets_continue_one_adapter(data_dir, tmp_path):
+    """The `sft` step over two data sets: the second continues the first one's adapter."""
     from safetensors.torch import load_file
 
     from bezoar.config import Recipe
-    from bezoar.train.sft import run_sft
-
-    from bezoar.pipeline import Manifest
+    from bezoar.steps.base import StepContext
 
     run_dir = tmp_path / "run"
-    kept = {name: run_dir / "data/filtered" / f"{name}.jsonl" for name in ("lamini", "evol")}
+    kept = {name: run_dir / "filter" / f"{name}.jsonl" for name in ("lamini", "evol")}
     for (name, path), skip in zip(kept.items(), (0, 8)):
         write_jsonl(path, dolly_records(data_dir, 6, skip))
-    # The pipeline's record of a done filter stage (what sft asks for by name), paths relative to the run.
-    Manifest(run_dir).update("filter", status="done", summary={"outputs": {n: f"data/filtered/{n}.jsonl" for n in kept}})
-    steps = {**TINY, "max_steps": 2, "validation_fraction": 0.34}
-    recipe = Recipe.model_validate({"sft": {**steps, "datasets": ["lamini", "evol"]}})
-    result = run_sft(recipe, run_dir)
-    first, second = (run_dir / "models/sft-1-lamini", run_dir / "models/sft-2-evol")
-    assert result["output"] == str(second)
-    assert result["checkpoints"] == {"sft-1-lamini": "models/sft-1-lamini", "sft-2-evol": "models/sft-2-evol"}
+    # The pipeline's record of a done filter step (what sft asks for by name), paths relative to the run.
+    hand_on(run_dir, "filter", kept)
+    settings = {**TINY, "max_steps": 2, "validation_fraction": 0.34}
+    recipe = Recipe.model_validate({"steps": [{"type": "filter"}, {"type": "sft", **settings,
+                                                                     "datasets": ["lamini", "evol"]}]})
+    result = recipe.step("sft").run(StepContext(recipe, run_dir, "sft"))
+    first, second = (run_dir / "sft/sft-1-lamini", run_dir / "sft/sft-2-evol")
+    assert result.details["runs"][-1]["output"] == str(second)
+    assert result.checkpoints == {"sft-1-lamini": "sft/sft-1-lamini", "sft-2-evol": "sft/sft-2-evol"}
     info = json.loads((second / "bezoar-train.json").read_text())
     assert info["continued_adapter"] == str(first)
-    assert all(step["initial_eval"]["eval_loss"] > 0 for step in result["steps"])
+    assert all(run["initial_eval"]["eval_loss"] > 0 for run in result.details["runs"])
     a, b = load_file(first / "adapter_model.safetensors"), load_file(second / "adapter_model.safetensors")
     assert a.keys() == b.keys() and any(not (a[k] == b[k]).all() for k in a)
 

@@ -85,13 +85,14 @@ def test_bad_training_hyperparameter_is_one_line_with_the_key(tmp_path):
     from bezoar.config import load_recipe
 
     recipe = tmp_path / "bad.yaml"
-    recipe.write_text("sft:\n  learning_rate: -0.1\n  lora:\n    dropout: 1.5\ndpo:\n  beta: 0\n")
+    recipe.write_text("steps:\n  - type: sft\n    learning_rate: -0.1\n    lora:\n      dropout: 1.5\n"
+                      "  - type: dpo\n    beta: 0\n")
     with pytest.raises(ConfigError) as error:
         load_recipe(recipe)
     lines = str(error.value).splitlines()
-    assert lines[0].startswith(f"{recipe}:2: sft.learning_rate: Input should be greater than 0")
-    assert any(line.startswith(f"{recipe}:4: sft.lora.dropout: must be in [0, 1) or 'auto'") for line in lines)
-    assert any(line.startswith(f"{recipe}:6: dpo.beta:") for line in lines)
+    assert lines[0].startswith(f"{recipe}:3: steps.0.learning_rate: Input should be greater than 0")
+    assert any(line.startswith(f"{recipe}:5: steps.0.lora.dropout: must be in [0, 1) or 'auto'") for line in lines)
+    assert any(line.startswith(f"{recipe}:7: steps.1.beta:") for line in lines)
     run = subprocess.run([BEZOAR, "sft", "--data", str(recipe), "--out",
                           str(tmp_path / "o"), "--learning-rate", "-1"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 2 and run.stderr.strip().startswith("--learning-rate: Input should be greater than 0")

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bezoar.cli_options import DeterministicOption, follow_recipe
+from bezoar.cli_options import DeterministicOption
 from bezoar.errors import ConfigError
 
 out = Console()
@@ -206,7 +206,7 @@ def winrate_command(
 ) -> None:
     """Pairwise win rate (both orders) with a length-controlled rate; constraint prompts by checkers."""
     from bezoar.config import ModelConfig
-    from bezoar.evaluate.config import data_path
+    from bezoar.config_base import data_path
     from bezoar.evaluate.winrate import load_prompts, run_winrate
     from bezoar.llm.cache import CallCache, default_cache_path
     from bezoar.llm.specs import open_model
@@ -227,31 +227,34 @@ def winrate_command(
 
 
 @eval_app.command("run")
-def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; evaluates its run directory's checkpoints."),
+def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; runs its eval step(s) over its run directory."),
                 deterministic: bool = DeterministicOption) -> None:
-    """The eval stage alone: the base and every checkpoint the run's manifest records, then the comparison."""
+    """The recipe's eval steps alone (`bezoar run RECIPE --only NAME` for each), then the comparison."""
     from bezoar.config import load_recipe
-    from bezoar.evaluate.runner import run_eval
+    from bezoar.errors import ConfigError
+    from bezoar.pipeline import run
+
     loaded = load_recipe(recipe)
-    follow_recipe(loaded)
-    summary = run_eval(loaded, loaded.run.directory, {})
-    if "comparison" in summary:
-        compare_command(loaded.run.directory)
-    else:
-        out.print("no checkpoints to evaluate")
+    steps = loaded.steps_of("eval")
+    if not steps:
+        raise ConfigError(f"{recipe}: the recipe has no eval step (add `- type: eval` to its steps)")
+    for step in steps:
+        run(loaded, recipe, only=step.name)
+    compare_command(loaded.run.directory)
 
 
 def compare_command(
         run_dir: Path = typer.Argument(..., help="A run directory with eval/ results."),
         only: Optional[str] = typer.Option(None, help="Comma-separated checkpoints, in the order to show them."),
-        json_out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON (default RUN_DIR/eval/comparison.json)."),
+        json_out: Optional[Path] = typer.Option(None, "--out", help="Where to write the JSON (default RUN_DIR/comparison.json)."),
         as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the table."),
 ) -> None:
-    """One table: base vs SFT stages vs HH-SFT vs DPO across every metric, with deltas and intervals."""
-    from bezoar.evaluate.compare import compare, describe_decoding
+    """One table: base vs each trained checkpoint across every metric, with deltas and intervals."""
+    from bezoar.evaluate.compare import compare, describe_decoding, of_run
 
-    names = [c.strip() for c in only.split(",")] if only else None
-    result = compare(run_dir, names, json_out)
+    summaries, order = of_run(run_dir)
+    names = [c.strip() for c in only.split(",")] if only else order
+    result = compare(summaries, names, json_out or run_dir / "comparison.json")
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -268,7 +271,6 @@ def compare_command(
         table.add_row(*cells)
     out.print(table)
     out.print(describe_decoding(result.get("decoding") or {}))
-
 
 
 def _comparison_cell(entry: dict, baseline: str) -> str:

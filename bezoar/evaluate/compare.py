@@ -1,35 +1,26 @@
 """One table of every checkpoint of a run across every metric, with intervals and deltas.
 
-Rows are checkpoints in training order (base, sft-1.., sft-hh, dpo); columns are the metrics found
-under run_dir/eval/{mt_bench,harness,preference,ifeval}/<checkpoint>/summary.json. A delta is against the
-base (and, in the JSON, against the previous checkpoint), computed over the items both scored
-(paired bootstrap), so its interval reflects the change rather than the spread of the items.
+Rows are checkpoints in training order (base, then as the steps trained them); columns are the metrics
+of the evaluation summaries an eval step wrote and recorded in its result (`summaries`: "<kind>/<checkpoint>"
+-> summary.json), never a scan of folders. A delta is against the base (and, in the JSON, against the
+previous checkpoint), computed over the items both scored (paired bootstrap), so its interval reflects
+the change rather than the spread of the items.
 """
 from __future__ import annotations
 
 import json
 import logging
-import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from bezoar.errors import DataError
+from bezoar.handoff import done_results, resolve
 from bezoar.intervals import paired_bootstrap_delta
 from bezoar.records import write_json
 
 log = logging.getLogger(__name__)
 
 KINDS = ("mt_bench", "harness", "preference", "ifeval")
-
-
-def checkpoint_order(name: str) -> tuple:
-    """base < sft-1.. (by number) < sft-hh < dpo < anything else (alphabetical)."""
-    if name == "base":
-        return (0, 0, name)
-    numbered = re.match(r"sft-(\d+)", name)
-    if numbered:
-        return (1, int(numbered.group(1)), name)
-    rank = {"sft-hh": 2, "dpo": 3}.get(name)
-    return (rank, 0, name) if rank else (4, 0, name)
 
 
 def metrics_of(kind: str, summary: dict) -> dict[str, dict]:
@@ -64,31 +55,41 @@ def _cell(value, ci95, items) -> dict:
     return {"value": value, "ci95": ci95, "items": items or {}}
 
 
-def collect(run_dir: Path, only: list[str] | None = None) -> dict[str, dict[str, dict]]:
-    """{checkpoint: {metric: cell}} from every summary under run_dir/eval."""
+def collect(summaries: Mapping[str, str | Path]) -> dict[str, dict[str, dict]]:
+    """{checkpoint: {metric: cell}} from the named summaries ("<kind>/<checkpoint>" -> summary.json)."""
     table: dict[str, dict[str, dict]] = {}
-    for kind in KINDS:
-        for path in sorted((Path(run_dir) / "eval" / kind).glob("*/summary.json")):
-            checkpoint = path.parent.name
-            if only and checkpoint not in only:
-                continue
-            try:
-                summary = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as error:
-                raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
-            table.setdefault(checkpoint, {}).update(metrics_of(kind, summary))
+    for name, path in summaries.items():
+        kind, _, checkpoint = name.partition("/")
+        if not Path(path).is_file():
+            continue  # an evaluation cut short: its summary is written last
+        try:
+            summary = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+        table.setdefault(checkpoint, {}).update(metrics_of(kind, summary))
     return table
 
 
-def compare(run_dir: Path, only: list[str] | None = None, out: Path | None = None,
-            samples: int = 1000, seed: int = 0) -> dict:
-    """The comparison as JSON (written to `out`, default run_dir/eval/comparison.json)."""
-    table = collect(run_dir, only)
-    if not table:
-        raise DataError(f"{run_dir}/eval: no evaluation summaries (run `bezoar eval run` or the eval stage first)")
-    checkpoints = sorted(table, key=checkpoint_order)
-    if only:
-        checkpoints = [c for c in only if c in table]
+def of_run(run_dir: Path) -> tuple[dict[str, str], list[str]]:
+    """(summaries, checkpoint order) of every done eval step of a run, later steps' evaluations winning."""
+    summaries: dict[str, str] = {}
+    order: list[str] = []
+    for result in done_results(run_dir).values():
+        for name, path in (result.get("details") or {}).get("summaries", {}).items():
+            summaries[name] = str(resolve(run_dir, path))
+        order += [c for c in (result.get("details") or {}).get("checkpoints", {}) if c not in order]
+    if not summaries:
+        raise DataError(f"{run_dir}: no done eval step has recorded evaluations (run the recipe's eval step first)")
+    return summaries, order
+
+
+def compare(summaries: Mapping[str, str | Path], order: list[str], out: Path, samples: int = 1000,
+            seed: int = 0) -> dict:
+    """The comparison of the checkpoints in `order` as JSON, also written to `out`."""
+    table = collect(summaries)
+    checkpoints = [c for c in order if c in table]
+    if not checkpoints:
+        raise DataError(f"{out.parent}: no evaluation summaries for {order}")
     metrics = list(dict.fromkeys(m for c in checkpoints for m in table[c]))
     baseline = checkpoints[0]
     rows = []
@@ -105,24 +106,28 @@ def compare(run_dir: Path, only: list[str] | None = None, out: Path | None = Non
                 entry["delta_vs_previous"] = _delta(cell, table[previous].get(metric), samples, seed)
             row["metrics"][metric] = entry
         rows.append(row)
-    result = {"run_dir": str(run_dir), "baseline": baseline, "checkpoints": checkpoints, "metrics": metrics,
-              "rows": rows, "decoding": decoding(run_dir, checkpoints)}
-    write_json(out or Path(run_dir) / "eval" / "comparison.json", result)
+    result = {"baseline": baseline, "checkpoints": checkpoints, "metrics": metrics, "rows": rows,
+              "decoding": decoding(summaries, checkpoints)}
+    write_json(out, result)
     return result
 
 
-def decoding(run_dir: Path, checkpoints: list[str]) -> dict:
+def decoding(summaries: Mapping[str, str | Path], checkpoints: list[str]) -> dict:
     """How the compared answers were decoded: {"mode", "dtype"} when every checkpoint's evaluations agree
     (a comparison's deltas mean something only then), else {"mixed": {checkpoint: [mode/dtype, ...]}}.
     Summaries written before the mode was recorded count as deterministic fp32, the only mode then; remote
-    models decode as their server decides and are left out."""
+    models decode as their server decides and are left out. The eval step re-uses an fp32 summary in either
+    mode (bezoar.evaluate.runner), so fp32 counts as deterministic whichever mode wrote it."""
     found: dict[str, set[tuple[str, str]]] = {}
-    for kind in KINDS:
-        for checkpoint in checkpoints:
-            path = Path(run_dir) / "eval" / kind / checkpoint / "summary.json"
-            seen = json.loads(path.read_text(encoding="utf-8")).get("decoding", LEGACY) if path.exists() else None
-            if seen:  # None: not evaluated, or a remote model (its server decides how it decodes)
-                found.setdefault(checkpoint, set()).add((seen["mode"], seen["dtype"]))
+    for name, path in summaries.items():
+        checkpoint = name.partition("/")[2]
+        if checkpoint not in checkpoints or not Path(path).is_file():
+            continue
+        seen = json.loads(Path(path).read_text(encoding="utf-8")).get("decoding", LEGACY)
+        if seen:  # None: a remote model (its server decides how it decodes)
+            # fp32 decodes batch-invariantly in either mode: a fast-mode fp32 answer is the deterministic one.
+            mode = "deterministic" if seen["dtype"] == "float32" else seen["mode"]
+            found.setdefault(checkpoint, set()).add((mode, seen["dtype"]))
     modes = set().union(*found.values())
     if not modes:
         return {}

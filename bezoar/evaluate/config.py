@@ -2,7 +2,8 @@
 
 Defaults follow the sources: MT-Bench as FastChat's llm_judge runs it, the harness with the Open LLM
 Leaderboard (v1) few-shot settings, preference accuracy on held-out HH-RLHF pairs. Data paths
-default to `${BEZOAR_DATA:-data}/...`, so pointing `BEZOAR_DATA` at a data folder is enough.
+default to `${BEZOAR_DATA:-../shared/data}/...` (bezoar.config_base.data_path), so pointing `BEZOAR_DATA`
+at a data folder is enough.
 """
 from __future__ import annotations
 
@@ -11,16 +12,12 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from bezoar.config_base import ModelConfig, StrictModel, expand_env
-
-
-def data_path(relative: str) -> Path:
-    """`$BEZOAR_DATA/relative` (`data/relative` when the variable is unset)."""
-    return Path(expand_env("${BEZOAR_DATA:-data}")) / relative
+from bezoar.config_base import ModelConfig, StrictModel, data_path
 
 
 class MTBenchConfig(StrictModel):
     enabled: bool = True
+    """Run MT-Bench on every checkpoint."""
     questions: Path = Field(default_factory=lambda: data_path("eval/mt_bench/question.jsonl"))
     """FastChat question.jsonl (80 two-turn questions in 8 categories)."""
     reference_answers: Path | None = Field(
@@ -61,10 +58,12 @@ class MTBenchConfig(StrictModel):
     bootstrap_samples: int = Field(1000, ge=0)
     """Resamples for the 95% intervals (0 disables them)."""
     seed: int = 0
+    """Seed of the bootstrap resampling."""
 
 
 class HarnessConfig(StrictModel):
     enabled: bool = True
+    """Run the LM Evaluation Harness tasks on every checkpoint."""
     tasks: list[str] = Field(default_factory=lambda: ["leaderboard"])
     """`leaderboard` = bezoar's local ARC-Challenge, HellaSwag, TruthfulQA-MC2, MMLU, Winogrande,
     GSM8K (those with data); `bezoar_<task>` one of them; any other name goes to lm-eval's registry."""
@@ -96,14 +95,16 @@ class HarnessConfig(StrictModel):
 
 class PreferenceConfig(StrictModel):
     enabled: bool = True
+    """Score held-out preference pairs by log-likelihood (and DPO's implicit reward)."""
     pairs: Path | None = None
     """HH-RLHF JSONL(.gz) transcripts, or bezoar pair JSONL (prompt/chosen/rejected). None: the
-    held-out slice of `sft_hh.data` that the sft_hh stage hands on (pairs SFT-HH and DPO never train on)."""
+    held-out slice an hh_slices step before it handed on (pairs sft_hh and dpo never train on)."""
     heldout_n: int | None = Field(None, ge=1)
     """Score only the LAST N pairs of the file (split_slices' held-out rule). None: every pair."""
     limit: int | None = Field(None, ge=1)
     """Score only the first N of those pairs (each pair is two forward passes per model)."""
     batch_size: int = Field(8, ge=1)
+    """Pairs per forward pass."""
     max_length: int = Field(1024, ge=16)
     """Tokens per sequence; longer prompts are cut from the left so the reply is always scored whole."""
 
@@ -121,6 +122,7 @@ class IFEvalConfig(StrictModel):
     bootstrap_samples: int = Field(1000, ge=0)
     """Resamples for the instruction-level intervals (prompts are resampled whole)."""
     seed: int = 0
+    """Seed of the bootstrap resampling."""
 
 
 class EvalConfig(StrictModel):

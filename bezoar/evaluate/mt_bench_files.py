@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bezoar.errors import DataError, located
-from bezoar.records import read_jsonl
+from bezoar.records import open_data, read_jsonl
 
 # FastChat llm_judge/common.py: the categories graded against a reference answer, and the
 # answering temperature per category (anything else gets FastChat's default, 0.7).
@@ -121,7 +121,8 @@ def _numbered(path: Path, schema: type[BaseModel] | None):
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    lines = [n for n, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if text.strip()]
+    with open_data(path) as handle:
+        lines = [n for n, text in enumerate(handle, 1) if text.strip()]
     return zip(lines, read_jsonl(path, schema))
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bezoar.cli_options import DeterministicOption, follow_recipe
+from bezoar.errors import ConfigError
 
 console = Console()
 
@@ -46,7 +47,10 @@ def filter_command(
     if recipe:
         loaded = load_recipe(recipe)
         follow_recipe(loaded)
-        config = loaded.filter
+        steps = loaded.steps_of("filter")
+        if not steps:
+            raise ConfigError(f"--recipe: {recipe} has no filter step to take settings from")
+        config = FilterConfig.model_validate(steps[0].model_dump(include=set(FilterConfig.model_fields)))
     changes = {"scoring": scoring, "rule": rule, "threshold": threshold, "keep_fraction": keep_fraction}
     judge_settings = config.judge.model_dump() | {k: v for k, v in changes.items() if v is not None}
     judge_settings["enabled"] = config.judge.enabled and not no_judge

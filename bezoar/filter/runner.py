@@ -24,7 +24,6 @@ from typing import Any
 
 from pydantic import model_validator
 
-from bezoar.config import Recipe
 from bezoar.errors import BezoarError, DataError
 from bezoar.filter import contamination, dedup, heuristics
 from bezoar.filter.calibration import judge_check, near_chance
@@ -33,7 +32,6 @@ from bezoar.failures import FailureLog
 from bezoar.filter.judge import JudgeResult, judge_records
 from bezoar.llm.cache import CachedModel
 from bezoar.records import Record, read_jsonl, write_json, write_jsonl
-from bezoar.stage_outputs import handed_on, required_output
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +113,7 @@ def filter_items(items: list[Item], config: FilterConfig, judge: CachedModel | N
     step("exact_dedup", lambda: _exact(items, config))
     step("near_dedup", lambda: _near(items, config, judge))
     extra = {}
-    step("contamination", lambda: extra.update(_contamination(items, config)))
+    step("contamination", lambda: extra.update(_contamination(items, config, judge)))
     step("judge", lambda: _judge(items, config, judge, progress))
     summary = _summary(items, steps, timings)
     summary["contamination"] = extra
@@ -157,7 +155,7 @@ def _near(items: list[Item], config: FilterConfig, judge: CachedModel | None) ->
     alive = [i for i in items if i.alive]
     texts = [i.record.instruction for i in alive]
     if settings.method == "embedding":
-        graph, similarity = dedup.embedding_graph(texts, _embedding_dir(settings), settings.embedding_threshold)
+        graph, similarity = dedup.embedding_graph(texts, settings.embedding_model, settings.embedding_threshold)
     else:
         graph, similarity = dedup.minhash_graph(texts, settings.threshold, settings.num_perm, settings.shingle_words)
     scores = [_prior_score(i.record) for i in alive]
@@ -173,28 +171,19 @@ def _near(items: list[Item], config: FilterConfig, judge: CachedModel | None) ->
                                 similarity=dup.similarity, method=settings.method)
 
 
-def _embedding_dir(settings) -> Path:
-    if settings.embedding_model is None:
-        raise BezoarError("filter.dedup.method is embedding but filter.dedup.embedding_model is not set: "
-                          "name a local encoder directory (e.g. all-MiniLM-L6-v2), or use method: minhash")
-    return settings.embedding_model
-
-
-def _contamination(items: list[Item], config: FilterConfig) -> dict:
+def _contamination(items: list[Item], config: FilterConfig, judge: CachedModel | None) -> dict:
     settings = config.contamination
     if not settings.enabled or not settings.eval_paths:
         return {"checked": False}
-    index = contamination.build_index(settings.eval_paths, settings.ngram, settings.min_item_words)
+    index = contamination.build_index(settings.eval_paths, settings)
+    alive = [i for i in items if i.alive]
+    screening = contamination.screen([i.record for i in alive], index, settings, judge)
     found = []
-    for item in (i for i in items if i.alive):
-        matches = [{**m, "field": name} for name, text in (("instruction", item.record.instruction),
-                                                            ("response", item.record.response))
-                   for m in index.matches(text)]
+    for item, matches in zip(alive, screening.matches):
         if matches:
             item.reject("contamination", ["contamination"], matches=matches)
             found.append({"id": item.record.meta.id, "matches": matches})
-    return {"checked": True, "eval_items": len(index.items), "ngrams": index.size, "ngram": settings.ngram,
-            "eval_paths": [str(p) for p in settings.eval_paths], "contaminated": found}
+    return {**screening.summary, "eval_paths": [str(p) for p in settings.eval_paths], "contaminated": found}
 
 
 def _judge(items: list[Item], config: FilterConfig, judge: CachedModel | None, progress) -> None:
@@ -309,18 +298,3 @@ def _calibrate(judge: CachedModel, config: FilterConfig) -> dict:
 
 def _rate_text(rate: dict) -> str:
     return "n/a" if rate["value"] is None else f"{rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]"
-
-
-def run_filter(recipe: Recipe, run_dir: Path, models: dict[str, CachedModel]) -> dict:
-    """The recipe stage: the generate stage's records per method → data/filtered/{method}.jsonl (+ rejected,
-    judgments, summary); the kept files are handed on to sft under their method's name."""
-    methods = recipe.generate.enabled_methods()
-    if not methods:  # constraint prompts only
-        return {"skipped": "no generated records to filter (the recipe generates none)", "failed_items": 0}
-    # In name order, as the filter always read them: near-dedup keeps the first record of a cluster.
-    inputs = [required_output(run_dir, "generate", method) for method in sorted(methods)]
-    config: FilterConfig = recipe.filter
-    judge = models.get("judge") if config.judge.enabled or config.dedup.judge_clusters else None
-    summary = run(inputs, Path(run_dir) / "data" / "filtered", config, judge, per_method=True,
-                  max_failure_rate=recipe.run.max_failure_rate)
-    return {**summary, "outputs": handed_on(run_dir, summary["outputs"])}

@@ -28,7 +28,7 @@ def generate_command(
     n: Optional[int] = typer.Option(None, "--n", min=1, help="Records to end with (default: the recipe's, else the paper's count)."),
     teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher model spec (default: the recipe's models.teacher, else local)."),
     judge: Optional[str] = typer.Option(None, "--judge", help="Evol: judge spec for the 'are these prompts equal?' check (no judge: no check)."),
-    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take sampling, counts, seeds and models from this recipe's generate.<method> section."),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="Take sampling, counts, seeds and models from this recipe's first generate step (its <method> keys)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed (default: the recipe's run.seed, else 0)."),
     seed_licence: Optional[str] = typer.Option(None, "--seed-licence", help="Declare the licence of the --seeds files (e.g. apache-2.0)."),
     skip_bad_lines: bool = typer.Option(False, "--skip-bad-lines", help="Skip malformed seed rows (counted) instead of stopping."),
@@ -90,7 +90,10 @@ def _recipe_parts(recipe: Path | None, method: str):
 
     loaded = load_recipe(recipe)
     follow_recipe(loaded)
-    return loaded.generate.scheme(method), loaded.models, loaded.run
+    steps = loaded.steps_of("generate")
+    if not steps:
+        raise ConfigError(f"--recipe: {recipe} has no generate step to take settings from")
+    return steps[0].scheme(method), loaded.models, loaded.run
 
 
 def _print_summary(summary: dict) -> None:

@@ -27,6 +27,7 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(0.8, ge=0, le=2)
     """0 is greedy. The Evol-Instruct authors used 0.8 for everything."""
     top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling: sample from the smallest set of tokens whose probability reaches this."""
     max_new_tokens: int = Field(512, ge=1)
     """Longest reply. Local batches run until their longest member stops, so keep it tight on CPU."""
 
@@ -56,6 +57,7 @@ class SchemeConfig(StrictModel):
     n: int = Field(0, ge=0)
     """Records to generate; the scheme tops up past rejections until it has exactly this many."""
     seeds: list[SeedFile] = Field(default_factory=list)
+    """Seed files (a bare path is shorthand for `{path: ...}`)."""
     batch_size: int = Field(32, ge=1)
     """Work items sent to the teacher per round (records are appended after each round)."""
     max_attempts_per_record: float = Field(10.0, ge=1)
@@ -68,11 +70,13 @@ class LaMiniConfig(SchemeConfig):
     """LaMini-LM (arXiv 2304.14402): new instructions from example instructions or topics, then answers."""
 
     n: int = Field(1504, ge=0)
+    """Records to make (0: off). Default: the size of SurgeGlobal's LaMini-style set."""
     topic_guided_fraction: float = Field(0.5, ge=0, le=1)
     """Share of prompts that add sampled topics (topic-guided) to the examples (example-guided)."""
     examples_per_prompt: int = Field(3, ge=1)
     """Seed instructions shown per prompt (LaMini-LM: 3)."""
     topics_per_prompt: int = Field(3, ge=1)
+    """Topics named in a topic-guided prompt."""
     instructions_per_prompt: int = Field(20, ge=1)
     """How many new instructions each prompt asks for (LaMini-LM: 20)."""
     topics_file: Path | None = None
@@ -80,7 +84,9 @@ class LaMiniConfig(SchemeConfig):
     max_seed_similarity: float = Field(0.7, gt=0, le=1)
     """Drop a new instruction whose word-set Jaccard similarity to a seed or an earlier one reaches this."""
     min_words: int = Field(3, ge=1)
+    """Shortest instruction kept, in words."""
     max_words: int = Field(200, ge=1)
+    """Longest instruction kept, in words (a longer one is usually a list or an essay run together)."""
     instruction_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=1.0, max_new_tokens=512))
     response_sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.7, max_new_tokens=512))
 
@@ -89,6 +95,7 @@ class EvolConfig(SchemeConfig):
     """Evol-Instruct (arXiv 2304.12244) as OpenBezoar ran it on Dolly-15k."""
 
     n: int = Field(2304, ge=0)
+    """Records to make (0: off). Default: the size of SurgeGlobal's Evol-Instruct set."""
     epochs: int = Field(4, ge=1)
     """Evolution rounds M over each pool (WizardLM: 4)."""
     selection: Literal["per_instruction", "per_epoch"] = "per_instruction"
@@ -125,6 +132,7 @@ class OrcaConfig(SchemeConfig):
     """Orca explanation tuning (arXiv 2306.02707) over FLAN tasks with gold targets."""
 
     n: int = Field(5520, ge=0)
+    """Records to make (0: off). Default: the size of SurgeGlobal's Orca-style set."""
     mix: dict[Literal["cot", "niv2", "t0", "flan2021", "other"], float] = {
         "flan2021": 2.5, "t0": 2.0, "niv2": 0.44, "cot": 0.15, "other": 1.0}
     """Sampling weight per FLAN sub-collection, over those present in the seeds (default: Orca's
@@ -145,9 +153,11 @@ class ConstraintsConfig(SchemeConfig):
     bezoar's catalogue of IFEval's 25 instruction types, which lm-eval's checkers verify. No teacher."""
 
     n: int = Field(0, ge=0)
+    """Records to make (0: this scheme is off)."""
     types: list[str] | None = None
     """Instruction ids to draw from (e.g. `punctuation:no_comma`); None is the whole catalogue."""
     min_constraints: int = Field(1, ge=1, le=3)
+    """Fewest verifiable constraints added to a prompt."""
     max_constraints: int = Field(3, ge=1, le=3)
     """Constraints per prompt, drawn uniformly in [min, max] (compatible ones only)."""
 
@@ -160,17 +170,17 @@ class ConstraintsConfig(SchemeConfig):
 
 METHODS = ("lamini", "evol", "orca")
 """The schemes that make instruction/response records, in the recipe's order (also the names the generate
-stage hands their files on under, and the filter its kept records)."""
+step hands their files on under, and the filter step its kept records)."""
 
 
 class GenerateConfig(StrictModel):
-    """The generate stage: writes data/generated/{lamini,evol,orca}.jsonl under the run directory."""
+    """The generate step's settings: one scheme each (a scheme with n: 0 is off)."""
 
     lamini: LaMiniConfig = Field(default_factory=LaMiniConfig)
     evol: EvolConfig = Field(default_factory=EvolConfig)
     orca: OrcaConfig = Field(default_factory=OrcaConfig)
     constraints: ConstraintsConfig = Field(default_factory=ConstraintsConfig)
-    """Written to data/prompts/constraints.jsonl (prompts only: the preferences stage answers them)."""
+    """Constraint prompts (no teacher): handed on as `constraints`, which a preferences step answers."""
 
     def scheme(self, method: str) -> SchemeConfig:
         return getattr(self, method)

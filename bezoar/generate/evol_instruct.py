@@ -131,6 +131,16 @@ class EvolInstruct:
         self._respond(members, evolved, verdicts, prompts, epoch, pool_index, results)
         return results  # type: ignore[return-value]
 
+    def sample_prompts(self, count: int) -> tuple[list[list[dict]], list[list[dict]], list[list[dict]]]:
+        """(evolution, answer, equality-check) conversations for the first `count` seeds, as the run renders
+        them: what the plan measures."""
+        members = [Member(s, self._seed_text(s), s.id) for s in self.order[:count]]
+        draws = [Draw("in_depth", op) for op in self.config.operations] or [Draw("in_breadth", None)]
+        evolve = [self._evolve_prompt(m, draws[i % len(draws)])[0] for i, m in enumerate(members)]
+        answer = [template("evol_instruct", "response").render(instruction=m.text) for m in members]
+        equal = [template("evol_instruct", "equality").render(first=m.text, second=m.text) for m in members]
+        return evolve, answer, equal
+
     def _evolve_prompt(self, member: Member, draw: Draw) -> tuple[list[dict], str]:
         chosen = template("evol_instruct", draw.strategy)
         fields = {"instruction": member.text}

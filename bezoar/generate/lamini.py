@@ -18,7 +18,7 @@ from bezoar.generate.instruction_list import NearCopies, parse_instruction_list
 from bezoar.generate.runner import Batching, Context, Failure, Outcome, Rejection, Wanted, response_problem
 from bezoar.generate.seeds import Seed
 from bezoar.prompts import Template, template, word_list
-from bezoar.records import ChatMessage, Record, RecordMeta
+from bezoar.records import ChatMessage, Record, RecordMeta, open_data
 
 METHOD = "lamini"
 # Replies about the task rather than tasks: "Here are ...", "I will help you ...", "Sure, ...".
@@ -56,8 +56,8 @@ def load_topics(path: Path | None) -> list[str]:
         return list(word_list("topics.txt"))
     if not Path(path).is_file():
         raise DataError(f"{path}: no such topics file")
-    topics = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()
-              if line.strip() and not line.startswith("#")]
+    with open_data(Path(path)) as handle:
+        topics = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
     if not topics:
         raise DataError(f"{path}: the topics file is empty")
     return topics
@@ -68,10 +68,7 @@ class LaMini:
 
     def __init__(self, context: Context, seeds: list[Seed], config: LaMiniConfig):
         self.context, self.config = context, config
-        self.by_source: dict[str, list[Seed]] = {}
-        for seed in seeds:
-            self.by_source.setdefault(seed.source, []).append(seed)
-        self.sources = sorted(self.by_source)
+        self.by_source = by_source(seeds)
         self.topics = load_topics(config.topics_file)
         self.near = NearCopies(config.max_seed_similarity)
         for seed in seeds:
@@ -81,15 +78,7 @@ class LaMini:
 
     def plan(self, index: int) -> Prompt:
         """Prompt `index` of the stream: which mode, examples and topics (drawn from its own RNG)."""
-        rng, config = self.context.rng(METHOD, "prompt", index), self.config
-        mode = "topic_guided" if rng.random() < config.topic_guided_fraction else "example_guided"
-        pool = self.by_source[rng.choice(self.sources)]  # examples from one source, as LaMini-LM does
-        examples = rng.sample(pool, min(config.examples_per_prompt, len(pool)))
-        topics = rng.sample(self.topics, min(config.topics_per_prompt, len(self.topics))) if mode == "topic_guided" else []
-        listed = "\n".join(f"{i}. {_one_line(seed.instruction)}" for i, seed in enumerate(examples, 1))
-        chosen = template(METHOD, mode)
-        conversation = chosen.render(examples=listed, count=str(config.instructions_per_prompt), topics=", ".join(topics))
-        return Prompt(index, mode, examples, topics, chosen, conversation)
+        return draw_prompt(index, self.context.rng(METHOD, "prompt", index), self.config, self.by_source, self.topics)
 
     def outcomes(self, wanted: Wanted) -> Iterator[list[Outcome]]:
         index = 0
@@ -183,6 +172,26 @@ class LaMini:
             licence=self.context.lineage(prompt.examples)).with_id()
 
 
-def _one_line(text: str, limit: int = 300) -> str:
+def draw_prompt(index: int, rng, config: LaMiniConfig, by_source: dict[str, list[Seed]], topics: list[str]) -> Prompt:
+    """An instruction-writing prompt: its mode, examples from one seed source (as LaMini-LM) and topics."""
+    mode = "topic_guided" if rng.random() < config.topic_guided_fraction else "example_guided"
+    pool = by_source[rng.choice(sorted(by_source))]
+    examples = rng.sample(pool, min(config.examples_per_prompt, len(pool)))
+    chosen_topics = rng.sample(topics, min(config.topics_per_prompt, len(topics))) if mode == "topic_guided" else []
+    listed = "\n".join(f"{i}. {one_line(seed.instruction)}" for i, seed in enumerate(examples, 1))
+    chosen = template(METHOD, mode)
+    conversation = chosen.render(examples=listed, count=str(config.instructions_per_prompt),
+                                 topics=", ".join(chosen_topics))
+    return Prompt(index, mode, examples, chosen_topics, chosen, conversation)
+
+
+def by_source(seeds: list[Seed]) -> dict[str, list[Seed]]:
+    grouped: dict[str, list[Seed]] = {}
+    for seed in seeds:
+        grouped.setdefault(seed.source, []).append(seed)
+    return grouped
+
+
+def one_line(text: str, limit: int = 300) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[:limit].rsplit(" ", 1)[0] + " ..."

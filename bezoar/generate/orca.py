@@ -75,6 +75,11 @@ class Orca:
             batching.saw(len(draws), sum(isinstance(o, Record) for o in found))
             yield found
 
+    def sample_conversations(self, count: int) -> list[list[dict]]:
+        """The first `count` candidates' conversations, as the run sends them: what the plan measures."""
+        draws = [d for d in (self._draw(i) for i in range(count)) if d is not None]
+        return [self._conversation(seed, message) for seed, _, message in draws]
+
     def _conversation(self, seed: Seed, message_id: int) -> list[dict]:
         system = self.messages[message_id]
         task = template(METHOD, "task").render(inputs=seed.prompt)

@@ -8,6 +8,7 @@ with exactly the first `n` records of the stream: the same file an uninterrupted
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from bezoar.fingerprint import changed_keys, fingerprint
 from bezoar.errors import BezoarError, DataError
 from bezoar.failures import FailureLog
 from bezoar.hashing import canonical_hash
@@ -91,13 +93,15 @@ class GenerationIncomplete(BezoarError):
 class Meter:
     """The progress bar: records (with rate and ETA), rejections, calls and cache hits."""
 
-    def __init__(self, method: str, n: int, show: bool | None = None):
+    def __init__(self, method: str, n: int, show: bool | None = None, listener: Callable[[int], None] | None = None):
         from tqdm.auto import tqdm
 
         # disable=None: a bar on a terminal, nothing in logs and pipes.
         self.bar = tqdm(total=n, desc=method, unit="rec", disable=None if show is None else not show, dynamic_ncols=True)
         self.rejected = 0
         self.calls = 0
+        self.listener = listener
+        """Told the records done after each update (a pipeline step's progress)."""
 
     def hook(self, finished: int) -> None:
         """Wired into `CachedModel.chat(progress=...)`: counts finished calls as they arrive."""
@@ -109,6 +113,8 @@ class Meter:
         self.rejected += rejections
         self.bar.update(accepted - self.bar.n)
         self._postfix()
+        if self.listener is not None:
+            self.listener(self.bar.n)
 
     def _postfix(self) -> None:
         self.bar.set_postfix(rejected=self.rejected, calls=self.calls, refresh=False)
@@ -213,13 +219,13 @@ class _Progress:
         return records, rejections, failures, rejected
 
 
-def generate_to_file(scheme: Scheme, out: Path, n: int, signature: dict, max_attempts: int, meter: Meter,
+def generate_to_file(scheme: Scheme, out: Path, n: int, basis: dict, max_attempts: int, meter: Meter,
                      usage: Callable[[], dict] = dict, extra: dict | None = None, restart: bool = False,
                      max_failure_rate: float = 0.05, backend: str = "") -> dict:
     """Run `scheme` until `out` holds `n` records (or failed items in their places); returns the summary
     (also written beside `out`). `backend` names the teacher in the failures file."""
     files = OutputFiles(Path(out))
-    _check_signature(files, signature, restart)
+    _check_basis(files, basis, restart)
     state = _Progress(n, *_existing(files))
     failures = FailureLog(files.failed, f"generate {scheme.method}", max_failure_rate).start()
     on_disk = len(state.done)
@@ -235,7 +241,7 @@ def generate_to_file(scheme: Scheme, out: Path, n: int, signature: dict, max_att
                "attempts": state.attempts, "rejected": dict(state.reasons.most_common()), **failures.summary(),
                "output": str(files.records), "rejections_file": str(files.rejected),
                "wall_s": round(time.perf_counter() - started, 2), "usage": usage(), **(extra or {})}
-    write_json(files.state, {"signature": signature, "n": n, "summary": summary})
+    write_json(files.state, {"basis": basis, "fingerprint": fingerprint(basis), "n": n, "summary": summary})
     return summary
 
 
@@ -280,16 +286,13 @@ def _existing(files: OutputFiles) -> tuple[set[str], set[str], set[str]]:
     return done, instructions, rejected
 
 
-def _check_signature(files: OutputFiles, signature: dict, restart: bool) -> None:
-    """Refuse to extend a file made with other settings: it would mix two different streams.
-
-    With `restart` (the pipeline, whose run directory is its own) the old outputs are replaced instead.
+def _check_basis(files: OutputFiles, basis: dict, restart: bool) -> None:
+    """Refuse to extend a file made with other settings (its fingerprint's basis): it would mix two different
+    streams. With `restart` (the pipeline, whose run directory is its own) the old outputs are replaced instead.
     """
     if files.state.exists():
-        import json
-
-        earlier = json.loads(files.state.read_text(encoding="utf-8")).get("signature", {})
-        changed = sorted(k for k in set(earlier) | set(signature) if earlier.get(k) != signature.get(k))
+        earlier = json.loads(files.state.read_text(encoding="utf-8")).get("basis", {})
+        changed = changed_keys(earlier, basis)
         if changed and restart:
             log.warning("%s: settings changed (%s); generating it again", files.records, ", ".join(changed))
             for path in (files.records, files.rejected, files.state, files.failed):
@@ -300,7 +303,7 @@ def _check_signature(files: OutputFiles, signature: dict, restart: bool) -> None
     elif files.records.exists() and files.records.stat().st_size > 0:
         raise DataError(f"{files.records}: exists but has no {files.state.name} beside it, so bezoar cannot tell "
                         "how it was made; write to another --out or move it away")
-    write_json(files.state, {"signature": signature})
+    write_json(files.state, {"basis": basis, "fingerprint": fingerprint(basis)})
 
 
 def _incomplete(method: str, files: OutputFiles, state: _Progress, why: str) -> str:

@@ -1,19 +1,18 @@
-"""The generate stage: licence gate, seeds, teacher, one scheme, resumable output. Used by
-`bezoar generate` (one scheme) and by the pipeline (`run_generate`: every scheme with `n > 0`)."""
+"""Generating one scheme: licence gate, seeds, teacher, resumable output. Used by `bezoar generate`
+and by the generate step (`bezoar.steps.generate`: every scheme with `n > 0`)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-from bezoar.config import Recipe
 from bezoar.errors import ConfigError
 from bezoar.generate.config import METHODS, EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
 from bezoar.generate.runner import Context, Meter, OutputFiles, generate_to_file
 from bezoar.generate.seeds import SeedSet, load_seed_files
 from bezoar.hashing import file_sha256
 from bezoar.licences import dataset_licence, model_licence, require_commercial
-from bezoar.stage_outputs import handed_on
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +28,8 @@ def check_licences(seeds: list[SeedFile], teacher_spec: str, teacher_licence: st
 def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str, out: Path | str,
              seed: int = 0, judge: Any = None, judge_spec: str | None = None,
              require_commercial_use: bool = False, teacher_licence: str | None = None,
-             show_progress: bool | None = None, restart_on_change: bool = False, max_failure_rate: float = 0.05) -> dict:
+             show_progress: bool | None = None, restart_on_change: bool = False, max_failure_rate: float = 0.05,
+             listener: Callable[[int], None] | None = None) -> dict:
     """Generate `config.n` records of one scheme into `out` (resuming it if a run was cut short).
 
     `teacher` and `judge` are CachedModels, or callables returning one: they are opened only after
@@ -63,10 +63,10 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
     judge = getattr(scheme, "judge", None)
     before = context.teacher.usage.copy()
     judge_before = judge.usage.copy() if judge is not None else None
-    meter = Meter(method, config.n, show_progress)
+    meter = Meter(method, config.n, show_progress, listener)
     context.progress = meter.hook
     extra = {"skipped_seed_rows": len(seeds.bad_lines)}
-    summary = generate_to_file(scheme, Path(out), config.n, _signature(method, config, seeds, context.teacher, judge, seed),
+    summary = generate_to_file(scheme, Path(out), config.n, _basis(method, config, seeds, context.teacher, judge, seed),
                                max_attempts=int(config.n * config.max_attempts_per_record) + 1, meter=meter,
                                usage=lambda: context.teacher.usage.minus(before).to_json(), extra=extra,
                                restart=restart_on_change, max_failure_rate=max_failure_rate,
@@ -90,8 +90,9 @@ def _scheme(method: str, context: Context, seeds: SeedSet, config: SchemeConfig)
     return Orca(context, seeds.seeds, config)  # type: ignore[arg-type]
 
 
-def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge, seed: int) -> dict:
-    """What decides the stream of candidates; a file may only be extended by a run with the same."""
+def _basis(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge, seed: int) -> dict:
+    """What decides the stream of candidates (its fingerprint's basis); a file may only be extended by a run
+    with the same."""
     settings = config.model_dump(mode="json", exclude={"n", "batch_size", "max_attempts_per_record", "seeds"})
     files = [{"path": str(s.path), "licence": s.licence, "limit": s.limit, "sha256": file_sha256(Path(s.path))}
              for s in config.seeds]
@@ -99,31 +100,4 @@ def _signature(method: str, config: SchemeConfig, seeds: SeedSet, teacher, judge
             "seed": seed, "settings": settings, "seed_files": files, "seed_rows": len(seeds.seeds)}
 
 
-def run_generate(recipe: Recipe, run_dir: Path, models: dict) -> dict:
-    """The pipeline's generate stage: each scheme with `n > 0` into run_dir/data/generated/<method>.jsonl."""
-    section, teacher_config = recipe.generate, recipe.models.teacher
-    enabled = section.enabled_methods()
-    if recipe.run.require_commercial_use:  # every scheme's seeds pass before any scheme starts
-        for method in enabled:
-            check_licences(section.scheme(method).seeds, teacher_config.spec, teacher_config.licence)
-    results = {}
-    for method in enabled:
-        out = Path(run_dir) / "data" / "generated" / f"{method}.jsonl"
-        # Models are opened lazily (the pipeline's mapping opens on first access): only after the gate,
-        # and the judge only for Evol-Instruct's equality check.
-        judge = (lambda: models["judge"]) if method == "evol" and section.evol.equality_check else None
-        results[method] = generate(method, section.scheme(method), lambda: models["teacher"], teacher_config.spec, out,
-                                   seed=recipe.run.seed, judge=judge, judge_spec=recipe.models.judge.spec,
-                                   teacher_licence=teacher_config.licence, restart_on_change=True,
-                                   max_failure_rate=recipe.run.max_failure_rate)
-    outputs = {m: str(OutputFiles(Path(r["output"])).records) for m, r in results.items()}
-    if section.constraints.n > 0:  # prompts only, outside data/generated: the filter stage never sees them
-        out = Path(run_dir) / "data" / "prompts" / "constraints.jsonl"
-        results["constraints"] = generate("constraints", section.constraints, None, "", out, seed=recipe.run.seed,
-                                          require_commercial_use=recipe.run.require_commercial_use)
-        outputs["constraints"] = str(out)
-    return {"schemes": results, "outputs": handed_on(Path(run_dir), outputs),
-            "failed_items": sum(r["failed_items"] for r in results.values())}
-
-
-__all__ = ["generate", "run_generate", "check_licences", "EvolConfig", "LaMiniConfig", "OrcaConfig"]
+__all__ = ["generate", "check_licences", "EvolConfig", "LaMiniConfig", "OrcaConfig"]

@@ -37,6 +37,13 @@ def call_key(identity: str, sampling: Sampling, messages: Conversation, sample_i
                            "messages": messages, "sample": sample_index})
 
 
+def key_chunks(keys: list[str], size: int = 500):
+    """(chunk, "?,?,...") per at most `size` keys: SQLite limits the bound parameters of one statement."""
+    for start in range(0, len(keys), size):
+        chunk = keys[start:start + size]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def _wal_mode(conn: sqlite3.Connection, patience_s: float = 120) -> None:
     """Switch to WAL. SQLite answers this pragma 'database is locked' at once, without waiting out the
     busy timeout, while another process is switching the same new file (seen with two writers on a
@@ -73,12 +80,14 @@ class CallCache:
             self._local.conn = conn
         return conn
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (autocommit), for tables kept beside the calls (`bezoar.llm.batch_store`)."""
+        return self._connect()
+
     def get_many(self, keys: list[str]) -> dict[str, Reply]:
         found: dict[str, Reply] = {}
         conn = self._connect()
-        for start in range(0, len(keys), 500):  # SQLite's bound-parameter limit
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in key_chunks(keys):
             for key, text in conn.execute(f"SELECT key, reply FROM calls WHERE key IN ({marks})", chunk):
                 found[key] = Reply(**json.loads(text), cached=True)
         return found
@@ -98,9 +107,7 @@ class CallCache:
         if self.retry_failures:
             return {}
         found: dict[str, Reply] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in key_chunks(keys):
             for key, error in self._connect().execute(f"SELECT key, error FROM failures WHERE key IN ({marks})", chunk):
                 found[key] = Reply(text="", finish_reason="error", cached=True, error=error)
         return found
@@ -160,6 +167,11 @@ class CachedModel:
     @property
     def identity(self) -> str:
         return self.backend.identity
+
+    @property
+    def batched(self) -> bool:
+        """Calls go out as provider batches (`batch: true`): one call with every item beats many small ones."""
+        return bool(getattr(self.backend, "batched", False))
 
     def chat(self, conversations: list[Conversation], sampling: Sampling = Sampling(),
              progress: ProgressHook | None = None) -> list[Reply]:

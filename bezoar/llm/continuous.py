@@ -59,7 +59,7 @@ class Decoder:
     def __init__(self, model, tokenizer, device: str, max_batch: int):
         import torch
 
-        from bezoar.train.versions import require
+        from bezoar.private_apis import require
 
         require("transformers", "the continuous-batching decoder (the Cache and DynamicLayer classes, the cache= keyword)")
         self.model, self.tokenizer, self.device, self.max_batch = model, tokenizer, device, max_batch

@@ -30,6 +30,7 @@ from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 VERSION = 1  # bump when the scoring changes, so cached replies are not mistaken for new ones
 RATINGS = tuple(str(r) for r in range(1, 11))
 PAIR_CHOICES = ("A", "B", "C")
+YES_NO = ("yes", "no")
 TOKENS_PER_BATCH = 8192  # padded tokens per forward: ~1 GB of activations for the 135M model
 
 
@@ -177,3 +178,8 @@ def rating_scorer(backend) -> NextTokenScorer | TopLogprobScorer:
 def pair_scorer(backend) -> NextTokenScorer | TopLogprobScorer:
     """The likeliest of [[A]] / [[B]] / [[C]] (tie) after "Verdict: [[" (see judge_pairwise.txt)."""
     return _scorer(backend, "Verdict: [[", PAIR_CHOICES, expected_value=False)
+
+
+def same_question_scorer(backend) -> NextTokenScorer | TopLogprobScorer:
+    """The likelier of [[yes]] / [[no]] after "Same question: [[" (see judge_same_question.txt), with P(yes)."""
+    return _scorer(backend, "Same question: [[", YES_NO, expected_value=False)

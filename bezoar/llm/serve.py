@@ -1,6 +1,7 @@
-"""`bezoar serve`: an OpenAI-compatible chat-completions server over the local backend, which also speaks
-Anthropic's Messages API (`POST /v1/messages`), so that an `anthropic:NAME@http://HOST:PORT` role can be
-rehearsed on this machine.
+"""`bezoar serve`: an OpenAI-compatible server over the local backend (chat completions here; the Responses
+API and legacy completions in `serve_responses`; files and batches in `serve_batches`), which also speaks
+Anthropic's Messages API (`POST /v1/messages`, streamed or not, and Message Batches), so that every remote
+role, batched or not, can be rehearsed on this machine with the official SDKs unchanged.
 
 Requests are continuously batched: each joins the running batch as soon as a slot is free and
 leaves it as soon as it is done (batching is where the speed is on CPU: ~10x one-by-one). Users serve a trained student with it; the judge and MT-Bench stages then talk to it over HTTP.
@@ -23,6 +24,8 @@ from starlette.requests import Request  # at module level: FastAPI resolves the 
 from bezoar.llm.continuous import Decoder, DecodeJob
 from bezoar.llm.local import row_seed
 from bezoar.llm.protocol import Reply, Sampling
+from bezoar.llm.serve_errors import BadRequest, ClientGone, anthropic_error, openai_error, served
+from bezoar.llm.serve_responses import ResponsesRequest, TextCompletionRequest, add_response_routes, respond, text_completion
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +88,8 @@ class MessagesRequest(BaseModel):
     temperature: float = Field(1.0, ge=0, le=1)
     top_p: float = Field(1.0, gt=0, le=1)
     stop_sequences: list[str] | None = None
-    stream: Literal[False] = False
-    """Streaming is not offered: a client that asks for it gets a 400, not a body it cannot read."""
+    stream: bool = False
+    """Server-sent events as Anthropic sends them (`messages.stream`); the text arrives in one delta."""
 
     def conversation(self) -> list[dict]:
         system = [{"role": "system", "content": _text(self.system)}] if self.system else []
@@ -95,15 +98,6 @@ class MessagesRequest(BaseModel):
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_tokens,
                         stop=tuple(self.stop_sequences or ()))
-
-
-class BadRequest(ValueError):
-    """A request the model cannot honour (too long for its context, a conversation its chat template
-    refuses): the client gets a 400 with this message."""
-
-
-class ClientGone(Exception):
-    """The client hung up before its reply was ready (answered with nginx's 499, which nobody reads)."""
 
 
 class QueueSource:
@@ -137,7 +131,7 @@ class Engine:
     prompts: 9.6 s against 11.4 s on average)."""
 
     def __init__(self, backend, batch_size: int):
-        self.backend = backend
+        self.backend, self.batch_size = backend, batch_size
         self.decoder = Decoder(backend.loaded.model, backend.tokenizer, backend.loaded.plan.device, batch_size)
         self.stats = {"requests": 0, "largest_batch": 0}
         self.waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future, list]] = {}
@@ -151,12 +145,13 @@ class Engine:
             self.decoder.run(self.source, self._done)
 
     async def submit(self, conversation: list[dict], sampling: Sampling,
-                     gone: Callable[[], Awaitable[bool]] | None = None) -> list[Reply]:
+                     gone: Callable[[], Awaitable[bool]] | None = None, text: str | None = None) -> list[Reply]:
         """The replies; if `gone()` turns true first (the client hung up), its rows are cancelled
-        and their slots freed at the next token."""
+        and their slots freed at the next token. With `text` (legacy completions), that raw text is the
+        prompt, without the chat template (`conversation` then only seeds sampling)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        prompt = self._encode(conversation, sampling)
+        prompt = self._encode(conversation, sampling, text)
         n = max(1, sampling.n)
         ticket = id(future)
         self.waiting[ticket] = (loop, future, [None] * n)
@@ -175,13 +170,16 @@ class Engine:
                 raise ClientGone()
         return await future
 
-    def _encode(self, conversation: list[dict], sampling: Sampling) -> list[int]:
+    def _encode(self, conversation: list[dict], sampling: Sampling, text: str | None = None) -> list[int]:
         from jinja2 import TemplateError
 
         try:
-            prompt = self.backend.encode(conversation)
+            prompt = self.backend.encode(conversation) if text is None else \
+                self.backend.tokenizer(text, add_special_tokens=False).input_ids
         except TemplateError as error:
             raise BadRequest(f"messages: the model's chat template refuses this conversation ({error})") from None
+        if not prompt:
+            raise BadRequest("prompt: must not be empty")
         if len(prompt) + sampling.max_new_tokens > self.context:
             raise BadRequest(f"max_tokens: the prompt's {len(prompt)} tokens + max_tokens {sampling.max_new_tokens} "
                              f"exceed the model's context of {self.context} tokens")
@@ -204,76 +202,110 @@ def _settle(future: asyncio.Future, replies: list[Reply]) -> None:
         future.set_result(replies)
 
 
+Answer = Callable[[dict], Awaitable[tuple[int, dict]]]
+"""One request body in, (HTTP status, response body) out: what a batch item gets (`bezoar.llm.serve_batches`)."""
+
+
+async def chat_completion(engine: Engine, model_name: str, request: ChatRequest,
+                          gone: Callable[[], Awaitable[bool]] | None = None) -> dict:
+    replies = await engine.submit([m.model_dump() for m in request.messages], request.sampling(), gone)
+    return _completion(replies, model_name)
+
+
+async def anthropic_message(engine: Engine, model_name: str, request: MessagesRequest,
+                            gone: Callable[[], Awaitable[bool]] | None = None) -> dict:
+    replies = await engine.submit(request.conversation(), request.sampling(), gone)
+    return _message(replies[0], model_name)
+
+
+def answerer(request_type: type[BaseModel], answer: Callable, error_body: Callable[..., dict]) -> Callable:
+    """An `Answer` for one API: validates the body as that API does, answers it, shapes errors its way."""
+    from pydantic import ValidationError
+
+    from bezoar.llm.serve_errors import validation_message
+
+    async def run(engine: Engine, model_name: str, body: dict) -> tuple[int, dict]:
+        try:
+            request = request_type.model_validate(body)
+        except ValidationError as error:
+            return 400, error_body(validation_message(error.errors())[1])
+        if getattr(request, "stream", False):
+            return 400, error_body("stream: not available in a batch")
+        try:
+            return 200, await answer(engine, model_name, request)
+        except BadRequest as error:
+            return 400, error_body(str(error))
+        except Exception as error:  # one item's crash is that item's answer, as online
+            return 500, error_body(str(error), "api_error" if error_body is anthropic_error else "server_error")
+
+    return run
+
+
+def answerers(engine: Engine, model_name: str) -> dict[str, Answer]:
+    """Every route a batch may name, as an `Answer`."""
+    routes = {"/v1/chat/completions": answerer(ChatRequest, chat_completion, openai_error),
+              "/v1/completions": answerer(TextCompletionRequest, text_completion, openai_error),
+              "/v1/responses": answerer(ResponsesRequest, respond, openai_error),
+              "/v1/messages": answerer(MessagesRequest, anthropic_message, anthropic_error)}
+    return {path: (lambda body, run=run: run(engine, model_name, body)) for path, run in routes.items()}
+
+
+def anthropic_route(path: str) -> bool:
+    return path.startswith("/v1/messages")
+
+
 def create_app(engine: Engine, model_name: str):
     from fastapi import FastAPI
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response, StreamingResponse
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    from bezoar.llm.serve_batches import add_batch_routes
+    from bezoar.llm.serve_errors import validation_message
 
     app = FastAPI(title="bezoar serve")
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, error: RequestValidationError):
-        problem = error.errors()[0]
-        where = ".".join(str(p) for p in problem["loc"] if p != "body")
-        message = f"{where}: {problem['msg']}" if where else problem["msg"]
-        if request.url.path.endswith("/messages"):  # each API's own error shape
-            return JSONResponse(status_code=400, content={"type": "error", "error": {
-                "type": "invalid_request_error", "message": message}})
-        return JSONResponse(status_code=400, content={"error": {
-            "message": message, "type": "invalid_request_error", "param": where}})
-
-    from starlette.exceptions import HTTPException
+        where, message = validation_message(error.errors())
+        body = anthropic_error(message) if anthropic_route(request.url.path) else openai_error(message, param=where)
+        return JSONResponse(status_code=400, content=body)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, error: HTTPException):
         """A body that is not even JSON (or a wrong path or method) gets the API's error shape too."""
         message, kind = str(error.detail), "invalid_request_error" if error.status_code < 500 else "api_error"
-        if request.url.path.endswith("/messages"):
-            return JSONResponse(status_code=error.status_code, content={"type": "error", "error": {
-                "type": kind, "message": message}})
-        return JSONResponse(status_code=error.status_code, content={"error": {"message": message, "type": kind}})
+        if error.status_code == 404:
+            kind = "not_found_error" if anthropic_route(request.url.path) else "invalid_request_error"
+        body = anthropic_error(message, kind) if anthropic_route(request.url.path) else openai_error(message, kind)
+        return JSONResponse(status_code=error.status_code, content=body)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "owned_by": "bezoar"}]}
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "bezoar"}]}
 
     @app.get("/health")
     async def health():
         """Liveness, plus how well requests are being batched."""
         return {"status": "ok", **engine.stats}
 
+    add_chat_routes(app, engine, model_name)
+    add_response_routes(app, engine, model_name)
+    add_batch_routes(app, answerers(engine, model_name), in_flight=2 * engine.batch_size)
+    return app
+
+
+def add_chat_routes(app, engine: Engine, model_name: str) -> None:
+    """POST /v1/chat/completions (OpenAI) and /v1/messages (Anthropic), each streamed on request."""
     @app.post("/v1/chat/completions")
     async def completions(request: ChatRequest, raw: Request):
-        conversation = [m.model_dump() for m in request.messages]
-        try:
-            replies = await engine.submit(conversation, request.sampling(), raw.is_disconnected)
-        except BadRequest as error:
-            where = str(error).split(":", 1)[0]
-            return JSONResponse(status_code=400, content={"error": {
-                "message": str(error), "type": "invalid_request_error", "param": where}})
-        except ClientGone:
-            return Response(status_code=499)
-        except Exception as error:
-            return JSONResponse(status_code=500, content={"error": {"message": str(error), "type": "server_error"}})
-        body = _completion(replies, model_name)
-        if request.stream:
-            return StreamingResponse(_as_stream(body), media_type="text/event-stream")
-        return body
+        return await served(chat_completion(engine, model_name, request, raw.is_disconnected), openai_error,
+                            _as_stream if request.stream else None)
 
     @app.post("/v1/messages")
     async def messages(request: MessagesRequest, raw: Request):
-        try:
-            replies = await engine.submit(request.conversation(), request.sampling(), raw.is_disconnected)
-        except BadRequest as error:
-            return JSONResponse(status_code=400, content={"type": "error", "error": {
-                "type": "invalid_request_error", "message": str(error)}})
-        except ClientGone:
-            return Response(status_code=499)
-        except Exception as error:
-            return JSONResponse(status_code=500, content={"type": "error", "error": {"type": "api_error", "message": str(error)}})
-        return _message(replies[0], model_name)
-
-    return app
+        return await served(anthropic_message(engine, model_name, request, raw.is_disconnected), anthropic_error,
+                            _as_message_stream if request.stream else None)
 
 
 def _message(reply: Reply, model_name: str) -> dict:
@@ -314,6 +346,25 @@ async def _as_stream(body: dict):
             chunk = {**base, "choices": [{"index": choice["index"], "delta": delta, "finish_reason": reason}]}
             yield f"data: {json.dumps(chunk)}\n\n"
     yield "data: [DONE]\n\n"
+
+
+async def _as_message_stream(message: dict):
+    """Anthropic's event stream for one finished message: message_start, a text block (start, one delta,
+    stop), message_delta with the stop reason and usage, message_stop; each `event: NAME` + `data: JSON`."""
+    text = message["content"][0]["text"]
+    usage = message["usage"]
+    started = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
+               "usage": {"input_tokens": usage["input_tokens"], "output_tokens": 0}}
+    events = [("message_start", {"message": started}),
+              ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+              ("ping", {}),
+              ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": text}}),
+              ("content_block_stop", {"index": 0}),
+              ("message_delta", {"delta": {"stop_reason": message["stop_reason"], "stop_sequence": None},
+                                 "usage": {"output_tokens": usage["output_tokens"]}}),
+              ("message_stop", {})]
+    for name, data in events:
+        yield f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n"
 
 
 def serve(spec: str, host: str = "127.0.0.1", port: int = 8000, batch_size: int = 32, dtype: str = "auto") -> None:

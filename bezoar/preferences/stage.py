@@ -1,4 +1,4 @@
-"""The `preferences` stage: on-policy DPO pairs, verified by program where possible.
+"""On-policy DPO pairs, verified by program where possible: what the `preferences` step makes.
 
 For each prompt the current student (the newest trained checkpoint, else the base) samples k answers
 through the cached, batched backends, so a killed run resumes from the call cache. Each answer gets a
@@ -6,8 +6,8 @@ score in [0, 1]: the share of the prompt's constraints that lm-eval's IFEval che
 for a prompt without constraints, the judge's rating / 10. Chosen = best, rejected = worst, kept only
 when they differ by `margin`; ties and all-fail prompts are counted and dropped.
 
-    run_dir/data/preferences/pairs.jsonl     TRL's prompt/chosen/rejected, with lineage and scores
-    run_dir/data/preferences/dropped.jsonl   every prompt not turned into a pair, with its reason and scores
+    OUT/pairs.jsonl     TRL's prompt/chosen/rejected, with lineage and scores
+    OUT/dropped.jsonl   every prompt not turned into a pair, with its reason and scores
 
 No human preference data is involved: the pairs are as commercially usable as the seeds and the student.
 """
@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.licences import model_licence
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Reply, Sampling
 from bezoar.preferences.config import PreferencesConfig
 from bezoar.records import ChatMessage, Lineage, PreferencePair, Record, read_jsonl, write_json, write_jsonl
-from bezoar.stage_outputs import continued_from, handed_on, output
 
 log = logging.getLogger(__name__)
 
@@ -121,13 +120,19 @@ def _drop_reason(scored: list[tuple[float, Reply]], margin: float) -> str | None
 
 
 def make_pairs(student: CachedModel, judge: CachedModel | None, records: list[Record], config: PreferencesConfig,
-               student_spec: str, seed: int = 0, out_dir: Path | None = None) -> dict:
+               student_spec: str, seed: int = 0, out_dir: Path | None = None,
+               listener: Callable[[int], None] | None = None) -> dict:
     """Sample, score, pair; write pairs.jsonl and dropped.jsonl under out_dir when given. Returns the summary."""
     from tqdm.auto import tqdm
 
     started = time.perf_counter()
     with tqdm(total=len(records), desc=f"preferences: {config.k} answers per prompt", disable=None) as bar:
-        answers = sample_answers(student, records, config, seed, bar.update)
+        def finished(count: int) -> None:
+            bar.update(count)
+            if listener is not None:
+                listener(count)
+
+        answers = sample_answers(student, records, config, seed, finished)
     scores = score_answers(records, answers, judge, config)
     sampling = {"k": config.k, "temperature": config.temperature, "top_p": config.top_p,
                 "max_new_tokens": config.max_new_tokens, "seed": seed}
@@ -144,39 +149,3 @@ def make_pairs(student: CachedModel, judge: CachedModel | None, records: list[Re
     log.info("preferences: %d prompts -> %d pairs (%d ties, %d all-fail, %d unscored)", counts["prompts"],
              counts["pairs"], counts["ties"], counts["all_fail"], counts["unscored"])
     return summary
-
-
-def run_preferences(recipe: Recipe, run_dir: Path, models) -> dict:
-    """The stage contract. The prompts are the generate stage's constraint prompts (or `preferences.prompts`);
-    the student is the newest checkpoint before dpo (sft-hh, else sft-N, else the base)."""
-    config: PreferencesConfig = recipe.preferences
-    if not config.enabled:
-        return {"skipped": "preferences.enabled is false"}
-    run_dir = Path(run_dir)
-    path = config.prompts or output(run_dir, "generate", "constraints")
-    if path is None or not Path(path).exists():
-        raise DataError(f"{path or run_dir}: no constraint prompts (the generate stage hands them on when "
-                        "generate.constraints.n > 0; or set preferences.prompts)")
-    records = load_prompts(path, config.limit)
-    _, current = continued_from(run_dir, "dpo", recipe.models.student.spec)
-    student = _student(recipe, models, current)
-    judge = models["judge"] if config.judge_unconstrained and any(not constraints_of(r)[0] for r in records) else None
-    out_dir = run_dir / "data" / "preferences"
-    summary = make_pairs(student, judge, records, config, current, recipe.run.seed, out_dir)
-    summary.pop("pairs_data")
-    write_json(out_dir / "summary.json", summary)
-    return {**summary, "outputs": handed_on(run_dir, {"pairs": out_dir / "pairs.jsonl"})}
-
-
-def _student(recipe: Recipe, models, current: str) -> CachedModel:
-    """The base student from the run's models, or the trained checkpoint with the student's settings."""
-    if current == recipe.models.student.spec:
-        return models["student"]
-    from bezoar.config import ModelConfig
-
-    config = ModelConfig(**(recipe.models.student.model_dump() | {"spec": f"local:{Path(current).resolve()}"}))
-    if hasattr(models, "open_extra"):  # the pipeline's models: usage and budgets count it as its own role
-        return models.open_extra("student_current", config)
-    from bezoar.llm.specs import open_model
-
-    return open_model(config, role="student_current", cache=models["student"].cache)

@@ -14,20 +14,19 @@ import yaml
 from bezoar.records import Lineage, Record, write_text
 from bezoar.report.run_data import RunData
 
-STAGE_OF_CHECKPOINT = {"sft-hh": "sft_hh", "dpo": "dpo"}
 
 
 def _write(path: Path, front: dict, body: str) -> None:
     write_text(path, f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
 
 
-def _licence_lines(lineage: Lineage) -> str:
+def licence_lines(lineage: Lineage) -> str:
     rows = "\n".join(f"| {s.kind} | {s.name} | {s.licence} | {s.commercial_use.value} |" for s in lineage.sources)
     return (f"**Commercial use: {lineage.commercial_use.value}.**\n\n| kind | name | licence | commercial use |\n"
             f"|---|---|---|---|\n{rows}\n")
 
 
-def _licence_id(lineage: Lineage) -> str:
+def licence_id(lineage: Lineage) -> str:
     licences = {s.licence for s in lineage.sources if s.kind in ("seed", "data")}
     return "cc-by-sa-3.0" if any("sa" in lic for lic in licences) else (licences.pop() if len(licences) == 1 else "other")
 
@@ -40,9 +39,9 @@ def dataset_card(method: str, records: list[Record], data: RunData) -> tuple[dic
     templates = Counter(r.meta.template for r in records)
     ratings = [r.meta.judge.get("rating") for r in records if r.meta.judge and r.meta.judge.get("rating") is not None]
     generated = len(data.generated.get(method, []))
-    front = {"license": _licence_id(lineage), "language": ["en"], "task_categories": ["text-generation"],
+    front = {"license": licence_id(lineage), "language": ["en"], "task_categories": ["text-generation"],
              "tags": ["synthetic", "bezoar", method], "size_categories": ["n<1K" if len(records) < 1000 else "1K<n<10K"]}
-    filter_config = data.manifest.get("recipe", {}).get("filter", {})
+    filter_config = next((s for s in data.manifest.get("recipe", {}).get("steps", []) if s.get("type") == "filter"), {})
     rating = f"{sum(ratings) / len(ratings):.2f}" if ratings else "none recorded"
     body = (f"# {method} (bezoar run {data.manifest.get('run_name', data.run_dir.name)})\n\n"
             f"{len(records)} instruction/response records in the chat `messages` format, kept from {generated} "
@@ -52,15 +51,15 @@ def dataset_card(method: str, records: list[Record], data: RunData) -> tuple[dic
             f"- Filters: heuristics → de-duplication → contamination → LLM judge "
             f"(settings: `{json.dumps(filter_config)[:400]}`)\n"
             f"- Mean judge rating of kept records: {rating}\n")
-    body += "\n\n## Licence lineage\n\n" + _licence_lines(lineage)
+    body += "\n\n## Licence lineage\n\n" + licence_lines(lineage)
     return front, body
 
 
 def model_card(checkpoint: str, data: RunData) -> tuple[dict, str]:
     recipe = data.manifest.get("recipe", {})
     student = recipe.get("models", {}).get("student", {}).get("spec", "local")
-    stage = STAGE_OF_CHECKPOINT.get(checkpoint, "sft")
-    settings = recipe.get(stage, {})
+    stage = data.step_of.get(checkpoint, "?")
+    settings = next((s for s in recipe.get("steps", []) if s.get("name") == stage), {})
     lineage = data.lineage()
     scores = ""
     if data.comparison:
@@ -69,24 +68,25 @@ def model_card(checkpoint: str, data: RunData) -> tuple[dict, str]:
             scores = "\n".join(f"| {m} | {e['value']:.3f} |" for m, e in row["metrics"].items() if e["value"] is not None)
             scores = "| metric | value |\n|---|---|\n" + scores + "\n"
     front = {"library_name": "peft", "base_model": student, "license": "other", "tags": ["bezoar", stage, "lora"]}
-    body = (f"# {checkpoint}\n\nA LoRA adapter from the `{stage}` stage of the bezoar run "
+    body = (f"# {checkpoint}\n\nA LoRA adapter from the `{stage}` step of the bezoar run "
             f"`{data.manifest.get('run_name', data.run_dir.name)}` (the OpenBezoar recipe, arXiv 2404.12195), "
             f"over the base model `{student}`.\n\n## Training\n\n```json\n{json.dumps(settings, indent=1)[:3000]}\n```\n\n"
-            f"## Scores\n\n{scores or 'Not evaluated yet.'}\n\n## Licence lineage\n\n" + _licence_lines(lineage) +
+            f"## Scores\n\n{scores or 'Not evaluated yet.'}\n\n## Licence lineage\n\n" + licence_lines(lineage) +
             "\nLoad it with `peft.AutoPeftModelForCausalLM.from_pretrained(this_dir)`, or merge it with "
             "`bezoar export --adapter this_dir --out DIR`.\n")
     return front, body
 
 
-def write_cards(data: RunData) -> list[Path]:
+def write_cards(data: RunData, out_dir: Path) -> list[Path]:
+    """A data set card per kept set (`OUT/<method>.md`) and a model card per checkpoint (`OUT/<checkpoint>.md`)."""
     written = []
     for method, records in data.kept.items():
-        path = data.run_dir / "data" / "filtered" / "cards" / f"{method}.md"
+        path = out_dir / f"{method}.md"
         _write(path, *dataset_card(method, records, data))
         written.append(path)
     for checkpoint in data.training:
         directory = data.checkpoints[checkpoint]
         if (directory / "adapter_config.json").exists() or (directory / "config.json").exists():
-            _write(directory / "README.md", *model_card(checkpoint, data))
-            written.append(directory / "README.md")
+            _write(out_dir / f"{checkpoint}.md", *model_card(checkpoint, data))
+            written.append(out_dir / f"{checkpoint}.md")
     return written

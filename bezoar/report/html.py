@@ -1,4 +1,4 @@
-"""`bezoar report`: one self-contained report/index.html a team can read (and the stage that writes it).
+"""`bezoar report`: one self-contained report/index.html a team can read (the `report` step writes it).
 
 Plain HTML with figures embedded as data URIs: it opens from disk, attaches to an e-mail, and needs
 no server. A tiny script marks on <body> whether every figure decoded, which the browser test reads.
@@ -13,7 +13,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from bezoar.config import Recipe
 from bezoar.records import Record
 from bezoar.report import figures
 from bezoar.report.run_data import RunData, load
@@ -51,7 +50,7 @@ def figure(uri: str, alt: str) -> dict:
 
 def section_stages(data: RunData) -> dict:
     rows, total, failed = [], 0.0, 0
-    for name, stage in data.manifest.get("stages", {}).items():
+    for name, stage in data.manifest.get("steps", {}).items():
         usage = stage.get("usage", {})
         cost = sum(u.get("cost_usd", 0) for u in usage.values())
         total += cost
@@ -60,7 +59,7 @@ def section_stages(data: RunData) -> dict:
         failed += stage.get("failed_items") or 0
         rows.append([name, stage.get("status", "?"), stage.get("failed_items") or 0, float(stage.get("wall_s") or 0),
                      calls or "-", f"${cost:.2f}"])
-    return {"table": table(["stage", "status", "failed items", "wall s", "calls by role", "cost"], rows),
+    return {"table": table(["step", "status", "failed items", "wall s", "calls by role", "cost"], rows),
             "total": f"{total:.2f}", "failed": failed}
 
 
@@ -158,18 +157,15 @@ def render(data: RunData) -> str:
         lineage=section_lineage(data), training=section_training(data), evaluation=section_evaluation(data))
 
 
-def write_report(run_dir: Path) -> Path:
-    """Write run_dir/report/index.html (atomically) and the data set and model cards; returns the path."""
+def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write OUT/index.html (atomically) and the data set and model cards in OUT/cards (OUT: the report
+    step's folder, RUN_DIR/report by default); returns the page's path."""
     from bezoar.records import write_text
     from bezoar.report.cards import write_cards
 
+    out_dir = Path(out_dir or Path(run_dir) / "report")
     data = load(Path(run_dir))
-    write_cards(data)
-    out = Path(run_dir) / "report" / "index.html"
+    write_cards(data, out_dir / "cards")
+    out = out_dir / "index.html"
     write_text(out, render(data))
     return out
-
-
-def run_report(recipe: Recipe, run_dir: Path, models) -> dict:
-    """The pipeline's last stage."""
-    return {"report": str(write_report(run_dir))}

@@ -1,12 +1,12 @@
-"""Everything the report shows, read from a run directory's plain files (each part optional).
+"""Everything the report shows, read from a run directory's manifest and the files its steps handed on.
 
-    manifest.json                       stages, times, calls, cost, versions, the recipe; and what each
-                                        stage handed on (bezoar.stage_outputs), found by name:
-      generate: <method>                what the teacher made
-      filter: <method>, rejected        what survived; what did not, with every reason
-      sft, sft_hh, dpo: checkpoints     each checkpoint's metrics.jsonl (training and validation
-                                        loss, DPO rewards)
-    eval/comparison.json, eval/mt_bench/<checkpoint>/summary.json
+    manifest.json      steps, times, calls, cost, versions, the recipe, and each done step's result:
+      outputs          records per method (generate: what the teacher made; filter: what survived, and
+                       `rejected`, with every reason), `comparison` (eval)
+      checkpoints      each checkpoint's folder, whose metrics.jsonl has its training and validation
+                       loss (DPO rewards too)
+      lineage          data sets and models a step brought in (HH-RLHF, the student)
+      details          an eval step's summaries (MT-Bench and IFEval by checkpoint)
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bezoar.generate.config import METHODS
+from bezoar.handoff import resolve
+from bezoar.licences import model_licence
 from bezoar.records import Lineage, Record, read_jsonl
-from bezoar.stage_outputs import checkpoints, outputs
+from bezoar.run_state import read_manifest
 
 
 @dataclass
@@ -33,6 +35,10 @@ class RunData:
     comparison: dict | None = None
     mt_bench: dict[str, dict] = field(default_factory=dict)
     ifeval: dict[str, dict] = field(default_factory=dict)
+    step_of: dict[str, str] = field(default_factory=dict)
+    """Checkpoint name -> the step that trained it."""
+    brought_in: list[dict] = field(default_factory=list)
+    """Data sets and models steps brought in (their results' `lineage`)."""
 
     def funnel(self) -> dict[str, Counter]:
         """Per method: generated, each rejection reason (first reason of each record), kept."""
@@ -48,22 +54,16 @@ class RunData:
 
     def lineage(self) -> Lineage:
         """Every seed, teacher and data set that touched the final model, with one verdict."""
-        from bezoar.licences import dataset_licence, model_licence
-
         combined = Lineage()
         for records in self.kept.values():
             for record in records:
                 combined = combined.merged(record.licence) if record.licence.sources else combined
-        recipe = self.manifest.get("recipe", {})
-        student = recipe.get("models", {}).get("student", {})
+        student = self.manifest.get("recipe", {}).get("models", {}).get("student", {})
         if student:
             spec = student.get("spec", "local")
             combined = combined.merged(Lineage.of([(spec, "base", model_licence(spec, student.get("licence")))]))
-        hh = (recipe.get("sft_hh", {}).get("data") or {}).get("path")
-        if hh:
-            name, licence = dataset_licence(hh)
-            combined = combined.merged(Lineage.of([(name, "data", licence)]))
-        return combined
+        brought = [(s["name"], s["kind"], s["licence"]) for s in self.brought_in]
+        return combined.merged(Lineage.of(brought)) if brought else combined
 
 
 def _records(path: Path) -> list[Record]:
@@ -73,29 +73,34 @@ def _records(path: Path) -> list[Record]:
 def load(run_dir: Path) -> RunData:
     run_dir = Path(run_dir)
     data = RunData(run_dir)
-    manifest = run_dir / "manifest.json"
-    if manifest.exists():
-        from bezoar.run_state import read_manifest
-
-        data.manifest = read_manifest(manifest)  # a corrupt one is one line naming it, not a traceback
-    # What the stages handed on (the manifest's record of them), by the names they gave it.
-    generated, filtered = outputs(run_dir, "generate"), outputs(run_dir, "filter")
-    for method in METHODS:
-        if method in generated:
-            data.generated[method] = _records(generated[method])
-        if method in filtered:
-            data.kept[method] = _records(filtered[method])
-    if "rejected" in filtered:
-        data.rejected = _records(filtered["rejected"])
-    data.checkpoints = dict(checkpoints(run_dir))
+    if (run_dir / "manifest.json").exists():
+        data.manifest = read_manifest(run_dir / "manifest.json")  # a corrupt one is one line naming it
+    for name, entry in data.manifest.get("steps", {}).items():
+        if entry.get("status") == "done":
+            _add_result(data, entry.get("result") or {})
+            data.step_of.update({c: name for c in (entry.get("result") or {}).get("checkpoints") or {}})
     for name, directory in data.checkpoints.items():
         if (directory / "metrics.jsonl").exists():  # the training log in every checkpoint's folder
             data.training[name] = list(read_jsonl(directory / "metrics.jsonl", skip_bad=True))
-    comparison = run_dir / "eval" / "comparison.json"
-    if comparison.exists():
-        data.comparison = json.loads(comparison.read_text())
-    for path in sorted((run_dir / "eval" / "mt_bench").glob("*/summary.json")):
-        data.mt_bench[path.parent.name] = json.loads(path.read_text())
-    for path in sorted((run_dir / "eval" / "ifeval").glob("*/summary.json")):
-        data.ifeval[path.parent.name] = json.loads(path.read_text())
     return data
+
+
+def _add_result(data: RunData, result: dict) -> None:
+    """What one done step handed on, by the names it gave it (a later step's sets replace an earlier one's)."""
+    outputs = {name: resolve(data.run_dir, path) for name, path in (result.get("outputs") or {}).items()}
+    funnel = {"generated": data.generated, "kept": data.kept}.get(result.get("funnel") or "")
+    for method in METHODS:
+        if method in outputs and funnel is not None:
+            funnel[method] = _records(outputs[method])
+    if "rejected" in outputs:
+        data.rejected = _records(outputs["rejected"])
+    for name, path in (result.get("checkpoints") or {}).items():
+        data.checkpoints[name] = resolve(data.run_dir, path)
+    data.brought_in += result.get("lineage") or []
+    if "comparison" in outputs and outputs["comparison"].exists():
+        data.comparison = json.loads(outputs["comparison"].read_text(encoding="utf-8"))
+    for name, path in ((result.get("details") or {}).get("summaries") or {}).items():
+        kind_, _, checkpoint = name.partition("/")
+        found = resolve(data.run_dir, path)
+        if kind_ in ("mt_bench", "ifeval") and found.exists():
+            getattr(data, kind_)[checkpoint] = json.loads(found.read_text(encoding="utf-8"))

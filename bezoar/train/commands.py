@@ -13,7 +13,7 @@ from rich.text import Text
 console = Console()
 
 BaseOption = typer.Option("local", "--base", help="Model to train: local, local:PATH, or a model/adapter directory.")
-RecipeOption = typer.Option(None, "--recipe", help="Take the training settings from this recipe's section.")
+RecipeOption = typer.Option(None, "--recipe", help="Take the training settings from this recipe's first step of that type.")
 ProcessesOption = typer.Option(None, "--num-processes", min=1,
                                help="Train in N processes under accelerate launch (one per GPU; gloo on CPU).")
 AccelerateConfigOption = typer.Option(None, "--accelerate-config",
@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
 
 def _settings(section: str, recipe: Path | None, changes: dict):
-    """The recipe's section (or the defaults) with the command-line changes, validated again."""
+    """The recipe's first step of this type (or the defaults) with the command-line changes, validated again."""
     from pydantic import ValidationError
 
     from bezoar.config import load_recipe
@@ -36,8 +36,13 @@ def _settings(section: str, recipe: Path | None, changes: dict):
     from bezoar.train.config import DPOStageConfig, SFTStageConfig
 
     model = {"sft": SFTStageConfig, "dpo": DPOStageConfig}[section]
-    current = getattr(load_recipe(recipe), section) if recipe else model()
-    values = current.model_dump() | {k: v for k, v in changes.items() if v is not None and k != "launch"}
+    steps = load_recipe(recipe).steps_of(section) if recipe else []
+    if recipe and not steps:
+        raise ConfigError(f"--recipe: {recipe} has no {section} step to take settings from")
+    current = steps[0] if steps else model()
+    fields = set(model.model_fields)  # a step's own keys (type, name, from) are no training settings
+    values = {k: v for k, v in current.model_dump().items() if k in fields}
+    values |= {k: v for k, v in changes.items() if v is not None and k != "launch"}
     values["launch"] |= {k: v for k, v in changes.get("launch", {}).items() if v is not None}
     try:
         return model.model_validate(values)
@@ -94,11 +99,11 @@ def _maybe_launched(function: str, launch, workdir: Path, kwargs: dict) -> list[
     """Call `function` here, or on every rank under `accelerate launch` when the settings ask for it."""
     from importlib import import_module
 
-    from bezoar.train.launch import launch_call, wants_launch
+    from bezoar.processes import launched, run_call
 
-    if wants_launch(launch):
+    if launch.wanted and not launched():
         workdir.mkdir(parents=True, exist_ok=True)
-        return launch_call(function, kwargs, launch, workdir)["result"]
+        return run_call(function, kwargs, workdir, launch.num_processes, launch.config_file).result
     module, _, name = function.partition(":")
     return getattr(import_module(module), name)(**kwargs)
 

@@ -102,7 +102,9 @@ class TrainSettings(StrictModel):
     `adamw_bnb_8bit` (paging moves optimizer state between GPU and host memory: CUDA only);
     otherwise `adamw_torch`."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay (the HF Trainer's default, 0)."""
     max_grad_norm: float = Field(1.0, gt=0)
+    """Gradients are clipped to this norm (the HF Trainer's default)."""
     gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute activations in the backward pass: half the memory, ~25% more compute. `auto`: on for
     GPUs and for sequences longer than 512 tokens, off otherwise."""
@@ -162,8 +164,8 @@ class SFTStageConfig(TrainSettings):
 
 
 class HHData(StrictModel):
-    """Which HH-RLHF rows each stage sees. `sft_hh`, `dpo` and the preference evaluation all read
-    this one block (in the `sft_hh` section), so their slices are disjoint by construction."""
+    """Which HH-RLHF rows each step sees. `sft_hh`, `dpo` and the preference evaluation all read the
+    slices of one `hh_slices` step, so they are disjoint by construction."""
 
     path: Path | None = None
     """HH-RLHF JSONL(.gz) with `chosen`/`rejected` transcripts; required when sft_hh or dpo runs."""
@@ -178,7 +180,6 @@ class HHData(StrictModel):
 class SFTHHStageConfig(TrainSettings):
     """SFT on HH-RLHF chosen replies, to move the policy towards HH-RLHF's dialogue before DPO."""
 
-    data: HHData = Field(default_factory=HHData)
     num_train_epochs: float = Field(1.0, gt=0)
     """Paper: one epoch."""
     loss: Literal["assistant", "full"] = "assistant"
@@ -186,12 +187,14 @@ class SFTHHStageConfig(TrainSettings):
 
 
 class DPOData(StrictModel):
-    """Which pairs DPO trains on: HH-RLHF's human preferences, the preferences stage's on-policy
-    pairs, or a mix of both."""
+    """Which pairs DPO trains on: HH-RLHF's human preferences, a preferences step's on-policy pairs,
+    or a mix of both."""
 
     source: Literal["hh_rlhf", "generated", "mix"] = "hh_rlhf"
+    """hh_rlhf: the `hh_dpo` slice an hh_slices step handed on; generated: the `pairs` the nearest
+    preferences step before it handed on (or `generated`); mix: both."""
     generated: Path | None = None
-    """Pair JSONL (prompt/chosen/rejected); None: the pairs the preferences stage handed on."""
+    """Pair JSONL (prompt/chosen/rejected); None: the pairs a preferences step handed on."""
     weights: dict[Literal["hh_rlhf", "generated"], float] = {"hh_rlhf": 1.0, "generated": 1.0}
     """`mix`: pairs drawn in this proportion (every generated pair, HH-RLHF pairs to match, at most all)."""
 
@@ -200,7 +203,7 @@ class DPOStageConfig(TrainSettings):
     """DPO on HH-RLHF pairs, with a LoRA adapter whose reference is the adapter switched off."""
 
     data: DPOData = Field(default_factory=DPOData)
-    """hh_rlhf (sft_hh.data's DPO slice), generated (on-policy pairs), or mix."""
+    """hh_rlhf (the hh_dpo slice), generated (on-policy pairs), or mix."""
 
     beta: float = Field(0.1, gt=0)
     """Strength of the KL pull towards the reference (TRL default 0.1; the paper does not say)."""

@@ -1,4 +1,4 @@
-"""DPO with TRL's DPOTrainer and a LoRA adapter: the `dpo` stage and `bezoar dpo`.
+"""DPO with TRL's DPOTrainer and a LoRA adapter: what the `dpo` step and `bezoar dpo` train with.
 
 The reference model is the policy with its adapter switched off (a new adapter), or a frozen copy
 of the adapter being continued, loaded as peft adapter "ref": never a second copy of the base.
@@ -20,13 +20,10 @@ import json
 import logging
 from pathlib import Path
 
-from bezoar.config import Recipe
 from bezoar.errors import DataError
 from bezoar.records import PreferencePair, write_json
-from bezoar.stage_outputs import continued_from, handed_on, output, required_output
 from bezoar.train.config import DPOStageConfig
 from bezoar.train.examples import prepare_pairs, to_dataset
-from bezoar.train.launch import launch_stage, wants_launch
 from bezoar.train.run import TrainingJob, execute
 
 log = logging.getLogger(__name__)
@@ -59,7 +56,7 @@ def dpo_trainer_class():
     """TRL's DPOTrainer with bezoar's data path, shared-prompt forward and reference cache."""
     import torch
 
-    from bezoar.train.versions import require
+    from bezoar.private_apis import require
 
     require("trl", "bezoar's DPO trainer (_prepare_dataset, _precompute_ref_logps)")
     require("transformers", "bezoar's DPO trainer (config._attn_implementation)")
@@ -193,43 +190,3 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
               out_dir=Path(out_dir), settings=settings, sample=sample, after_training=_heldout_metrics(heldout or []),
               trainer_kwargs={"ref_cache": cache, "shared_prompt": settings.shared_prompt})
     return execute(job, dpo_trainer_class(), dpo_arguments)
-
-
-def run_dpo(recipe: Recipe, run_dir: Path, models: dict | None = None) -> dict:
-    """The `dpo` stage: DPO on the pairs `dpo.data` names (the HH-RLHF slice sft_hh hands on, the
-    preferences stage's pairs, or both), from the newest checkpoint before it."""
-    if wants_launch(recipe.dpo.launch):  # this process only starts the ranks and waits
-        return launch_stage("bezoar.train.dpo:run_dpo", recipe, Path(run_dir), recipe.dpo.launch)
-    run_dir = Path(run_dir)
-    data = recipe.dpo.data
-    hh = _read_pairs(required_output(run_dir, "sft_hh", "hh_dpo")) if data.source != "generated" else []
-    heldout = output(run_dir, "sft_hh", "hh_heldout")  # TRL's reward accuracy on them after training
-    pairs, counts = dpo_pairs(data, hh, run_dir, recipe.dpo.seed)
-    reference, base = continued_from(run_dir, "dpo", recipe.models.student.spec)
-    out = run_dir / "models" / "dpo"
-    summary = train_dpo(base, pairs, out, recipe.dpo, heldout=_read_pairs(heldout) if heldout else [],
-                        ref_cache_dir=run_dir / "data" / "hh" / "ref-logps")
-    # The reference by checkpoint name ("base": the student), which eval's implicit reward needs.
-    return {**summary, **counts, "checkpoints": handed_on(run_dir, {"dpo": out}), "reference": reference}
-
-
-def _read_pairs(path: Path) -> list[PreferencePair]:
-    from bezoar.records import read_jsonl
-
-    return list(read_jsonl(path, PreferencePair))
-
-
-def dpo_pairs(data, hh: list[PreferencePair], run_dir: Path, seed: int) -> tuple[list[PreferencePair], dict]:
-    """`dpo.data`: the HH-RLHF slice, the generated pairs, or both in the weights' proportion (shuffled)."""
-    import random
-
-    if data.source == "hh_rlhf":
-        return hh, {"hh_pairs": len(hh)}
-    generated = _read_pairs(data.generated or required_output(run_dir, "preferences", "pairs"))
-    if data.source == "generated":
-        return generated, {"generated_pairs": len(generated)}
-    share = data.weights.get("hh_rlhf", 0.0) / max(data.weights.get("generated", 0.0), 1e-9)
-    taken = hh[:min(len(hh), round(len(generated) * share))]
-    mixed = generated + taken
-    random.Random(seed).shuffle(mixed)
-    return mixed, {"generated_pairs": len(generated), "hh_pairs": len(taken)}

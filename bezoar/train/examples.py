@@ -45,7 +45,7 @@ def read_conversations(path: Path) -> tuple[list[PromptCompletion], list[str]]:
     """(prompt, completion) pairs from a Record/messages JSONL file, and the reasons for bad lines."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path}: no such file (run the stage that writes it, or give another path)")
+        raise DataError(f"{path}: no such file (run the step that writes it, or give another path)")
     found, bad = [], []
     with open_data(path) as handle:
         for number, line in enumerate(handle, 1):

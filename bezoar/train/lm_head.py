@@ -31,7 +31,7 @@ def install_compact_head(model, outputs: tuple[str, ...]) -> bool:
     """Wrap the TRL-patched forward of `model` (the base model, not the PeftModel). False if skipped."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-    from bezoar.train.versions import require
+    from bezoar.private_apis import require
 
     require("trl", "bezoar's compact LM head (trl.kernels.ChunkedLogProbFunction, FusedCausalLMOutput)")
 

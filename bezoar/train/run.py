@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bezoar.hashing import canonical_hash
+from bezoar.fingerprint import fingerprint, record, recorded
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
 from bezoar.train.examples import Prepared
-from bezoar.train.launch import is_main_process
+from bezoar.processes import is_main_process
 from bezoar.train.metrics import (MetricsLog, SharedCores, best_metrics, last_complete_checkpoint, quiet,
                                   tensorboard_callback, trim_metrics)
 from bezoar.train.student import BaseWeights, TrainPlan, attach_adapter, load_model, plan_training
@@ -55,27 +55,27 @@ class TrainingJob:
         digest = hashlib.sha256()
         for row in self.prepared.train + [{"validation": True}] + self.prepared.validation:
             digest.update(json.dumps(row, sort_keys=True).encode())
-        return canonical_hash({"kind": self.kind, "loss": self.loss, "settings": self.settings.model_dump(mode="json"),
-                               "base": self.weights.identity, "data": digest.hexdigest()})[:16]
+        return fingerprint({"kind": self.kind, "loss": self.loss, "settings": self.settings,
+                            "base": self.weights.identity, "data": digest.hexdigest()})[:16]
 
 
 def execute(job: TrainingJob, trainer_class, kind_arguments: Callable[[TrainingJob], dict]) -> dict:
     """Run `job` to completion (or return its existing summary when it is already done)."""
     out = job.out_dir
-    fingerprint = job.fingerprint()
-    done = _read(out / SUMMARY)
-    if done.get("fingerprint") == fingerprint:
+    print_ = job.fingerprint()
+    done = recorded(out / SUMMARY, print_)
+    if done is not None:
         log.info("%s: already trained (%s), skipping", job.stage, out)
         return done
     longest = max(len(r.get("input_ids", ())) or r.get("length", 0) for r in job.prepared.train)
     job.plan = plan_training(job.settings, longest, job.kind)
     log.info("%s: %s", job.stage, job.plan.describe())
     _check_template(job)
-    checkpoint = _resume_point(job, fingerprint)
+    checkpoint = _resume_point(job, print_)
     trainer = _build_trainer(job, trainer_class, kind_arguments)
     info = _read(out / TRAIN_INFO) if checkpoint else {}
     if not checkpoint:
-        info = _train_info(job, fingerprint)
+        info = _train_info(job, print_)
         if job.prepared.validation:  # eval loss before any step: the baseline SFT must beat
             info["initial_eval"] = _plain(trainer.evaluate())
         if trainer.is_world_process_zero():
@@ -177,7 +177,7 @@ def _mended(trainer_class):
       (found by benchmarks/bench_ddp.py: with 24 examples the loss curves parted at step 1)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from bezoar.train.versions import require
+    from bezoar.private_apis import require
 
     require("transformers", "bezoar's trainer mends (Trainer._run_epoch, Trainer._get_train_sampler)")
 
@@ -230,7 +230,7 @@ def _finish(job: TrainingJob, trainer, info: dict, result, seconds: float, resum
         write_json(out / TRAIN_INFO, {**info, "finished": True})
         for checkpoint in out.glob("checkpoint-*"):
             shutil.rmtree(checkpoint, ignore_errors=True)
-        write_json(out / SUMMARY, summary)  # last: marks the run done
+        record(out / SUMMARY, info["fingerprint"], summary)  # last: marks the run done
     return summary
 
 

@@ -18,7 +18,7 @@ from bezoar.errors import BackendError, ConfigError
 from bezoar.llm.device import plan_device
 from bezoar.llm.weights import content_identity, resolve_model_dir
 from bezoar.train.config import TrainSettings
-from bezoar.train.launch import local_rank, local_world_size
+from bezoar.processes import local_rank, local_world_size
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,132 @@
+"""Do plans hold? Each recipe is run from nothing (fresh run directory and model cache), then every step's
+plan is set against what its manifest entry says it did, per step and role.
+
+Two plans are compared: the one made at `bezoar run` start (before anything ran: priors only) and the one
+each step made as it started (with what the earlier steps of the run measured, as `bezoar status` uses).
+Calls count answers (made or served from the run's cache), tokens the prompt plus completion tokens of the
+calls made; a step's wall time is its manifest `wall_s` (model calls, training and scoring).
+
+    python benchmarks/bench_plan.py                        # tiny, verifiable, rehearsal (~1.5 h idle)
+    python benchmarks/bench_plan.py --runs DIR             # reuse finished runs under DIR
+    python benchmarks/bench_plan.py --recipes tiny         # one of them
+
+Last line: {"max_call_error", "max_token_error", "max_time_error", ...} relative errors (plan / actual - 1)
+over every step and role of every recipe, for the step-start plan, and the same for the start-of-run plan.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from common import DATA, REPO, emit, peak_rss_mb
+from servers import bezoar_server  # tests/servers.py: `bezoar serve` on a free loopback port
+
+BEZOAR = str(Path(sys.executable).parent / "bezoar")
+
+
+def run_recipe(name: str, root: Path) -> Path:
+    """The recipe run to completion in root/NAME (rehearsal behind its loopback server); its run dir."""
+    run_dir = root / name
+    if (run_dir / "manifest.json").exists() and _all_done(run_dir):
+        return run_dir
+    env = {**os.environ, "BEZOAR_DATA": str(DATA), "BEZOAR_CACHE_DIR": str(root / f"{name}-cache"),
+           "HF_HUB_OFFLINE": "1", "REHEARSAL_API_KEY": "rehearsal"}
+    command = [BEZOAR, "run", str(REPO / "recipes" / f"{name}.yaml"), "--run-dir", str(run_dir)]
+    with (bezoar_server() if name == "rehearsal" else nullcontext("")) as url:
+        if url:
+            root_url = url.removesuffix("/v1")
+            env |= {"REHEARSAL_TEACHER_URLS": url, "REHEARSAL_JUDGE_URL": url, "REHEARSAL_CLAUDE_URL": root_url}
+        started = time.perf_counter()
+        subprocess.run(command, env=env, check=True)
+        print(f"{name}: ran in {time.perf_counter() - started:.0f} s", flush=True)
+    return run_dir
+
+
+def _all_done(run_dir: Path) -> bool:
+    steps = json.loads((run_dir / "manifest.json").read_text()).get("steps", {})
+    return bool(steps) and all(s.get("status") == "done" for s in steps.values())
+
+
+def actuals(entry: dict) -> dict[str, dict[str, float]]:
+    """Role -> {calls, tokens} a step's manifest entry records."""
+    found = {}
+    for role, usage in (entry.get("usage") or {}).items():
+        found[_role(role)] = {"calls": usage["calls"] + usage["cache_hits"],
+                              "tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+    return found
+
+
+def _role(role: str) -> str:
+    """A checkpoint answering as `student:NAME` is the plan's student."""
+    return role.split(":")[0]
+
+
+def planned(plan: dict, step: str) -> tuple[dict[str, dict[str, float]], float | None]:
+    """Role -> {calls, tokens} and the step's wall time, from a plan's JSON."""
+    found: dict[str, dict[str, float]] = {}
+    for line in plan.get("lines", []):
+        if line["step"] == step:
+            role = found.setdefault(line["role"], {"calls": 0, "tokens": 0})
+            role["calls"] += line["calls"]
+            role["tokens"] += line["prompt_tokens"] + line["completion_tokens"]
+    return found, (plan.get("wall_s") or {}).get(step)
+
+
+def errors(run_dir: Path, which: str) -> list[dict]:
+    """One row per step and role: planned, actual and the relative errors."""
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    rows = []
+    for step, entry in manifest["steps"].items():
+        plan = entry.get("planned") if which == "step" else manifest.get("plan")
+        roles, wall = planned(plan or {}, step)
+        done = actuals(entry)
+        for role in sorted(set(roles) | set(done)):
+            want, got = roles.get(role, {"calls": 0, "tokens": 0}), done.get(role, {"calls": 0, "tokens": 0})
+            rows.append({"recipe": run_dir.name, "step": step, "role": role, "calls": (want["calls"], got["calls"]),
+                         "tokens": (want["tokens"], got["tokens"]), "call_error": _relative(want["calls"], got["calls"]),
+                         "token_error": _relative(want["tokens"], got["tokens"])})
+        if entry.get("wall_s", 0) >= 10:  # a step of a few seconds is start-up noise, not a plan to hold
+            rows.append({"recipe": run_dir.name, "step": step, "role": "(wall)", "wall_s": (wall, entry["wall_s"]),
+                         "time_error": _relative(wall or 0, entry["wall_s"])})
+    return rows
+
+
+def _relative(planned_value: float, actual: float) -> float | None:
+    if not actual and not planned_value:
+        return None
+    return round(planned_value / actual - 1, 3) if actual else float("inf")
+
+
+def worst(rows: list[dict], key: str) -> float | None:
+    values = [abs(r[key]) for r in rows if r.get(key) is not None]
+    return max(values) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", default=["tiny", "verifiable", "rehearsal"])
+    parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_plan")
+    args = parser.parse_args()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    run_dirs = [run_recipe(name, args.runs) for name in args.recipes]
+    figures: dict = {"recipes": args.recipes}
+    for which in ("step", "start"):
+        rows = [row for run_dir in run_dirs for row in errors(run_dir, which)]
+        if which == "step":
+            for row in rows:
+                print(json.dumps(row))
+        suffix = "" if which == "step" else "_at_run_start"
+        figures |= {f"max_call_error{suffix}": worst(rows, "call_error"),
+                    f"max_token_error{suffix}": worst(rows, "token_error"),
+                    f"max_time_error{suffix}": worst(rows, "time_error")}
+    emit(figures | {"peak_rss_mb_driver": round(peak_rss_mb())})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The layers of the contamination check that catch what n-grams miss: filler words, synonyms, rewordings.
+
+- retrieval: TF-IDF (scikit-learn) over the eval questions proposes each record's closest questions,
+  so that no layer compares every record with every eval item;
+- `fuzzy`: a character-level difflib ratio (Cosmopedia's measure) between a record's instruction and a
+  short eval question (where n-grams cannot work: a 9-word question with two words inserted shares no
+  8-gram with its copy);
+- `embedding`: cosine of sentence embeddings (LMSYS's LLM decontaminator, arXiv 2311.04850), the top-k
+  eval questions of each record, those at or above a threshold;
+- `judge`: the judge model asked "same question?" about embedding candidates (LMSYS's second step).
+
+Embedding every record is what costs: ~100 short texts/s for MiniLM on two CPU cores. So only records
+whose best TF-IDF similarity to some eval question reaches `gate` are embedded (a reworded question keeps
+most of its rare words; an unrelated record shares few). `gate: 0` embeds every record, as LMSYS did.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from bezoar.filter.ngram_overlap import words
+
+log = logging.getLogger(__name__)
+
+
+def normalised(text: str) -> str:
+    return " ".join(words(text))
+
+
+@dataclass
+class Retriever:
+    """TF-IDF rows of the eval questions; `rows` maps a question row to its eval item."""
+
+    vectorizer: object
+    matrix_t: object  # scipy CSR, terms x questions
+    rows: np.ndarray
+
+    @classmethod
+    def fit(cls, questions: Sequence[str], rows: np.ndarray) -> "Retriever":
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        # English stop words and terms in over 2% of questions ("following", "which") carry no topic.
+        vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_df=0.02, dtype=np.float32)
+        matrix = vectorizer.fit_transform(questions)
+        return cls(vectorizer, matrix.T.tocsr(), rows)
+
+    def candidates(self, texts: Sequence[str], k: int, block: int = 2048) -> tuple[list[list[tuple[int, float]]], np.ndarray]:
+        """Per text its best `k` (eval item, similarity) and its best similarity."""
+        found: list[list[tuple[int, float]]] = []
+        best = np.zeros(len(texts), dtype=np.float32)
+        for start in range(0, len(texts), block):
+            scores = (self.vectorizer.transform(texts[start:start + block]) @ self.matrix_t).tocsr()
+            for row in range(scores.shape[0]):
+                data, columns = scores.data[scores.indptr[row]:scores.indptr[row + 1]], scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
+                top = np.argsort(-data)[:k]
+                found.append([(int(self.rows[columns[t]]), float(data[t])) for t in top])
+                best[start + row] = data[top[0]] if len(top) else 0.0
+        return found, best
+
+
+MIN_CONTAINED = 0.9
+"""Share of the question's characters that must reappear, in order, in the text: what separates a copy
+with words inserted (all of it is there) from a near-miss ("the value of 2+2" / "the value of x if x^2 = 4")."""
+
+
+def fuzzy_ratio(question: str, text: str, max_chars: int = 3000) -> float:
+    """difflib's ratio of the normalised question and the part of `text` it aligns with (matching runs of 3+
+    characters, from the first to the last): a copy inside a longer prompt scores as the copy itself, filler
+    words inserted lower it by their share, scattered chance matches in a long text span too far to count.
+    0 unless MIN_CONTAINED of the question is matched."""
+    a, b = normalised(question), normalised(text)[:max_chars]
+    if not a or not b:
+        return 0.0
+    blocks = [block for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks() if block.size >= 3]
+    matched = sum(block.size for block in blocks)
+    if matched < MIN_CONTAINED * len(a):
+        return 0.0
+    span = blocks[-1].b + blocks[-1].size - blocks[0].b
+    return 2 * matched / (len(a) + span)
+
+
+def content_share(question: str, text_words: set[str]) -> float:
+    """Share of the question's content words (not stop words) found among `text_words`: a short question
+    about another entity ("What does AWS stand for?" / "What does WIKI stand for?") differs in exactly these."""
+    content = {w for w in words(question) if w not in stopwords()} or set(words(question))
+    return len(content & text_words) / len(content) if content else 0.0
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    from bezoar.prompts import word_list
+
+    return frozenset(word_list("stopwords_en.txt"))
+
+
+def top_k_cosine(vectors: np.ndarray, questions: np.ndarray, k: int, floor: float,
+                 block: int = 4096) -> list[list[tuple[int, float]]]:
+    """Per row of `vectors`, the (question row, cosine) of its `k` nearest questions at or above `floor`."""
+    found: list[list[tuple[int, float]]] = []
+    for start in range(0, len(vectors), block):
+        cosine = vectors[start:start + block] @ questions.T
+        k_eff = min(k, cosine.shape[1])
+        top = np.argpartition(-cosine, k_eff - 1, axis=1)[:, :k_eff]
+        for row, columns in enumerate(top):
+            pairs = sorted(((int(c), float(cosine[row, c])) for c in columns if cosine[row, c] >= floor),
+                           key=lambda pair: -pair[1])
+            found.append(pairs)
+    return found
+
+
+@dataclass
+class SameQuestion:
+    """The judge's answer on one (eval question, record) pair."""
+
+    same: bool | None
+    p_yes: float | None
+    raw: str
+
+
+def ask_judge(pairs: Sequence[tuple[str, str]], judge, scoring: str, prompt_name: str, max_chars: int,
+              chunk_size: int = 64) -> list[SameQuestion]:
+    """"Same question?" for each (eval question, training text), through the judge's cache; a local (or
+    OpenAI-compatible, `scoring: logprobs`) judge is read by next-token probabilities of yes / no."""
+    from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model, truncate
+    from bezoar.llm.next_token import same_question_scorer
+    from bezoar.llm.protocol import Sampling
+
+    mode = scoring_mode(judge, scoring)
+    caller = scoring_model(judge, mode, same_question_scorer)
+    prompt = load_prompt(prompt_name)
+    conversations = [prompt.render(eval=truncate(q, max_chars), record=truncate(t, max_chars)) for q, t in pairs]
+    sampling = Sampling(temperature=0.0, max_new_tokens=16)
+    replies = []
+    for start in range(0, len(conversations), chunk_size):
+        replies += caller.chat(conversations[start:start + chunk_size], sampling)
+    return [_read_same(reply) for reply in replies]
+
+
+def _read_same(reply) -> SameQuestion:
+    if reply.failed:
+        return SameQuestion(None, None, reply.text or str(reply.error))
+    text = reply.text
+    head, _, evidence = text.partition("\n")
+    p_yes = None
+    if evidence.strip().startswith("{"):
+        try:
+            p_yes = float(json.loads(evidence)["probabilities"]["yes"])
+        except (ValueError, KeyError, TypeError):
+            p_yes = None
+    lowered = head.lower()
+    if p_yes is not None:
+        return SameQuestion(p_yes >= 0.5, round(p_yes, 4), text)
+    if "[[yes]]" in lowered or lowered.strip().startswith("yes"):
+        return SameQuestion(True, None, text)
+    if "[[no]]" in lowered or lowered.strip().startswith("no"):
+        return SameQuestion(False, None, text)
+    return SameQuestion(None, None, text)

@@ -1,0 +1,214 @@
+"""The `generate` step: instruction/response records by LaMini-LM, Evol-Instruct and Orca, with the teacher,
+and constraint prompts (no teacher) for the preferences step.
+
+    RUN_DIR/generate/<method>.jsonl           records, with provenance and licence lineage
+    RUN_DIR/generate/<method>.rejected.jsonl  candidates that failed a scheme's own checks, with reasons
+    RUN_DIR/generate/<method>.failed.jsonl    items a server refused (asked again by --retry-failed)
+    RUN_DIR/generate/constraints.jsonl        constraint prompts (when constraints.n > 0)
+
+Hands on each method's records under its name (lamini, evol, orca) and the prompts as `constraints`.
+"""
+from __future__ import annotations
+
+import math
+import random
+from pathlib import Path
+from typing import Literal
+
+from bezoar.config_base import ModelConfig, RecipeView
+from bezoar.errors import DataError, LicenceError
+from bezoar.findings import count_lines
+from bezoar.generate.config import METHODS, GenerateConfig, SchemeConfig
+from bezoar.generate.runner import OutputFiles
+from bezoar.generate.stage import check_licences, generate
+from bezoar.plan import Calls, PlanContext, PlanLine, lines_for, mean_tokens, replay
+from bezoar.prompts import template
+from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
+
+
+PREVIEW_ROWS = 20
+"""Seed rows parsed with the real reader before the run (whole files are only counted)."""
+PROMPT_SAMPLE = 16
+"""Prompts rendered per kind of call to measure their length."""
+YIELDS = {
+    "lamini_candidates_per_prompt": 0.5,  # share of the asked-for instructions that parse and pass the checks
+    "lamini_records_per_answer": 0.9,
+    "evol_evolutions_kept": 0.7,  # evolutions that pass elimination rules 1-4 (WizardLM reports ~70-80%)
+    "evol_records_per_evolution": 0.9,
+    "orca_records_per_answer": 0.95,
+}
+"""Expected yields of a capable teacher, where the step cannot know them in advance (the plan prints them)."""
+
+
+class GenerateStep(Step, GenerateConfig):
+    """Synthetic instruction data: each scheme with `n > 0`, resumable, licence-gated before any call."""
+
+    type: Literal["generate"] = "generate"
+
+    def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
+        found = {}
+        if self.enabled_methods():
+            found["teacher"] = (("models", "teacher"), recipe.models.teacher)
+            if self.evol.n and self.evol.equality_check:
+                found["judge"] = (("models", "judge"), recipe.models.judge)
+        return found
+
+    def provides(self, recipe: RecipeView) -> list[str]:
+        return self.enabled_methods() + (["constraints"] if self.constraints.n else [])
+
+    def run(self, context: StepContext) -> StepResult:
+        recipe, models = context.recipe, context.models
+        teacher = recipe.models.teacher
+        enabled = self.enabled_methods()
+        if recipe.run.require_commercial_use:  # every scheme's seeds pass before any scheme starts
+            for method in enabled:
+                check_licences(self.scheme(method).seeds, teacher.spec, teacher.licence)
+        total = sum(self.scheme(m).n for m in enabled)
+        context.progress(0, total, "records")
+        results, done = {}, 0
+        for method in enabled:
+            out = context.out_dir / f"{method}.jsonl"
+            # Models are opened on first use: only after the gate, and the judge only for the equality check.
+            judge = (lambda: models["judge"]) if method == "evol" and self.evol.equality_check else None
+            results[method] = generate(method, self.scheme(method), lambda: models["teacher"], teacher.spec, out,
+                                       seed=recipe.run.seed, judge=judge, judge_spec=recipe.models.judge.spec,
+                                       teacher_licence=teacher.licence, restart_on_change=True,
+                                       max_failure_rate=recipe.run.max_failure_rate,
+                                       listener=lambda n, before=done: context.progress(before + n))
+            done += self.scheme(method).n
+        outputs = {m: OutputFiles(Path(r["output"])).records for m, r in results.items()}
+        if self.constraints.n > 0:  # prompts only: no record of them is an instruction/response pair
+            out = context.out_dir / "constraints.jsonl"
+            results["constraints"] = generate("constraints", self.constraints, None, "", out, seed=recipe.run.seed,
+                                              require_commercial_use=recipe.run.require_commercial_use)
+            outputs["constraints"] = out
+        counts = {m: r["records"] for m, r in results.items()}
+        return StepResult(outputs=context.handed_on(outputs), counts=counts, details={"schemes": results}, funnel="generated",
+                          failed_items=sum(r["failed_items"] for r in results.values()))
+
+    def check(self, context: CheckContext) -> None:
+        recipe = context.recipe
+        for method in [*METHODS, "constraints"]:
+            config = self.scheme(method)
+            if config.n == 0:
+                continue
+            key = (method, "seeds")
+            if not config.seeds:
+                context.add(key, "no seed files given; add at least one (or set n: 0 to skip this scheme)")
+                continue
+            rows = sum(_seed_rows(seed, config.skip_bad_lines, key + (i,), context) for i, seed in enumerate(config.seeds))
+            _check_reach(method, config, rows, context)
+            if recipe.run.require_commercial_use and method != "constraints" and \
+                    all(Path(seed.path).is_file() for seed in config.seeds):
+                try:
+                    check_licences(config.seeds, recipe.models.teacher.spec, recipe.models.teacher.licence)
+                except LicenceError as error:
+                    context.findings.add(("run", "require_commercial_use"), str(error))
+
+    def plan(self, context: PlanContext) -> list[PlanLine]:
+        recipe, calls = context.recipe, []
+        planners = {"lamini": _plan_lamini, "evol": _plan_evol, "orca": _plan_orca}
+        for method in self.enabled_methods():
+            calls += planners[method](recipe, self.scheme(method))  # type: ignore[operator]
+            context.expected[method] = self.scheme(method).n
+        if self.enabled_methods():  # the longest a record's response may be: what a judge reads
+            context.expected["response_tokens"] = max(self.scheme(m).response_sampling.max_new_tokens  # type: ignore[attr-defined]
+                                                      for m in self.enabled_methods())
+        if self.constraints.n:
+            context.expected["constraints"] = self.constraints.n
+        return lines_for(context.name, calls)
+
+    def disk_mb(self, recipe: RecipeView) -> float:
+        # ~6 KB per generated record over the records, rejections and cached calls (measured on the tiny run)
+        return sum(self.scheme(m).n for m in METHODS) * 6 / 1024
+
+
+STEP = GenerateStep
+
+
+# --- checks --------------------------------------------------------------------------------------
+
+def _seed_rows(seed, skip_bad: bool, key: tuple, context: CheckContext) -> int:
+    """Rows of one seed file (its `limit` applied); its first rows are parsed with the real reader."""
+    from bezoar.generate.seeds import read_seeds
+
+    path = Path(seed.path)
+    if not path.is_file():
+        context.missing(key, f"seed file {path}")
+        return 0
+    try:
+        read_seeds(path, seed.licence, skip_bad, limit=min(seed.limit or PREVIEW_ROWS, PREVIEW_ROWS))
+        rows = len(read_seeds(path, seed.licence, True).seeds) if path.suffix == ".json" else count_lines(path)
+    except DataError as error:
+        context.add(key, f"{error}; fix the file or set skip_bad_lines: true")
+        return 0
+    return min(rows, seed.limit) if seed.limit else rows
+
+
+def _check_reach(method: str, config, rows: int, context: CheckContext) -> None:
+    """Orca answers each seed once, Evol-Instruct evolves each seed at most once per epoch."""
+    most = {"orca": rows, "evol": rows * getattr(config, "epochs", 1)}.get(method)
+    if most is not None and rows and most < config.n:
+        how = "one record per seed row" if method == "orca" else f"{rows:,} seed rows x {config.epochs} epochs"
+        context.add((method, "n"), f"n={config.n:,} cannot be reached: at most {most:,} records ({how}); "
+                                   "add seed files or lower n")
+
+
+# --- plan: each scheme's calls, rendered with its own prompt builders ---------------------------
+
+def _seeds(config: SchemeConfig) -> list:
+    from bezoar.generate.seeds import load_seed_files
+
+    return load_seed_files(config.seeds, skip_bad=True).seeds
+
+
+def _context(recipe: RecipeView):
+    from bezoar.generate.runner import Context
+
+    return Context(None, recipe.models.teacher.spec, "unknown", recipe.run.seed)
+
+
+def _sample(seeds: list, seed: int) -> list:
+    return random.Random(seed).sample(seeds, min(PROMPT_SAMPLE, len(seeds)))
+
+
+def _plan_lamini(recipe: RecipeView, config) -> list[Calls]:
+    from bezoar.generate.lamini import by_source, draw_prompt, load_topics
+
+    seeds, topics, rng = _seeds(config), load_topics(config.topics_file), random.Random(recipe.run.seed)
+    grouped = by_source(seeds)
+    lists = [draw_prompt(i, rng, config, grouped, topics).conversation for i in range(PROMPT_SAMPLE)]
+    per_prompt = config.instructions_per_prompt * YIELDS["lamini_candidates_per_prompt"]
+    answers, _ = replay(config.n, config.batch_size, 1.0, YIELDS["lamini_records_per_answer"])
+    prompts, _ = replay(answers, config.batch_size, 2.0, per_prompt)
+    answer = template("lamini", "response")
+    responses = [answer.render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
+    teacher = recipe.models.teacher
+    return [Calls("teacher", teacher, prompts, mean_tokens(lists), config.instruction_sampling.max_new_tokens),
+            Calls("teacher", teacher, answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
+
+
+def _plan_evol(recipe: RecipeView, config) -> list[Calls]:
+    from bezoar.generate.evol_instruct import EvolInstruct
+
+    scheme = EvolInstruct(_context(recipe), _seeds(config), config)
+    kept, per_evolution = YIELDS["evol_evolutions_kept"], YIELDS["evol_records_per_evolution"]
+    evolutions, _ = replay(config.n, config.batch_size, 0.7, kept * per_evolution)
+    evolve, answer, equal = scheme.sample_prompts(PROMPT_SAMPLE)
+    teacher = recipe.models.teacher
+    calls = [Calls("teacher", teacher, evolutions, mean_tokens(evolve), config.evolve_sampling.max_new_tokens),
+             Calls("teacher", teacher, math.ceil(evolutions * kept), mean_tokens(answer),
+                   config.response_sampling.max_new_tokens)]
+    if config.equality_check:
+        calls.append(Calls("judge", recipe.models.judge, math.ceil(evolutions * kept), mean_tokens(equal), 24))
+    return calls
+
+
+def _plan_orca(recipe: RecipeView, config) -> list[Calls]:
+    from bezoar.generate.orca import Orca
+
+    scheme = Orca(_context(recipe), _seeds(config), config)
+    calls, _ = replay(config.n, config.batch_size, 1.0, YIELDS["orca_records_per_answer"])
+    conversations = scheme.sample_conversations(PROMPT_SAMPLE)
+    return [Calls("teacher", recipe.models.teacher, calls, mean_tokens(conversations),
+                  config.response_sampling.max_new_tokens)]

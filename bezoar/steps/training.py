@@ -1,0 +1,49 @@
+"""What the training steps (sft, sft_hh, dpo, grpo) share: the numbers `bezoar status` shows for a
+training run, and the time the plan expects one to take."""
+from __future__ import annotations
+
+import math
+
+from bezoar.train.config import TrainSettings
+
+TOKENS_PER_S = {"sft": 250.0, "dpo": 120.0}
+"""Training tokens per second of the embedded model on 2 CPU cores (benchmarks/bench_train.py; DPO counts
+both replies and the reference pass)."""
+START_S = 20.0
+"""Per training run: loading the weights, the template check, the first validation pass, saving."""
+MEAN_TOKENS = 160
+"""Tokens of a typical example after truncation, when nothing better is known."""
+
+
+def training_counts(runs: list[dict]) -> dict[str, float]:
+    """Optimizer steps over the runs, and the validation loss before the first and at the best of the last."""
+    trained = [r for r in runs if "global_step" in r]
+    counts: dict[str, float] = {"steps": sum(r["global_step"] for r in trained)}
+    if trained:
+        first, last = trained[0], trained[-1]
+        if (first.get("initial_eval") or {}).get("eval_loss") is not None:
+            counts["eval_loss_before"] = round(first["initial_eval"]["eval_loss"], 4)
+        if last.get("best_eval_loss") is not None:
+            counts["eval_loss_best"] = round(last["best_eval_loss"], 4)
+    return counts
+
+
+def training_headline(counts: dict[str, float]) -> str:
+    """`6 steps, eval loss 2.466 → 2.456` and the step's other counts (`8 pairs`)."""
+    text = f"{counts.get('steps', 0):g} steps"
+    if "eval_loss_before" in counts and "eval_loss_best" in counts:
+        text += f", eval loss {counts['eval_loss_before']:.3f} → {counts['eval_loss_best']:.3f}"
+    others = [f"{v:g} {k.replace('_', ' ')}" for k, v in counts.items()
+              if k not in ("steps", "eval_loss_before", "eval_loss_best")]
+    return ", ".join([text, *others])
+
+
+def training_wall_s(settings: TrainSettings, examples: float | None, kind: str) -> float:
+    """Expected seconds for one training run on `examples` examples (pairs for DPO)."""
+    if not examples:
+        return 0.0
+    batch = settings.per_device_train_batch_size * settings.gradient_accumulation_steps * settings.launch.num_processes
+    train = examples * (1 - settings.validation_fraction)
+    steps = settings.max_steps or math.ceil(train / batch) * settings.num_train_epochs
+    tokens = min(settings.max_length, MEAN_TOKENS) * batch * steps * (2 if kind == "dpo" else 1)
+    return START_S + tokens / TOKENS_PER_S.get(kind, 250.0)
