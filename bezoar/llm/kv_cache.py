@@ -28,13 +28,20 @@ class GrowingLayer(DynamicLayer):
         self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
         self.start = self.end = 0
 
+    @property
+    def held(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (keys, values) buffers, made by the first update (or by `stacking`, `rows_of`)."""
+        if self.buffers is None:
+            raise RuntimeError("GrowingLayer: read before its first update")
+        return self.buffers
+
     @classmethod
     def stacking(cls, first: "GrowingLayer", second: "GrowingLayer", length: int) -> "GrowingLayer":
         """The rows of `first`, then those of `second`, each left-padded with zeros to `length` columns (the
         padding is masked out, but must hold numbers: a masked NaN would still poison the softmax)."""
         layer, rows = cls(first.dtype), first.keys.shape[0]
         layer._allocate(first.keys, first.values, length, rows=rows + second.keys.shape[0])
-        for buffer, upper, lower in zip(layer.buffers, (first.keys, first.values), (second.keys, second.values)):
+        for buffer, upper, lower in zip(layer.held, (first.keys, first.values), (second.keys, second.values)):
             buffer[:, :, :length].zero_()
             buffer[:rows, :, length - upper.shape[-2]:length] = upper
             buffer[rows:, :, length - lower.shape[-2]:length] = lower
@@ -46,7 +53,7 @@ class GrowingLayer(DynamicLayer):
         """The rows at `index` of `other`, copied once (straight into the new buffers)."""
         layer, length = cls(other.dtype), other.keys.shape[-2]
         layer._allocate(other.keys, other.values, length, rows=len(index))
-        for source, buffer in zip((other.keys, other.values), layer.buffers):
+        for source, buffer in zip((other.keys, other.values), layer.held):
             torch.index_select(source, 0, index, out=buffer[:, :, :length])
         layer._show(0, length)
         return layer
@@ -54,7 +61,7 @@ class GrowingLayer(DynamicLayer):
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if self.buffers is None:
             self._allocate(key_states, value_states, key_states.shape[-2])
-        elif self.end + key_states.shape[-2] > self.buffers[0].shape[-2]:
+        elif self.end + key_states.shape[-2] > self.held[0].shape[-2]:
             self._grow(key_states.shape[-2])
         self._fill(key_states, value_states)
         return self.keys, self.values
@@ -76,15 +83,16 @@ class GrowingLayer(DynamicLayer):
         self._fill(keys, values)
 
     def _fill(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        count = keys.shape[-2]
-        self.buffers[0][:, :, self.end:self.end + count] = keys
-        self.buffers[1][:, :, self.end:self.end + count] = values
+        count, (key_buffer, value_buffer) = keys.shape[-2], self.held
+        key_buffer[:, :, self.end:self.end + count] = keys
+        value_buffer[:, :, self.end:self.end + count] = values
         self._show(self.start, self.end + count)
 
     def _show(self, start: int, end: int) -> None:
         """Point `keys` and `values` (what attention reads) at the columns [start, end) of the buffers."""
         self.start, self.end = start, end
-        self.keys, self.values = self.buffers[0][:, :, start:end], self.buffers[1][:, :, start:end]
+        key_buffer, value_buffer = self.held
+        self.keys, self.values = key_buffer[:, :, start:end], value_buffer[:, :, start:end]
 
 
 def new_cache(layers: int, dtype: torch.dtype | None = None) -> Cache:
