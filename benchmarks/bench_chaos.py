@@ -79,7 +79,7 @@ def bench(root: Path, kills: int, rng: random.Random, made: Path | None) -> dict
     for failure in result["failures"]:
         print("DIFFERS:", failure, flush=True)
     reported = sum(v.get("usage", {}).get(role, {}).get("calls", 0)
-                   for v in manifest(reference)["stages"].values() for role in ("teacher", "judge", "student"))
+                   for v in manifest(reference)["steps"].values() for role in ("teacher", "judge", "student"))
     print(f"chaos run {chaos_s:.0f} s vs reference {reference_s:.0f} s: {chaos_s / reference_s:.2f}x; "
           f"calls: reference {reference_calls} (manifest: {reported}), chaos {result['calls']}", flush=True)
     del result["training"]
@@ -87,7 +87,7 @@ def bench(root: Path, kills: int, rng: random.Random, made: Path | None) -> dict
             "planned_stages": sorted(set(kills_list), key=kills_list.index), "reference_s": round(reference_s, 1),
             "chaos_s": round(chaos_s, 1), "slowdown": round(chaos_s / reference_s, 2),
             "peak_rss_mb_bench": round(peak_rss_mb()),
-            "peak_rss_mb_stages": max((v.get("peak_rss_mb", 0) for v in manifest(chaos_dir)["stages"].values()),
+            "peak_rss_mb_stages": max((v.get("peak_rss_mb", 0) for v in manifest(chaos_dir)["steps"].values()),
                                       default=0)}
 
 
@@ -95,7 +95,7 @@ def timeline(run_dir: Path) -> tuple[float, dict[str, float]]:
     """(seconds, stage starts) of a finished run, from its manifest (to the second)."""
     from datetime import datetime
 
-    stages = manifest(run_dir)["stages"]
+    stages = manifest(run_dir)["steps"]
     started = {s: datetime.fromisoformat(v["started"]).timestamp() for s, v in stages.items() if v.get("started")}
     first = min(started.values())
     last = max(datetime.fromisoformat(v["ended"]).timestamp() for v in stages.values() if v.get("ended"))

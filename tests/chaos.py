@@ -137,12 +137,12 @@ def manifest(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "manifest.json").read_text())
     except (OSError, ValueError):
-        return {"stages": {}}
+        return {"steps": {}}
 
 
 def running_stage(run_dir: Path, pid: int | None = None) -> str | None:
     """The stage the manifest shows running (under `pid`: a killed attempt leaves its stage "running")."""
-    stages = manifest(run_dir).get("stages", {})
+    stages = manifest(run_dir).get("steps", {})
     return next((name for name in STAGES if stages.get(name, {}).get("status") == "running"
                  and pid in (None, stages[name].get("pid"))), None)
 
@@ -336,21 +336,21 @@ def id_duplicates(run_dir: Path) -> dict[str, int]:
 
 
 def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
-    """{file: sorted record ids} for every JSONL file of data/FOLDER (not its subfolders)."""
+    """{file: sorted record ids} for every JSONL file of RUN_DIR/FOLDER (a step's folder; not its subfolders)."""
     found = {}
-    for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
+    for path in sorted((run_dir / folder).glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         found[path.name] = sorted(row["meta"]["id"] for row in rows if "meta" in row)
     return found
 
 
 def training(run_dir: Path) -> dict[str, list[dict]]:
-    """Per training stage, per run in it: output folder, steps and validation loss, from the summaries."""
-    stages = manifest(run_dir)["stages"]
+    """Per training step, per run in it: output folder, steps and validation loss, from the results."""
+    stages = manifest(run_dir)["steps"]
     found = {}
     for stage in TRAINED:
-        summary = stages.get(stage, {}).get("summary") or {}
-        runs = summary.get("steps") or [summary]
+        summary = (stages.get(stage, {}).get("result") or {}).get("details") or {}
+        runs = summary.get("runs") or [summary]
         found[stage] = [{"output": Path(r.get("output", "")).name, "global_step": r.get("global_step"),
                          "eval_loss": r.get("best_eval_loss"),
                          "validation_examples": (r.get("data") or {}).get("validation_examples")} for r in runs]
@@ -389,10 +389,10 @@ def _without_timing(text: str, suffix: str) -> str:
 def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: int) -> dict:
     """Every check of the chaos run against the reference, as figures; `failures` lists what differs."""
     failures: list[str] = []
-    ids = {folder: (record_ids(reference, folder), record_ids(chaos_dir, folder)) for folder in ("generated", "filtered")}
+    ids = {folder: (record_ids(reference, folder), record_ids(chaos_dir, folder)) for folder in ("generate", "filter")}
     lost = 0
     for folder, (want, got) in ids.items():
-        if not want.get("orca.jsonl") and folder == "generated":
+        if not want.get("orca.jsonl") and folder == "generate":
             failures.append("the reference generated no records")
         if want != got:
             failures.append(f"{folder} record ids differ: reference {want}, chaos {got}")
@@ -434,7 +434,7 @@ def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: 
     if not evals_ref or evals_ref != evals:
         failures.append("evaluation outputs differ: " + ", ".join(
             p for p in sorted(set(evals_ref) | set(evals)) if evals_ref.get(p) != evals.get(p)))
-    stages = manifest(chaos_dir)["stages"]
+    stages = manifest(chaos_dir)["steps"]
     if [s for s in STAGES if stages.get(s, {}).get("status") == "done"] != list(STAGES):
         failures.append(f"not every stage is done: { {s: stages.get(s, {}).get('status') for s in STAGES} }")
     extra_calls = chaos.calls_completed - reference_calls
@@ -485,7 +485,7 @@ def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random
               for i, s in enumerate(names)}
     plan = [Kill("generate", ready=cached_at_least(3)),
             Kill("filter", ready=grew_by(2)),
-            Kill("sft", ready=lambda: any((run_dir / "models").glob("sft-*/checkpoint-*/trainer_state.json"))),
+            Kill("sft", ready=lambda: any((run_dir / "sft").glob("sft-*/checkpoint-*/trainer_state.json"))),
             Kill("sft_hh", after_s=rng.uniform(0, window["sft_hh"])),
             Kill("dpo", after_s=rng.uniform(0, window["dpo"])),
             Kill("eval", ready=lambda: any((run_dir / "eval").rglob("model_answer/*.jsonl"))),

@@ -33,20 +33,20 @@ def test_killed_in_every_stage_resumes_to_the_reference_result(smoke_runs):
 def test_the_killed_run_resumed_rather_than_started_over(smoke_runs):
     run_dir = smoke_runs.root / "runs" / "killed"
     assert "interrupted" in smoke_runs.statuses[0]  # the killed stage is not shown as still running
-    stages = manifest(run_dir)["stages"]
-    # the tiny recipe leaves the preferences stage off: done at once, never a kill target
+    stages = manifest(run_dir)["steps"]
     assert [s for s in stages if s in STAGES and stages[s]["status"] == "done"] == list(STAGES)
-    assert stages["preferences"]["status"] == "done"
+    assert manifest(run_dir)["order"] == list(STAGES)  # the tiny recipe lists no preferences step
     assert stages["generate"]["status"] == "done" and stages["generate"]["usage"]["teacher"]["cache_hits"] >= 3
-    generated = record_ids(run_dir, "generated")
+    generated = record_ids(run_dir, "generate")
     assert {name: len(generated.get(name, [])) for name in ("evol.jsonl", "lamini.jsonl", "orca.jsonl")} == \
         {"evol.jsonl": 3, "lamini.jsonl": 3, "orca.jsonl": 3}
     assert stages["generate"]["inputs"] and all(len(h) == 64 for h in stages["generate"]["inputs"].values())
     assert stages["filter"]["usage"]["judge"]["cache_hits"] > 0  # judged before the kill: not asked again
-    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in stages["sft"]["summary"]["steps"])
-    assert (run_dir / "models" / "dpo" / "README.md").exists()  # model card
-    assert list((run_dir / "data" / "filtered" / "cards").glob("*.md"))  # data set cards
-    reference = manifest(smoke_runs.root / "runs" / "reference")["stages"]
+    sft_runs = stages["sft"]["result"]["details"]["runs"]
+    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in sft_runs)
+    cards = {p.name for p in (run_dir / "report" / "cards").glob("*.md")}
+    assert "dpo.md" in cards and {"lamini.md", "evol.md", "orca.md"} & cards  # model and data set cards
+    reference = manifest(smoke_runs.root / "runs" / "reference")["steps"]
     assert reference["generate"]["usage"]["teacher"]["cache_hits"] == 0  # the reference made its own calls
 
     again = subprocess.run([BEZOAR, "run", "killed.yaml"], cwd=smoke_runs.root, capture_output=True, text=True,
