@@ -72,3 +72,12 @@ def smoke_runs(smoke_reference, data_dir):
     from chaos import smoke_runs as run_killed
 
     return run_killed(smoke_reference, data_dir)
+
+
+@pytest.fixture(scope="session")
+def fast_smoke_runs(smoke_reference, data_dir):
+    """The same recipe in fast mode, SIGKILLed in every step and resumed (ROOT/runs/fast), and replayed from
+    its call cache alone (ROOT/runs/replay): tests/test_chaos.py."""
+    from chaos import fast_smoke_runs as run_fast
+
+    return run_fast(smoke_reference, data_dir)
