@@ -1,16 +1,22 @@
-"""Kill `bezoar run` in every stage, resume, get the same result (the CI-sized run of tests/chaos.py;
-benchmarks/bench_chaos.py does the same at 20+ random moments).
+"""Kill `bezoar run` in every stage, resume, and get what the mode promises (the CI-sized run of
+tests/chaos.py; benchmarks/bench_chaos.py does the same at 20+ random moments).
 
-The session fixture `smoke_runs` (tests/conftest.py) runs a smoke-sized recipe once uninterrupted with
-its own cache (`runs/reference`), then again in a fresh run directory (`runs/killed`), SIGKILLing the
-whole process group once in each of the seven stages and restarting the same command after each kill.
-tests/test_pipeline.py reuses the killed run for the status, report and bad-input checks."""
+Deterministic mode: the session fixture `smoke_runs` (tests/conftest.py) runs a smoke-sized recipe once
+uninterrupted with its own cache (`runs/reference`), then again in a fresh run directory (`runs/killed`),
+SIGKILLing the whole process group once in each of the seven stages and restarting the same command after
+each kill: the result is the reference's. tests/test_pipeline.py reuses the killed run for the status,
+report and bad-input checks.
+
+Fast mode (`fast_smoke_runs`): the same kills in `runs/fast`, then the recipe run again from a copy of its
+call cache alone (`runs/replay`): no call is made, and every record, training step and evaluation output is
+the one the cache makes, so no finished call was lost, repeated or changed."""
 from __future__ import annotations
 
 import subprocess
 
 import pytest
 
+from bezoar.llm.device import plan_device
 from chaos import BEZOAR, STAGES, TARGETS, manifest, record_ids
 
 
@@ -26,6 +32,8 @@ def test_killed_in_every_stage_resumes_to_the_reference_result(smoke_runs):
     assert figures["reference_calls"] > 0 and figures["max_eval_loss_diff"] <= figures["loss_tolerance"]
     trained = [run for runs in figures["training"].values() for run in runs if run["global_step"] is not None]
     assert len(trained) >= 3 and all(run["global_step"] == 2 for run in trained)  # max_steps, resumed or not
+    killed = manifest(smoke_runs.root / "runs" / "killed")["steps"]
+    assert killed["generate"]["usage"]["teacher"]["model"].endswith(":float32")  # deterministic mode decodes in fp32
 
 
 @pytest.mark.slow
@@ -55,3 +63,17 @@ def test_the_killed_run_resumed_rather_than_started_over(smoke_runs):
     status = subprocess.run([BEZOAR, "status", "runs/killed"], cwd=smoke_runs.root, capture_output=True, text=True,
                             timeout=120)
     assert status.returncode == 0 and "done" in status.stdout and "teacher" in status.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_fast_mode_killed_in_every_stage_keeps_every_finished_call(fast_smoke_runs):
+    figures, chaos = fast_smoke_runs.figures, fast_smoke_runs.chaos
+    print({k: v for k, v in figures.items() if k != "training"})
+    assert chaos.kills == 7 and chaos.stages_hit == list(TARGETS), [(a.target, a.stage_at_kill) for a in chaos.attempts]
+    assert figures["failures"] == [] and figures["kept_from_cache"]
+    assert figures["lost_records"] == figures["duplicate_records"] == figures["torn_or_duplicated_lines"] == 0
+    assert figures["calls_completed_twice"] == 0 and figures["replay_calls"] == 0 and figures["calls"] > 0
+    assert figures["data_files"] > 0 and figures["eval_files"] > 0
+    fast = manifest(fast_smoke_runs.root / "runs" / "fast")["steps"]
+    assert fast["generate"]["usage"]["teacher"]["model"].endswith(f":{plan_device('auto', exact=False).dtype_name}")

@@ -68,6 +68,7 @@ class GenerateStep(Step, GenerateConfig):
     """Synthetic instruction data: each scheme with `n > 0`, resumable, licence-gated before any call."""
 
     type: Literal["generate"] = "generate"
+    DECODES = True
 
     def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {}
