@@ -37,7 +37,7 @@ def main() -> None:
         faulty = rehearse(root / "faulty", upstream, recipe, faulty=True, poison=(poison,))
         if faulty.returncode != 0:
             raise SystemExit(f"faulty run failed: {faulty.stderr[-2000:]}")
-    clean_ids, faulty_ids = record_ids(clean.run_dir, "generated"), record_ids(faulty.run_dir, "generated")
+    clean_ids, faulty_ids = record_ids(clean.run_dir, "generate"), record_ids(faulty.run_dir, "generate")
     expected = {m: [i for i in ids if i != poisoned_id] for m, ids in clean_ids.items()}
     injected = faulty.faults_injected()
     print(f"clean:  {count(clean_ids)} records, {clean.wall_s:.0f} s")

@@ -3,8 +3,8 @@
 1. SFT lowers held-out loss on its own data: LoRA SFT of the embedded SmolLM2-135M-Instruct on
    Dolly open-QA answers; per-example reply loss on the 20% validation split before and after,
    with a paired 95% interval for the change.
-2. DPO raises held-out HH-RLHF preference accuracy above the SFT checkpoint's: the recipe stages
-   `sft_hh` (first N pairs' chosen replies) then `dpo` (the next M pairs), scored on the file's last
+2. DPO raises held-out HH-RLHF preference accuracy above the SFT checkpoint's: the recipe steps
+   `hh_slices`, `sft_hh` (first N pairs' chosen replies) then `dpo` (the next M pairs), scored on the file's last
    300 pairs with `bezoar.evaluate.preference.preference_accuracy` (chosen ranked above rejected by
    the policy's log-likelihood), Wilson intervals and a paired bootstrap interval for the change.
 
@@ -92,22 +92,24 @@ def sft_quality(out: Path, examples: int) -> dict:
 def preference_quality(out: Path, sft_n: int, dpo_n: int, heldout_n: int) -> dict:
     from bezoar.config import Recipe
     from bezoar.evaluate.preference import preference_accuracy
-    from bezoar.pipeline import Manifest
-    from bezoar.train.dpo import run_dpo
+    from bezoar.run_state import Manifest
+    from bezoar.steps.base import StepContext
     from bezoar.train.hh_rlhf import hh_slices
-    from bezoar.train.sft import run_sft_hh
 
     common = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 1, "warmup_steps": 5,
               "eval_steps": 50, "logging_steps": 5, "max_length": 192, "max_validation_examples": 48}
-    recipe = Recipe.model_validate({
-        "sft": {"datasets": []},
-        "sft_hh": {**common, "data": {"path": str(DATA / "preferences/hh-rlhf/harmless-base/test.jsonl.gz"),
-                                      "sft_n": sft_n, "dpo_n": dpo_n, "heldout_n": heldout_n}},
-        "dpo": {**common, "learning_rate": 2e-4, "validation_fraction": 0.1}})
-    sft = run_sft_hh(recipe, out)
-    Manifest(out).update("sft_hh", status="done", summary=sft)  # what `bezoar run` records; dpo asks it
-    dpo = run_dpo(recipe, out)
-    heldout = hh_slices(recipe.sft_hh.data)["heldout"]
+    recipe = Recipe.model_validate({"steps": [
+        {"type": "hh_slices", "path": str(DATA / "preferences/hh-rlhf/harmless-base/test.jsonl.gz"),
+         "sft_n": sft_n, "dpo_n": dpo_n, "heldout_n": heldout_n},
+        {"type": "sft_hh", **common},
+        {"type": "dpo", **common, "learning_rate": 2e-4, "validation_fraction": 0.1}]})
+    done = {}
+    for name in ("hh_slices", "sft_hh", "dpo"):  # each step's result recorded as `bezoar run` does: the next reads it
+        result = recipe.step(name).run(StepContext(recipe, out, name, {}))
+        Manifest(out).update(name, status="done", result=result.model_dump(mode="json"))
+        done[name] = result.details
+    sft, dpo = done["sft_hh"], done["dpo"]
+    heldout = hh_slices(recipe.step("hh_slices"))["heldout"]
     scores = {}
     for name, model in (("sft_hh", sft["output"]), ("dpo", dpo["output"])):
         cached = out / f"preference-{name}.json"

@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from bezoar.cli_options import DeterministicOption
 from bezoar.errors import BezoarError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,7 +60,8 @@ def chat(prompt: str = typer.Argument(..., help="What to ask."),
          system: Optional[str] = typer.Option(None, "--system", help="A system message."),
          max_new_tokens: int = typer.Option(256, help="Longest reply, in tokens."),
          temperature: float = typer.Option(0.0, help="0 is greedy (deterministic)."),
-         as_json: bool = typer.Option(False, "--json", help="Print the reply as JSON with token counts.")) -> None:
+         as_json: bool = typer.Option(False, "--json", help="Print the reply as JSON with token counts."),
+         deterministic: bool = DeterministicOption) -> None:
     """Ask any backend one question from the shell."""
     from bezoar.config import ModelConfig
     from bezoar.llm.protocol import Sampling
@@ -79,7 +81,8 @@ def serve(model: str = ModelOption,
           host: str = typer.Option("127.0.0.1", help="Address to listen on."),
           port: int = typer.Option(8000, help="Port to listen on."),
           batch_size: int = typer.Option(32, help="Most requests decoded together (continuous batching)."),
-          dtype: str = typer.Option("auto", help="auto (measured; fp32 on CPU), float32, bfloat16.")) -> None:
+          dtype: str = typer.Option("auto", help="auto (bf16 where faster, measured; fp32 with --deterministic), float32, bfloat16."),
+          deterministic: bool = DeterministicOption) -> None:
     """An OpenAI-compatible chat-completions server over the local backend (requests are batched)."""
     from bezoar.config import ModelConfig
     from bezoar.llm.serve import serve as run_server

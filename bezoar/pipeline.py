@@ -6,10 +6,11 @@
     runs/NAME/cache/          the call cache shared by every step of the run
 
 A step is skipped when its fingerprint (its settings, the models it calls, the seed, its input files'
-hashes and the fingerprint of the step before) equals the one recorded when it last finished, so
-changing a step re-runs it and every step after it. The manifest is written when a step starts and
-again, last, when it ends: a step is done only once the manifest says so. Each step runs in a child
-process of its own (`bezoar.processes`), so what one step allocates is gone before the next.
+hashes, for a step that decodes the decoding mode, and the fingerprint of the step before) equals the
+one recorded when it last finished, so changing a step re-runs it and every step after it. The manifest
+is written when a step starts and again, last, when it ends: a step is done only once the manifest says
+so. Each step runs in a child process of its own (`bezoar.processes`), so what one step allocates is gone
+before the next; it decodes in the mode of `run.deterministic` or of `bezoar run --deterministic`.
 """
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bezoar.config import Recipe
+from bezoar.config import Recipe, RunConfig
 from bezoar.errors import BatchPending, BezoarError, BudgetExceeded, ConfigError, DataError
 from bezoar.handoff import RECORDS_VERSION
 from bezoar.hashing import canonical_hash, file_sha256
 from bezoar.llm.cache import Usage
+from bezoar.llm.device import deterministic, set_deterministic
 from bezoar.processes import _portable, launched, run_call
 from bezoar.roles import LazyModels, usage_from_json, usage_to_json
 from bezoar.run_state import Manifest, ManifestCorrupt, ProgressFile, RunLock, read_manifest
@@ -85,6 +87,11 @@ def fingerprint(recipe: Recipe, step: Step, previous: str) -> tuple[str, dict[st
     basis = {"step": step.model_dump(mode="json"), "roles": roles, "seed": recipe.run.seed,
              "commercial": recipe.run.require_commercial_use, "inputs": inputs, "previous": previous,
              "records": RECORDS_VERSION}
+    if step.DECODES and (recipe.run.deterministic or deterministic()):
+        # Only then, so a run made before the modes existed (all fp32, as deterministic is) is not redone
+        # in fast mode; switching modes re-runs the steps that decode (finished calls of a mode whose dtype
+        # is unchanged come from the cache) and, through `previous`, every step after them.
+        basis["decoding"] = "deterministic"
     return canonical_hash(basis), inputs
 
 
@@ -214,6 +221,7 @@ def run_step_process(recipe: dict, run_dir: str, name: str, totals: dict, retry_
     from bezoar.llm.cache import CallCache
 
     built = Recipe.model_validate(recipe)
+    follow_run(built.run)
     step = built.step(name)
     launch = getattr(step, "launch", None)
     if launch is not None and launch.wanted and not launched():  # this process only starts the ranks and waits
@@ -234,7 +242,16 @@ def run_step_process(recipe: dict, run_dir: str, name: str, totals: dict, retry_
 def run_step_here(recipe: dict, run_dir: str, name: str) -> dict:
     """On each rank of a launched training step: run the step in place (ranks call no model roles)."""
     built = Recipe.model_validate(recipe)
+    follow_run(built.run)
     return built.step(name).run(StepContext(built, Path(run_dir), name)).model_dump(mode="json")
+
+
+def follow_run(run: RunConfig) -> None:
+    """In a step's process: `run.deterministic: true` switches it (and the ranks it starts) to deterministic
+    decoding. False leaves the mode it inherited: `bezoar run --deterministic` sets BEZOAR_DETERMINISTIC in
+    the parent, which every step process inherits."""
+    if run.deterministic:
+        set_deterministic(True)
 
 
 def is_interrupted(entry: dict) -> bool:

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bezoar.cli_options import DeterministicOption
 from bezoar.llm.batch_store import batch_summary, batches_in
 from bezoar.llm.batches import NO_WAIT_ENV
 
@@ -33,7 +34,8 @@ def run_recipe(recipe: Path = typer.Argument(..., help="Recipe YAML (see recipes
                run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Default: run.run_dir or runs/NAME."),
                retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again only the items that failed (each step's failed.jsonl)."),
                no_probe: bool = typer.Option(False, "--no-probe", help="Skip the one-call probe of each remote role before the first step."),
-               no_wait: bool = typer.Option(False, "--no-wait", help="Submit provider batches (roles with batch: true) and exit; the same command later collects them.")) -> None:
+               no_wait: bool = typer.Option(False, "--no-wait", help="Submit provider batches (roles with batch: true) and exit; the same command later collects them."),
+               deterministic: bool = DeterministicOption) -> None:
     """The recipe's steps in order (e.g. generate → filter → sft → sft_hh → dpo → eval → report), resumable.
 
     An item a server refuses becomes a failed item (listed in its step's failed.jsonl) and the step goes

@@ -1,5 +1,12 @@
 """Chaos for `bezoar run`: SIGKILL the whole process group at chosen or random moments, start the same
-command again after each kill until it completes, and compare the result with a run never killed.
+command again after each kill until it completes, and check what a resumed run promises in its mode.
+
+- Deterministic mode (`run.deterministic: true`): the result is the one of a run never killed (`compare`).
+- Fast mode (the default): every finished call is kept and none is repeated, so the result is what the
+  call cache alone makes: the same recipe run again in a fresh directory from a copy of the killed run's
+  call cache makes no call and writes the same records, training steps and evaluation outputs
+  (`replay`, `compare_fast`); only calls in flight at a kill may have come out otherwise than in a run
+  never killed, so nothing is compared with one.
 
 Shared by tests/test_chaos.py (a handful of kills, in CI) and benchmarks/bench_chaos.py (20 or more).
 
@@ -20,6 +27,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -67,12 +75,13 @@ SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
 }
 
 
-def smoke_recipe(path: Path, name: str, data_dir: Path) -> Path:
-    """recipes/tiny.yaml with SMOKE's counts, run.name `name`, and the data at `data_dir`."""
+def smoke_recipe(path: Path, name: str, data_dir: Path, deterministic: bool = True) -> Path:
+    """recipes/tiny.yaml with SMOKE's counts, run.name `name`, the decoding mode, and the data at `data_dir`."""
     recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     for keys, value in SMOKE.items():
         set_step_key(recipe, keys, value)
     recipe["run"]["name"] = name
+    recipe["run"]["deterministic"] = deterministic
     path.write_text(yaml.safe_dump(recipe).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
     return path
 
@@ -83,6 +92,12 @@ def set_step_key(recipe: dict, keys: tuple, value) -> None:
     for key in keys[1:-1]:
         node = node.setdefault(key, {})
     node[keys[-1]] = value
+
+
+def mode_env(deterministic: bool) -> dict[str, str]:
+    """The environment a run in the chosen mode starts with: BEZOAR_DETERMINISTIC is what `--deterministic`
+    sets, and what a run started from a test (which decodes deterministically by default) must say."""
+    return {**os.environ, "BEZOAR_DETERMINISTIC": "1" if deterministic else "0"}
 
 
 @dataclass
@@ -137,12 +152,12 @@ def manifest(run_dir: Path) -> dict:
     try:
         return json.loads((run_dir / "manifest.json").read_text())
     except (OSError, ValueError):
-        return {"stages": {}}
+        return {"steps": {}}
 
 
 def running_stage(run_dir: Path, pid: int | None = None) -> str | None:
     """The stage the manifest shows running (under `pid`: a killed attempt leaves its stage "running")."""
-    stages = manifest(run_dir).get("stages", {})
+    stages = manifest(run_dir).get("steps", {})
     return next((name for name in STAGES if stages.get(name, {}).get("status") == "running"
                  and pid in (None, stages[name].get("pid"))), None)
 
@@ -175,12 +190,14 @@ def new_calls(before: dict[str, float], after: dict[str, float]) -> tuple[int, i
     return len(completed), sum(k in before for k in completed)
 
 
-def timed_run(command: list[str], cwd: Path, run_dir: Path, timeout_s: float) -> tuple[float, dict[str, float]]:
+def timed_run(command: list[str], cwd: Path, run_dir: Path, timeout_s: float,
+              env: dict[str, str] | None = None) -> tuple[float, dict[str, float]]:
     """Run to the end, recording when each stage was first seen running; returns (seconds, starts)."""
     log = run_dir.parent / f"{run_dir.name}.log"  # a file, not a pipe: nobody reads a pipe while it runs
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as stderr:
-        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                   env=env)
     start, starts = time.time(), {}
     try:
         while process.poll() is None:
@@ -214,13 +231,13 @@ def random_plan(starts: dict[str, float], total_s: float, count: int, rng: rando
     return plan
 
 
-def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill],
-                   timeout_s: float, on_attempt: Callable[[Attempt], None] | None = None) -> ChaosRun:
+def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill], timeout_s: float,
+                   on_attempt: Callable[[Attempt], None] | None = None, env: dict[str, str] | None = None) -> ChaosRun:
     """Each planned kill in turn (restarting the command after it), then the command to its end."""
     chaos, rows = ChaosRun(), cache_rows(run_dir)
     deadline = time.time() + timeout_s
     for kill in [*plan, None]:
-        attempt = _attempt(command, cwd, run_dir, kill, deadline)
+        attempt = _attempt(command, cwd, run_dir, kill, deadline, env)
         if attempt.killed and kill.after_kill:
             kill.after_kill()
         after = cache_rows(run_dir)
@@ -239,9 +256,11 @@ def run_with_kills(command: list[str], cwd: Path, run_dir: Path, plan: list[Kill
     return chaos
 
 
-def _attempt(command: list[str], cwd: Path, run_dir: Path, kill: Kill | None, deadline: float) -> Attempt:
+def _attempt(command: list[str], cwd: Path, run_dir: Path, kill: Kill | None, deadline: float,
+             env: dict[str, str] | None) -> Attempt:
     with open(run_dir.parent / f"{run_dir.name}.log", "ab") as stderr:  # every attempt's log, one after another
-        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True,
+                                   env=env)
     attempt, start, seen = Attempt(target=kill.stage if kill else "end", killed=False), time.time(), None
     aimed = kill.stage if kill else ""
     try:
@@ -336,21 +355,21 @@ def id_duplicates(run_dir: Path) -> dict[str, int]:
 
 
 def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
-    """{file: sorted record ids} for every JSONL file of data/FOLDER (not its subfolders)."""
+    """{file: sorted record ids} for every JSONL file of RUN_DIR/FOLDER (a step's folder; not its subfolders)."""
     found = {}
-    for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
+    for path in sorted((run_dir / folder).glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         found[path.name] = sorted(row["meta"]["id"] for row in rows if "meta" in row)
     return found
 
 
 def training(run_dir: Path) -> dict[str, list[dict]]:
-    """Per training stage, per run in it: output folder, steps and validation loss, from the summaries."""
-    stages = manifest(run_dir)["stages"]
+    """Per training step, per run in it: output folder, steps and validation loss, from the results."""
+    stages = manifest(run_dir)["steps"]
     found = {}
     for stage in TRAINED:
-        summary = stages.get(stage, {}).get("summary") or {}
-        runs = summary.get("steps") or [summary]
+        summary = (stages.get(stage, {}).get("result") or {}).get("details") or {}
+        runs = summary.get("runs") or [summary]
         found[stage] = [{"output": Path(r.get("output", "")).name, "global_step": r.get("global_step"),
                          "eval_loss": r.get("best_eval_loss"),
                          "validation_examples": (r.get("data") or {}).get("validation_examples")} for r in runs]
@@ -386,13 +405,36 @@ def _without_timing(text: str, suffix: str) -> str:
     return json.dumps([clean(row) for row in rows], sort_keys=True)
 
 
+def same_training(wanted: dict[str, list[dict]], got: dict[str, list[dict]], failures: list[str]) -> float:
+    """Appends to `failures` where the training runs differ (outputs, steps, validation losses beyond
+    LOSS_TOLERANCE); returns the largest validation-loss difference."""
+    loss_diff = 0.0
+    for stage in TRAINED:
+        for want, have in zip(wanted[stage], got[stage], strict=False):
+            if (want["output"], want["global_step"]) != (have["output"], have["global_step"]):
+                failures.append(f"{stage}: {have} does not match the reference's {want}")
+            elif want["global_step"] is None:  # a data set the filter emptied: skipped in both runs
+                continue
+            elif want["validation_examples"] == have["validation_examples"] == 0:  # 1-2 records: none held out
+                continue
+            elif want["eval_loss"] is None or have["eval_loss"] is None:
+                failures.append(f"{stage}: no validation loss ({want}, {have})")
+            else:
+                loss_diff = max(loss_diff, abs(want["eval_loss"] - have["eval_loss"]))
+        if len(wanted[stage]) != len(got[stage]):
+            failures.append(f"{stage}: {len(got[stage])} training runs, the reference had {len(wanted[stage])}")
+    if loss_diff > LOSS_TOLERANCE:
+        failures.append(f"validation losses differ by {loss_diff:.4g} > {LOSS_TOLERANCE}")
+    return loss_diff
+
+
 def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: int) -> dict:
     """Every check of the chaos run against the reference, as figures; `failures` lists what differs."""
     failures: list[str] = []
-    ids = {folder: (record_ids(reference, folder), record_ids(chaos_dir, folder)) for folder in ("generated", "filtered")}
+    ids = {folder: (record_ids(reference, folder), record_ids(chaos_dir, folder)) for folder in ("generate", "filter")}
     lost = 0
     for folder, (want, got) in ids.items():
-        if not want.get("orca.jsonl") and folder == "generated":
+        if not want.get("orca.jsonl") and folder == "generate":
             failures.append("the reference generated no records")
         if want != got:
             failures.append(f"{folder} record ids differ: reference {want}, chaos {got}")
@@ -409,24 +451,8 @@ def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: 
     problems = {f: found for f, found in problems.items() if found}
     if problems:
         failures.append(f"torn or duplicated JSONL lines: {problems}")
-    trained_ref, trained = training(reference), training(chaos_dir)
-    loss_diff = 0.0
-    for stage in TRAINED:
-        for want, got in zip(trained_ref[stage], trained[stage], strict=False):
-            if (want["output"], want["global_step"]) != (got["output"], got["global_step"]):
-                failures.append(f"{stage}: {got} does not match the reference's {want}")
-            elif want["global_step"] is None:  # a data set the filter emptied: skipped in both runs
-                continue
-            elif want["validation_examples"] == got["validation_examples"] == 0:  # 1-2 records: none held out
-                continue
-            elif want["eval_loss"] is None or got["eval_loss"] is None:
-                failures.append(f"{stage}: no validation loss ({want}, {got})")
-            else:
-                loss_diff = max(loss_diff, abs(want["eval_loss"] - got["eval_loss"]))
-        if len(trained_ref[stage]) != len(trained[stage]):
-            failures.append(f"{stage}: {len(trained[stage])} training runs, the reference had {len(trained_ref[stage])}")
-    if loss_diff > LOSS_TOLERANCE:
-        failures.append(f"validation losses differ by {loss_diff:.4g} > {LOSS_TOLERANCE}")
+    trained = training(chaos_dir)
+    loss_diff = same_training(training(reference), trained, failures)
     keys_ref, keys = set(cache_rows(reference)), set(cache_rows(chaos_dir))
     if keys_ref != keys:
         failures.append(f"call cache keys differ: {len(keys_ref - keys)} missing, {len(keys - keys_ref)} extra")
@@ -434,7 +460,7 @@ def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: 
     if not evals_ref or evals_ref != evals:
         failures.append("evaluation outputs differ: " + ", ".join(
             p for p in sorted(set(evals_ref) | set(evals)) if evals_ref.get(p) != evals.get(p)))
-    stages = manifest(chaos_dir)["stages"]
+    stages = manifest(chaos_dir)["steps"]
     if [s for s in STAGES if stages.get(s, {}).get("status") == "done"] != list(STAGES):
         failures.append(f"not every stage is done: { {s: stages.get(s, {}).get('status') for s in STAGES} }")
     extra_calls = chaos.calls_completed - reference_calls
@@ -446,6 +472,71 @@ def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: 
             "calls_completed_twice": chaos.calls_repeated, "max_eval_loss_diff": loss_diff,
             "loss_tolerance": LOSS_TOLERANCE, "training": trained, "eval_files": len(evals),
             "identical": not failures, "failures": failures}
+
+
+# ---------------------------------------------------------------- fast mode: the result is the call cache's
+
+
+def replay(root: Path, source: Path, data_dir: Path, timeout_s: float, deterministic: bool = False) -> Path:
+    """The smoke recipe again in a fresh ROOT/runs/replay, from a copy of `source`'s call cache and lm-eval's
+    request caches (what a resumed run keeps): every call it needs is answered from the copy."""
+    smoke_recipe(root / "replay.yaml", "replay", data_dir, deterministic)
+    target = root / "runs" / "replay"
+    shutil.copytree(source / "cache", target / "cache")
+    for requests in (source / "eval").rglob("lm_cache"):
+        shutil.copytree(requests, target / requests.relative_to(source))
+    timed_run([BEZOAR, "run", "replay.yaml"], root, target, timeout_s, env=mode_env(deterministic))
+    return target
+
+
+DATA_STEPS = ("generate", "filter", "hh_slices", "preferences")
+"""The steps whose folders hold data (JSONL records), not models or evaluations."""
+
+
+def data_records(run_dir: Path) -> dict[str, list[str]]:
+    """Every JSONL file of the data steps' folders, as its sorted lines (a resumed file may hold them in
+    another order)."""
+    return {str(path.relative_to(run_dir)): sorted(json.dumps(json.loads(line), sort_keys=True)
+                                                    for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+            for step in DATA_STEPS for path in sorted((run_dir / step).rglob("*.jsonl"))}
+
+
+def compare_fast(killed: Path, replayed: Path, chaos: ChaosRun, per_method: int) -> dict:
+    """Fast mode's promise, as figures: no record lost or duplicated, no finished call repeated, and every
+    record, training step and evaluation output the one the call cache makes (the replay's)."""
+    failures: list[str] = []
+    generated = record_ids(killed, "generate")
+    counts = {name: len(ids) for name, ids in generated.items() if name in ("lamini.jsonl", "evol.jsonl", "orca.jsonl")}
+    lost = sum(max(0, per_method - n) for n in counts.values()) + per_method * (3 - len(counts))
+    if lost:
+        failures.append(f"records lost: {counts}, {per_method} asked per method")
+    duplicates = {f: n for f, n in id_duplicates(killed).items() if n}
+    problems = line_problems(killed)
+    if duplicates or problems:
+        failures.append(f"rows with the same id {duplicates}, torn or duplicated lines {problems}")
+    mine, cache_made = data_records(killed), data_records(replayed)
+    differing = sorted(f for f in set(mine) | set(cache_made) if mine.get(f) != cache_made.get(f))
+    if differing:
+        failures.append(f"records that are not what the call cache makes: {differing}")
+    evals, cache_evals = eval_outputs(killed), eval_outputs(replayed)
+    if not evals or evals != cache_evals:
+        failures.append("evaluation outputs differ from the replay's: " + ", ".join(
+            p for p in sorted(set(evals) | set(cache_evals)) if evals.get(p) != cache_evals.get(p)))
+    trained = training(killed)
+    loss_diff = same_training(training(replayed), trained, failures)
+    replay_calls, replay_repeats = new_calls(cache_rows(killed), cache_rows(replayed))
+    if replay_calls or chaos.calls_repeated:
+        failures.append(f"the replay made {replay_calls} calls ({replay_repeats} of them repeats); the killed run "
+                        f"completed {chaos.calls_repeated} calls twice")
+    stages = manifest(killed)["steps"]
+    if [s for s in STAGES if stages.get(s, {}).get("status") == "done"] != list(STAGES):
+        failures.append(f"not every stage is done: { {s: stages.get(s, {}).get('status') for s in STAGES} }")
+    return {"kills": chaos.kills, "stages_hit": chaos.stages_hit, "lost_records": lost,
+            "duplicate_records": sum(duplicates.values()), "torn_or_duplicated_lines": sum(len(v) for v in problems.values()),
+            "calls": chaos.calls_completed, "calls_completed_twice": chaos.calls_repeated,
+            "replay_calls": replay_calls, "data_files": len(mine), "eval_files": len(evals), "training": trained,
+            "max_eval_loss_diff": loss_diff,
+            "kept_from_cache": not failures, "failures": failures}
 
 
 # ---------------------------------------------------------------- the CI-sized run (tests/conftest.py)
@@ -485,7 +576,7 @@ def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random
               for i, s in enumerate(names)}
     plan = [Kill("generate", ready=cached_at_least(3)),
             Kill("filter", ready=grew_by(2)),
-            Kill("sft", ready=lambda: any((run_dir / "models").glob("sft-*/checkpoint-*/trainer_state.json"))),
+            Kill("sft", ready=lambda: any((run_dir / "sft").glob("sft-*/checkpoint-*/trainer_state.json"))),
             Kill("sft_hh", after_s=rng.uniform(0, window["sft_hh"])),
             Kill("dpo", after_s=rng.uniform(0, window["dpo"])),
             Kill("eval", ready=lambda: any((run_dir / "eval").rglob("model_answer/*.jsonl"))),
@@ -502,11 +593,11 @@ class SmokeReference:
 
 
 def smoke_reference(root: Path, data_dir: Path) -> SmokeReference:
-    """The smoke recipe run once, never killed, with its own cache: ROOT/runs/reference."""
+    """The smoke recipe run once in deterministic mode, never killed, with its own cache: ROOT/runs/reference."""
     os.environ.setdefault("BEZOAR_DATA", str(data_dir))  # defaults not in the recipe (e.g. eval.ifeval) read it
     smoke_recipe(root / "reference.yaml", "reference", data_dir)
     reference_s, starts = timed_run([BEZOAR, "run", "reference.yaml"], root, root / "runs" / "reference",
-                                    timeout_s=2400)
+                                    timeout_s=2400, env=mode_env(True))
     return SmokeReference(root, reference_s, starts)
 
 
@@ -522,6 +613,19 @@ def smoke_runs(made: SmokeReference, data_dir: Path, seed: int = 0) -> SmokeRuns
                                        timeout=120).stdout)
 
     plan = ci_plan(killed, starts, reference_s, random.Random(seed), status)
-    chaos = run_with_kills([BEZOAR, "run", "killed.yaml"], root, killed, plan, timeout_s=2400)
+    chaos = run_with_kills([BEZOAR, "run", "killed.yaml"], root, killed, plan, timeout_s=2400, env=mode_env(True))
     figures = compare(reference, killed, chaos, reference_calls=len(cache_rows(reference)))
     return SmokeRuns(root, reference_s, starts, chaos, statuses, figures)
+
+
+def fast_smoke_runs(made: SmokeReference, data_dir: Path, seed: int = 1) -> SmokeRuns:
+    """The smoke recipe in fast mode, killed once in every stage (planned on the reference's timeline) in
+    ROOT/runs/fast, then replayed from its call cache (ROOT/runs/replay) and checked by `compare_fast`."""
+    root = made.root
+    smoke_recipe(root / "fast.yaml", "fast", data_dir, deterministic=False)
+    killed = root / "runs" / "fast"
+    plan = ci_plan(killed, made.starts, made.reference_s, random.Random(seed), lambda: None)
+    chaos = run_with_kills([BEZOAR, "run", "fast.yaml"], root, killed, plan, timeout_s=2400, env=mode_env(False))
+    replayed = replay(root, killed, data_dir, timeout_s=2400)
+    figures = compare_fast(killed, replayed, chaos, per_method=SMOKE[("generate", "orca", "n")])
+    return SmokeRuns(root, made.reference_s, made.starts, chaos, [], figures)

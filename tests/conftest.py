@@ -12,6 +12,10 @@ DATA = Path(os.environ.get("BEZOAR_DATA", REPO.parent / "shared" / "data")).reso
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The suite checks equalities that only deterministic decoding promises (batched = one-by-one, a resumed run =
+# one never killed), so it decodes in fp32 unless a test asks for the fast default (BEZOAR_DETERMINISTIC=0,
+# `exact=False`): tests/test_device.py, test_llm_local.py and test_chaos.py's fast-mode run do.
+os.environ.setdefault("BEZOAR_DETERMINISTIC", "1")
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +31,14 @@ def embedded():
     from bezoar.llm.local import LocalBackend
 
     return LocalBackend()
+
+
+@pytest.fixture(scope="session")
+def embedded_fast():
+    """The embedded SmolLM2 as a default run decodes it: fast mode (bf16 where this machine is faster in it)."""
+    from bezoar.llm.local import LocalBackend
+
+    return LocalBackend(exact=False)
 
 
 @pytest.fixture
@@ -60,3 +72,12 @@ def smoke_runs(smoke_reference, data_dir):
     from chaos import smoke_runs as run_killed
 
     return run_killed(smoke_reference, data_dir)
+
+
+@pytest.fixture(scope="session")
+def fast_smoke_runs(smoke_reference, data_dir):
+    """The same recipe in fast mode, SIGKILLed in every step and resumed (ROOT/runs/fast), and replayed from
+    its call cache alone (ROOT/runs/replay): tests/test_chaos.py."""
+    from chaos import fast_smoke_runs as run_fast
+
+    return run_fast(smoke_reference, data_dir)

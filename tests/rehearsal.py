@@ -122,13 +122,17 @@ class Rehearsal:
 
 
 def recipe_for(workdir: Path, data_dir: Path, **changes) -> Path:
-    """recipes/rehearsal.yaml with the data directory filled in and `changes` ({"a.b.c": value}) applied."""
+    """recipes/rehearsal.yaml with the data directory filled in and `changes` ({"a.b.c": value}) applied; `a`
+    is run, models, or a step's name or type."""
     import yaml
 
     recipe = yaml.safe_load((REPO / "recipes" / "rehearsal.yaml").read_text())
     for dotted, value in changes.items():
         node = recipe
         *parents, last = dotted.split(".")
+        if parents and parents[0] not in recipe:  # a step, by name or type
+            node = next(s for s in recipe["steps"] if parents[0] in (s.get("name"), s["type"]))
+            parents = parents[1:]
         for key in parents:
             node = node.setdefault(key, {})
         node[last] = value
@@ -211,7 +215,7 @@ def _kill_b_mid_generate(process: subprocess.Popen, endpoint: Proxy, run_dir: Pa
 
 def _stage_status(run_dir: Path, stage: str) -> str | None:
     try:
-        return json.loads((run_dir / "manifest.json").read_text())["stages"].get(stage, {}).get("status")
+        return json.loads((run_dir / "manifest.json").read_text())["steps"].get(stage, {}).get("status")
     except (OSError, ValueError, KeyError):
         return None
 
@@ -242,9 +246,9 @@ def content_key(row: dict) -> str:
 
 
 def record_ids(run_dir: Path, folder: str) -> dict[str, list[str]]:
-    """{data set: sorted content keys} of the records kept in data/FOLDER."""
+    """{data set: sorted content keys} of the records kept in RUN_DIR/FOLDER (a step's folder)."""
     found = {}
-    for path in sorted((run_dir / "data" / folder).glob("*.jsonl")):
+    for path in sorted((run_dir / folder).glob("*.jsonl")):
         if "." in path.stem or path.stem in ("failed", "rejected", "judgments"):  # not records kept
             continue
         found[path.stem] = sorted(content_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip())
@@ -262,7 +266,7 @@ def failures(run_dir: Path) -> list[dict]:
 def poison_for(clean_run: Path) -> tuple[str, str]:
     """(a text only one generated record's requests contain, that record's key): the clean run's first Orca
     record; its seed question is the poison."""
-    first = json.loads((clean_run / "data" / "generated" / "orca.jsonl").read_text().splitlines()[0])
+    first = json.loads((clean_run / "generate" / "orca.jsonl").read_text().splitlines()[0])
     question = next(m["content"] for m in first["messages"] if m["role"] == "user")
     return question[:80], content_key(first)
 

@@ -1,16 +1,22 @@
-"""Kill `bezoar run` in every stage, resume, get the same result (the CI-sized run of tests/chaos.py;
-benchmarks/bench_chaos.py does the same at 20+ random moments).
+"""Kill `bezoar run` in every stage, resume, and get what the mode promises (the CI-sized run of
+tests/chaos.py; benchmarks/bench_chaos.py does the same at 20+ random moments).
 
-The session fixture `smoke_runs` (tests/conftest.py) runs a smoke-sized recipe once uninterrupted with
-its own cache (`runs/reference`), then again in a fresh run directory (`runs/killed`), SIGKILLing the
-whole process group once in each of the seven stages and restarting the same command after each kill.
-tests/test_pipeline.py reuses the killed run for the status, report and bad-input checks."""
+Deterministic mode: the session fixture `smoke_runs` (tests/conftest.py) runs a smoke-sized recipe once
+uninterrupted with its own cache (`runs/reference`), then again in a fresh run directory (`runs/killed`),
+SIGKILLing the whole process group once in each of the seven stages and restarting the same command after
+each kill: the result is the reference's. tests/test_pipeline.py reuses the killed run for the status,
+report and bad-input checks.
+
+Fast mode (`fast_smoke_runs`): the same kills in `runs/fast`, then the recipe run again from a copy of its
+call cache alone (`runs/replay`): no call is made, and every record, training step and evaluation output is
+the one the cache makes, so no finished call was lost, repeated or changed."""
 from __future__ import annotations
 
 import subprocess
 
 import pytest
 
+from bezoar.llm.device import plan_device
 from chaos import BEZOAR, STAGES, TARGETS, manifest, record_ids
 
 
@@ -26,6 +32,8 @@ def test_killed_in_every_stage_resumes_to_the_reference_result(smoke_runs):
     assert figures["reference_calls"] > 0 and figures["max_eval_loss_diff"] <= figures["loss_tolerance"]
     trained = [run for runs in figures["training"].values() for run in runs if run["global_step"] is not None]
     assert len(trained) >= 3 and all(run["global_step"] == 2 for run in trained)  # max_steps, resumed or not
+    killed = manifest(smoke_runs.root / "runs" / "killed")["steps"]
+    assert killed["generate"]["usage"]["teacher"]["model"].endswith(":float32")  # deterministic mode decodes in fp32
 
 
 @pytest.mark.slow
@@ -33,20 +41,20 @@ def test_killed_in_every_stage_resumes_to_the_reference_result(smoke_runs):
 def test_the_killed_run_resumed_rather_than_started_over(smoke_runs):
     run_dir = smoke_runs.root / "runs" / "killed"
     assert "interrupted" in smoke_runs.statuses[0]  # the killed stage is not shown as still running
-    stages = manifest(run_dir)["stages"]
-    # the tiny recipe leaves the preferences stage off: done at once, never a kill target
+    stages = manifest(run_dir)["steps"]
     assert [s for s in stages if s in STAGES and stages[s]["status"] == "done"] == list(STAGES)
-    assert stages["preferences"]["status"] == "done"
+    assert manifest(run_dir)["order"] == list(STAGES)  # the tiny recipe lists no preferences step
     assert stages["generate"]["status"] == "done" and stages["generate"]["usage"]["teacher"]["cache_hits"] >= 3
-    generated = record_ids(run_dir, "generated")
+    generated = record_ids(run_dir, "generate")
     assert {name: len(generated.get(name, [])) for name in ("evol.jsonl", "lamini.jsonl", "orca.jsonl")} == \
         {"evol.jsonl": 3, "lamini.jsonl": 3, "orca.jsonl": 3}
     assert stages["generate"]["inputs"] and all(len(h) == 64 for h in stages["generate"]["inputs"].values())
     assert stages["filter"]["usage"]["judge"]["cache_hits"] > 0  # judged before the kill: not asked again
-    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in stages["sft"]["summary"]["steps"])
-    assert (run_dir / "models" / "dpo" / "README.md").exists()  # model card
-    assert list((run_dir / "data" / "filtered" / "cards").glob("*.md"))  # data set cards
-    reference = manifest(smoke_runs.root / "runs" / "reference")["stages"]
+    sft_runs = stages["sft"]["result"]["details"]["runs"]
+    assert any(run.get("resumed_from", "").startswith("checkpoint-") for run in sft_runs)
+    cards = {p.name for p in (run_dir / "report" / "cards").glob("*.md")}
+    assert "dpo.md" in cards and {"lamini.md", "evol.md", "orca.md"} & cards  # model and data set cards
+    reference = manifest(smoke_runs.root / "runs" / "reference")["steps"]
     assert reference["generate"]["usage"]["teacher"]["cache_hits"] == 0  # the reference made its own calls
 
     again = subprocess.run([BEZOAR, "run", "killed.yaml"], cwd=smoke_runs.root, capture_output=True, text=True,
@@ -55,3 +63,17 @@ def test_the_killed_run_resumed_rather_than_started_over(smoke_runs):
     status = subprocess.run([BEZOAR, "status", "runs/killed"], cwd=smoke_runs.root, capture_output=True, text=True,
                             timeout=120)
     assert status.returncode == 0 and "done" in status.stdout and "teacher" in status.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2700)
+def test_fast_mode_killed_in_every_stage_keeps_every_finished_call(fast_smoke_runs):
+    figures, chaos = fast_smoke_runs.figures, fast_smoke_runs.chaos
+    print({k: v for k, v in figures.items() if k != "training"})
+    assert chaos.kills == 7 and chaos.stages_hit == list(TARGETS), [(a.target, a.stage_at_kill) for a in chaos.attempts]
+    assert figures["failures"] == [] and figures["kept_from_cache"]
+    assert figures["lost_records"] == figures["duplicate_records"] == figures["torn_or_duplicated_lines"] == 0
+    assert figures["calls_completed_twice"] == 0 and figures["replay_calls"] == 0 and figures["calls"] > 0
+    assert figures["data_files"] > 0 and figures["eval_files"] > 0
+    fast = manifest(fast_smoke_runs.root / "runs" / "fast")["steps"]
+    assert fast["generate"]["usage"]["teacher"]["model"].endswith(f":{plan_device('auto', exact=False).dtype_name}")

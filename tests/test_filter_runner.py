@@ -199,3 +199,23 @@ def test_recipe_filter_step_errors_name_file_line_and_key(tmp_path):
         load_recipe(recipe)
     assert f"{recipe}:4: steps.0.judge.treshold: unknown key" in str(error.value)
     assert f"{recipe}:6: steps.0.dedup.threshold: " in str(error.value)
+
+
+def test_cli_takes_the_settings_of_the_recipes_filter_step(tmp_path, data_dir):
+    rows = [json.loads(line) for line in (data_dir / "seeds/dolly15k_open_qa_subset.jsonl").open()][:10]
+    rows_file = tmp_path / "a.jsonl"
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:3]))  # three exact duplicates
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("run:\n  deterministic: true\nsteps:\n  - type: filter\n    dedup:\n      exact: false\n"
+                      "      near: false\n    contamination:\n      enabled: false\n")
+    result = subprocess.run([BEZOAR, "filter", "--in", str(rows_file), "--out", str(tmp_path / "out"), "--no-judge",
+                             "--recipe", str(recipe)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["input"] == 13 and "exact_duplicate" not in summary["reasons"]  # the step's dedup settings
+    without = tmp_path / "none.yaml"
+    without.write_text("steps:\n  - type: report\n")
+    refused = subprocess.run([BEZOAR, "filter", "--in", str(rows_file), "--out", str(tmp_path / "out2"), "--no-judge",
+                              "--recipe", str(without)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == f"--recipe: {without} has no filter step to take settings from"

@@ -33,8 +33,10 @@ def _recording_hub() -> tuple[ThreadingHTTPServer, list[str]]:
 
 
 def _import_in_child(code: str, endpoint: str, home) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home / "hf"), KERNELS_CACHE=str(home / "kernels"))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env.update(HF_ENDPOINT=endpoint, HF_HOME=str(home / "hf"), KERNELS_CACHE=str(home / "kernels"),
+               # a machine with an HTTP proxy would send the stand-in hub's requests to the proxy instead
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
 
 

@@ -105,3 +105,20 @@ def test_prepacked_linear_layers_compute_what_the_plain_model_computes(embedded,
     real = batch.attention_mask.bool()
     assert torch.allclose(packed_logits[real], plain_logits[real], atol=1e-3, rtol=0)
     assert torch.equal(packed_logits[real].argmax(-1), plain_logits[real].argmax(-1))
+
+
+def test_fast_mode_decodes_in_the_dtype_measured_fastest(embedded_fast):
+    """The default (fast) mode: bf16 where this CPU is faster in it, packed for oneDNN all the same; the
+    model's identity (hence every cache key) names the dtype, so fp32 replies are never served to it."""
+    import torch
+
+    from bezoar.llm.device import plan_device
+    from bezoar.llm.prepack import PackedLinear
+
+    dtype = plan_device("auto", exact=False).dtype
+    assert embedded_fast.loaded.plan.dtype == dtype and embedded_fast.identity.endswith(":" + str(dtype)[6:])
+    assert all(isinstance(m, PackedLinear) for m in embedded_fast.loaded.model.modules()
+               if isinstance(m, torch.nn.Linear | PackedLinear))
+    reply = embedded_fast.generate([[{"role": "user", "content": "What is the capital of France?"}]],
+                                   Sampling(max_new_tokens=24))[0][0]
+    assert "Paris" in reply.text

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from chaos import BEZOAR, smoke_recipe
+from recipe_dicts import step
 
 CHAOS_RUNS_S = 2700  # the first test to ask for the workspace waits for the chaos fixture's two runs
 
@@ -23,7 +24,7 @@ def bezoar(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def manifest(run_dir: Path) -> dict:
     path = run_dir / "manifest.json"
-    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+    return json.loads(path.read_text()) if path.exists() else {"steps": {}}
 
 
 def cached_calls(run_dir: Path) -> int:
@@ -82,12 +83,12 @@ def test_bad_inputs_never_touch_a_run(workspace, data_dir):
     other = smoke_recipe(workspace / "other.yaml", "other", data_dir)
     cases = {
         "missing seed": (["run", "missing.yaml"], "input file(s) not found: /nonexistent/seeds.jsonl"),
-        "unknown stage": (["run", "killed.yaml", "--from", "trian"], "unknown stage 'trian'; the stages are: "
-                                                                       "generate, filter, sft, sft_hh, preferences, dpo, eval, report"),
+        "unknown step": (["run", "killed.yaml", "--from", "trian"], "no step named 'trian' in this recipe; its steps "
+                                                                    "are: generate, filter, sft, hh_slices, sft_hh, dpo, eval, report"),
         "other recipe": (["run", str(other), "--run-dir", "runs/killed"], "this run directory was made by recipe"),
     }
     broken = yaml.safe_load((workspace / "killed.yaml").read_text())
-    broken["generate"]["lamini"]["seeds"] = ["/nonexistent/seeds.jsonl"]
+    step(broken, "generate")["lamini"]["seeds"] = ["/nonexistent/seeds.jsonl"]
     broken["run"]["name"] = "missing"  # its own run directory, so a run it wrongly started would show
     (workspace / "missing.yaml").write_text(yaml.safe_dump(broken))
     runs_before = sorted(p.name for p in (workspace / "runs").iterdir())
@@ -102,8 +103,8 @@ def test_bad_inputs_never_touch_a_run(workspace, data_dir):
 
 @pytest.mark.slow
 @pytest.mark.timeout(CHAOS_RUNS_S)
-def test_a_budget_stops_the_stage_cleanly_and_says_which(workspace):
-    """The stage runs in its own process: the budget error still reaches the user as one line, exit 2."""
+def test_a_budget_stops_the_step_cleanly_and_says_which(workspace):
+    """The step runs in its own process: the budget error still reaches the user as one line, exit 2."""
     recipe = yaml.safe_load((workspace / "reference.yaml").read_text())
     recipe["run"]["name"] = "budget"
     recipe["models"]["teacher"] = {"spec": "local", "max_calls": 2}
@@ -113,24 +114,24 @@ def test_a_budget_stops_the_stage_cleanly_and_says_which(workspace):
     errors = [line for line in result.stderr.splitlines() if "budget:" in line]
     assert errors and "role 'teacher'" in errors[0] and "max_calls=2" in errors[0], result.stderr[-3000:]
     assert "Traceback" not in result.stderr
-    stage = manifest(workspace / "runs" / "budget")["stages"]["generate"]
+    stage = manifest(workspace / "runs" / "budget")["steps"]["generate"]
     assert stage["status"] == "stopped" and "max_calls=2" in stage["error"]
     assert cached_calls(workspace / "runs" / "budget") <= 2  # never a call past the budget
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(CHAOS_RUNS_S)
-def test_a_stage_whose_input_stage_never_ran_says_which_to_run(workspace):
-    """Stage inputs come from the manifest: dpo alone, in a run where sft_hh never ran, asks for
-    sft_hh's HH-RLHF slice by name and stops in one line, without scanning for a stray file."""
+def test_a_step_whose_input_step_never_ran_says_which_to_run(workspace):
+    """Step inputs come from the manifest: dpo alone, in a run where hh_slices never ran, asks for
+    hh_slices's HH-RLHF slice by name and stops in one line, without scanning for a stray file."""
     recipe = yaml.safe_load((workspace / "reference.yaml").read_text())
     recipe["run"]["name"] = "dpo-alone"
     (workspace / "dpo-alone.yaml").write_text(yaml.safe_dump(recipe))
-    stray = workspace / "runs" / "dpo-alone" / "data" / "hh" / "dpo.jsonl"  # where sft_hh would write it
+    stray = workspace / "runs" / "dpo-alone" / "hh_slices" / "dpo.jsonl"  # where hh_slices would write it
     stray.parent.mkdir(parents=True)
     stray.write_text("")
     result = bezoar("run", "dpo-alone.yaml", "--only", "dpo", cwd=workspace)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert "the sft_hh stage has not handed on 'hh_dpo'" in result.stderr and "Traceback" not in result.stderr
-    stage = manifest(workspace / "runs" / "dpo-alone")["stages"]["dpo"]
-    assert stage["status"] == "failed" and "--from sft_hh" in stage["error"]
+    assert "the step 'hh_slices' has not handed on 'hh_dpo'" in result.stderr and "Traceback" not in result.stderr
+    stage = manifest(workspace / "runs" / "dpo-alone")["steps"]["dpo"]
+    assert stage["status"] == "failed" and "--from hh_slices" in stage["error"]

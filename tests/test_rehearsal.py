@@ -34,7 +34,7 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
 
         faulty = rehearse(tmp_path / "faulty", upstream, recipe, faulty=True, poison=(poison,), secret=SECRET)
         assert faulty.returncode == 0, faulty.stderr[-3000:]
-        faulty_generated, faulty_filtered = record_ids(faulty.run_dir, "generated"), record_ids(faulty.run_dir, "filtered")
+        faulty_generated, faulty_filtered = record_ids(faulty.run_dir, "generate"), record_ids(faulty.run_dir, "filter")
         manifest = json.loads((faulty.run_dir / "manifest.json").read_text())  # before --retry-failed changes it
         generate_failures = [f for f in failures(faulty.run_dir) if f["stage"].startswith("generate")]  # and these
         retried = rehearse(tmp_path / "faulty", upstream, recipe, faulty=False, secret=SECRET, ports=faulty.ports,
@@ -42,11 +42,11 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
         assert retried.returncode == 0, retried.stderr[-3000:]
 
     # The run completed: every stage done; the poisoned seed is the one failed item of generate.
-    assert all(manifest["stages"][s]["status"] == "done" for s in ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"))
-    assert manifest["stages"]["generate"]["failed_items"] == 1, generate_failures
+    assert all(manifest["steps"][s]["status"] == "done" for s in ("generate", "filter", "sft", "sft_hh", "dpo", "eval", "report"))
+    assert manifest["steps"]["generate"]["failed_items"] == 1, generate_failures
 
     # Its records are exactly the fault-free run's minus the poisoned one, in generate and in filter.
-    clean_generated, clean_filtered = record_ids(done.run_dir, "generated"), record_ids(done.run_dir, "filtered")
+    clean_generated, clean_filtered = record_ids(done.run_dir, "generate"), record_ids(done.run_dir, "filter")
     expected = {m: [i for i in ids if i != poisoned_id] for m, ids in clean_generated.items()}
     assert expected != clean_generated  # the poisoned record was one of the clean run's
     assert faulty_generated == expected
@@ -72,10 +72,10 @@ def test_rehearsal_survives_what_real_apis_do(tmp_path, data_dir):
     assert status.returncode == 0 and "failed" in status.stdout
 
     # --retry-failed asked the failed item again, and only it: the records are now the clean run's.
-    assert record_ids(faulty.run_dir, "generated") == clean_generated
+    assert record_ids(faulty.run_dir, "generate") == clean_generated
     asked_again = [r for r in retried.requests() if r["action"] == "forward"]
     assert len(asked_again) == 1, asked_again
-    assert json.loads((faulty.run_dir / "manifest.json").read_text())["stages"]["generate"]["failed_items"] == 0
+    assert json.loads((faulty.run_dir / "manifest.json").read_text())["steps"]["generate"]["failed_items"] == 0
 
     # Keys went only where they belong, and the secret is nowhere in what the run left behind.
     assert all(r["authorization"] is None for r in faulty.requests("judge"))  # OPENAI_API_KEY stayed home

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from recipe_dicts import hand_on, run_step, write
+
 from bezoar.config import load_recipe
-from bezoar.filter.runner import run_filter
 from bezoar.hh_rlhf import read_hh_pairs
-from bezoar.pipeline import Manifest
 from bezoar.records import ChatMessage, Lineage, Record, RecordMeta, write_jsonl
-from bezoar.stage_outputs import handed_on
 
 BEZOAR = str(Path(sys.executable).parent / "bezoar")
 
@@ -38,21 +37,21 @@ def tiny_run(tmp_path_factory, data_dir) -> Path:
     lamini = [record("lamini", r["instruction"], r["response"]) for r in rows[:4]]
     evol = [record("evol_instruct", r["instruction"], r["response"]) for r in rows[4:]]
     evol.append(record("evol_instruct", "Hi! " + question, "Aloha from Hawaii..."))
-    write_jsonl(run_dir / "data/generated/lamini.jsonl", lamini)
-    write_jsonl(run_dir / "data/generated/evol.jsonl", evol)
-    manifest = Manifest(run_dir)
-    manifest.update("generate", status="done", summary={"outputs": handed_on(run_dir, {
-        "lamini": run_dir / "data/generated/lamini.jsonl", "evol": run_dir / "data/generated/evol.jsonl"})})
-    recipe = tmp / "recipe.yaml"
-    recipe.write_text("generate: {lamini: {n: 4}, evol: {n: 4}, orca: {n: 0}}\nfilter:\n  judge: {enabled: false}\n"
-                      f"  contamination: {{eval_paths: ['{data_dir / 'eval/mt_bench/question.jsonl'}'], embedding: {{enabled: false}}}}\n")
-    manifest.update("filter", status="done", summary=run_filter(load_recipe(recipe), run_dir, {}))
+    generated = {"lamini": run_dir / "generate/lamini.jsonl", "evol": run_dir / "generate/evol.jsonl"}
+    write_jsonl(generated["lamini"], lamini)
+    write_jsonl(generated["evol"], evol)
+    hand_on(run_dir, "generate", outputs=generated)
+    contamination = {"eval_paths": [str(data_dir / "eval/mt_bench/question.jsonl")], "embedding": {"enabled": False}}
+    recipe = write(tmp / "recipe.yaml", {"run": {"run_dir": str(run_dir)}, "steps": [
+        {"type": "generate", "lamini": {"n": 4}, "evol": {"n": 4}, "orca": {"n": 0}},
+        {"type": "filter", "judge": {"enabled": False}, "contamination": contamination}]})
+    run_step(load_recipe(recipe), run_dir, "filter")
     pairs, _ = read_hh_pairs(data_dir / "preferences/hh-rlhf/harmless-base/test.jsonl.gz")
-    write_jsonl(run_dir / "data/preferences/pairs.jsonl", pairs[:6])
-    manifest.update("preferences", status="done", summary={"outputs": handed_on(run_dir, {"pairs": run_dir / "data/preferences/pairs.jsonl"})})
-    adapter = run_dir / "models/sft-1-lamini"
+    write_jsonl(run_dir / "preferences/pairs.jsonl", pairs[:6])
+    hand_on(run_dir, "preferences", outputs={"pairs": run_dir / "preferences/pairs.jsonl"})
+    adapter = run_dir / "sft/sft-1-lamini"
     _tiny_adapter(adapter)
-    manifest.update("sft", status="done", summary={"checkpoints": handed_on(run_dir, {"sft-1-lamini": adapter})})
+    hand_on(run_dir, "sft", checkpoints={"sft-1-lamini": adapter})
     return run_dir
 
 
@@ -83,7 +82,7 @@ def test_card_metadata_names_every_config_and_the_run(exported):
     assert front["license"] == "cc-by-sa-3.0" and front["task_categories"] == ["text-generation"]
     assert front["size_categories"] == ["n<1K"]
     assert {c["config_name"] for c in front["configs"]} == {"lamini", "evol", "rejected", "preferences"}
-    assert [c["config_name"] for c in front["configs"] if c.get("default")] == ["evol"]  # the first kept set
+    assert [c["config_name"] for c in front["configs"] if c.get("default")] == ["lamini"]  # the first kept set, in the recipe's order
     assert "## Funnel" in text and "## Contamination" in text and "question.jsonl" in text and "1 records removed" in text
     assert "databricks-dolly-15k" in text  # the licence lineage
 

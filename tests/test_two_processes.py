@@ -148,3 +148,68 @@ def test_two_processes_convert_the_embedded_model_once(tmp_path):
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(target).model_type == "llama"
+
+
+SHARER = """
+import sys, time
+from bezoar.llm.cores import SHARE
+SHARE.cores = 4
+with SHARE.computing():
+    print(SHARE.threads, flush=True)
+    sys.stdin.readline()  # wait for the test
+    SHARE.checked = 0.0
+    print(SHARE.rebalance(), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_processes_computing_at_once_share_the_cores(tmp_path):
+    """Each bezoar process computing registers under the user cache and takes cores // (processes computing)
+    threads; one that leaves gives its cores back, and one that was SIGKILLed is not counted."""
+    env = {**_env(tmp_path)}
+    env.pop("OMP_NUM_THREADS", None)
+
+    def start() -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", SHARER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env)
+
+    first = start()
+    assert first.stdout.readline().strip() == "4"  # alone: every core
+    second = start()
+    assert second.stdout.readline().strip() == "2"  # beside the first
+    first.stdin.write("\n")
+    first.stdin.flush()
+    assert first.stdout.readline().strip() == "2"  # the first looks again and makes room
+    os.kill(second.pid, signal.SIGKILL)  # leaves its entry behind
+    second.wait(timeout=60)
+    assert (tmp_path / "cores" / str(second.pid)).exists()
+    third = start()
+    assert third.stdout.readline().strip() == "2"  # the first and itself: the dead entry is not counted
+    assert not (tmp_path / "cores" / str(second.pid)).exists()
+    for process in (first, third):
+        process.stdin.write("\n\n")
+        process.stdin.flush()
+        process.communicate(timeout=60)
+        assert process.returncode == 0
+    assert [p.name for p in (tmp_path / "cores").iterdir()] == []  # each left on its way out
+
+
+def test_the_thread_count_does_not_change_the_numbers(embedded):
+    """Sharing changes a process's thread count while it decodes: logits must not depend on it (in fp32,
+    deterministic mode, and in bf16), or a run beside another would decode otherwise than alone."""
+    import torch
+
+    from bezoar.llm.local import LocalBackend
+
+    threads = torch.get_num_threads()
+    ids = torch.tensor([embedded.encode([{"role": "user", "content": "Name three rivers in Europe."}])] * 3)
+    try:
+        for backend in (embedded, LocalBackend(exact=False)):
+            logits = []
+            for count in (1, 2):
+                torch.set_num_threads(count)
+                with torch.inference_mode():
+                    logits.append(backend.loaded.model(input_ids=ids).logits)
+            assert torch.equal(logits[0], logits[1]), backend.loaded.plan.dtype_name
+    finally:
+        torch.set_num_threads(threads)

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bezoar.cli_options import DeterministicOption
 from bezoar.errors import ConfigError
 
 out = Console()
@@ -46,6 +47,7 @@ def mt_bench_command(
         max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer per turn (default 1024, as FastChat)."),
         judge_max_new_tokens: Optional[int] = typer.Option(None, help="Longest judge reply (default 1024)."),
         model_id: Optional[str] = typer.Option(None, help="Name in the answer file (default: from the spec)."),
+        deterministic: bool = DeterministicOption,
 ) -> None:
     """MT-Bench with an LLM judge, as FastChat's llm_judge: answers, judgments, score table."""
     from bezoar.config import ModelConfig
@@ -102,6 +104,7 @@ def harness_command(
         data: list[str] = typer.Option([], help="TASK=PATH data file for one task, e.g. winogrande=dev.jsonl."),
         batch_size: Optional[int] = typer.Option(None, help="Requests per forward pass (default 16)."),
         out_dir: Path = typer.Option(Path("bezoar-eval/harness"), "--out", help="Results folder."),
+        deterministic: bool = DeterministicOption,
 ) -> None:
     """LM Evaluation Harness tasks through lm-eval's Python API, offline with local task data."""
     from bezoar.evaluate.config import HarnessConfig
@@ -134,6 +137,7 @@ def preference_command(
         limit: Optional[int] = typer.Option(None, help="Only the first N of those."),
         batch_size: Optional[int] = typer.Option(None, help="Sequences per forward pass (default 8)."),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="Write summary.json here."),
+        deterministic: bool = DeterministicOption,
 ) -> None:
     """Preference accuracy on held-out pairs (log-likelihood, or DPO reward with --reference)."""
     import tempfile
@@ -161,6 +165,7 @@ def ifeval_command(
         prompts: Optional[Path] = typer.Option(None, help="IFEval input_data.jsonl (default: $BEZOAR_DATA/eval/ifeval)."),
         limit: Optional[int] = typer.Option(None, help="Only the first N prompts."),
         max_new_tokens: Optional[int] = typer.Option(None, help="Longest answer (default 512)."),
+        deterministic: bool = DeterministicOption,
 ) -> None:
     """IFEval offline: greedy answers, scored by lm-eval's instruction checkers (strict and loose)."""
     from bezoar.config import ModelConfig
@@ -197,6 +202,7 @@ def winrate_command(
         max_new_tokens: int = typer.Option(256, help="Longest answer."),
         judge_mode: str = typer.Option("auto", help="generate, next_token (local judges), or auto."),
         out_dir: Path = typer.Option(..., "--out", help="Folder for answers.jsonl and summary.json."),
+        deterministic: bool = DeterministicOption,
 ) -> None:
     """Pairwise win rate (both orders) with a length-controlled rate; constraint prompts by checkers."""
     from bezoar.config import ModelConfig
@@ -221,7 +227,8 @@ def winrate_command(
 
 
 @eval_app.command("run")
-def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; runs its eval step(s) over its run directory.")) -> None:
+def run_command(recipe: Path = typer.Argument(..., help="Recipe YAML; runs its eval step(s) over its run directory."),
+                deterministic: bool = DeterministicOption) -> None:
     """The recipe's eval steps alone (`bezoar run RECIPE --only NAME` for each), then the comparison."""
     from bezoar.config import load_recipe
     from bezoar.errors import ConfigError
@@ -243,7 +250,7 @@ def compare_command(
         as_json: bool = typer.Option(False, "--json", help="Print the JSON instead of the table."),
 ) -> None:
     """One table: base vs each trained checkpoint across every metric, with deltas and intervals."""
-    from bezoar.evaluate.compare import compare, of_run
+    from bezoar.evaluate.compare import compare, describe_decoding, of_run
 
     summaries, order = of_run(run_dir)
     names = [c.strip() for c in only.split(",")] if only else order
@@ -263,6 +270,7 @@ def compare_command(
             cells.append(_comparison_cell(entry, result["baseline"]) if entry else "-")
         table.add_row(*cells)
     out.print(table)
+    out.print(describe_decoding(result.get("decoding") or {}))
 
 
 def _comparison_cell(entry: dict, baseline: str) -> str:

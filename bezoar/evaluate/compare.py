@@ -9,6 +9,7 @@ the change rather than the spread of the items.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from bezoar.errors import DataError
 from bezoar.handoff import done_results, resolve
 from bezoar.intervals import paired_bootstrap_delta
 from bezoar.records import write_json
+
+log = logging.getLogger(__name__)
 
 KINDS = ("mt_bench", "harness", "preference", "ifeval")
 
@@ -103,9 +106,51 @@ def compare(summaries: Mapping[str, str | Path], order: list[str], out: Path, sa
                 entry["delta_vs_previous"] = _delta(cell, table[previous].get(metric), samples, seed)
             row["metrics"][metric] = entry
         rows.append(row)
-    result = {"baseline": baseline, "checkpoints": checkpoints, "metrics": metrics, "rows": rows}
+    result = {"baseline": baseline, "checkpoints": checkpoints, "metrics": metrics, "rows": rows,
+              "decoding": decoding(summaries, checkpoints)}
     write_json(out, result)
     return result
+
+
+def decoding(summaries: Mapping[str, str | Path], checkpoints: list[str]) -> dict:
+    """How the compared answers were decoded: {"mode", "dtype"} when every checkpoint's evaluations agree
+    (a comparison's deltas mean something only then), else {"mixed": {checkpoint: [mode/dtype, ...]}}.
+    Summaries written before the mode was recorded count as deterministic fp32, the only mode then; remote
+    models decode as their server decides and are left out. The eval step re-uses an fp32 summary in either
+    mode (bezoar.evaluate.runner), so fp32 counts as deterministic whichever mode wrote it."""
+    found: dict[str, set[tuple[str, str]]] = {}
+    for name, path in summaries.items():
+        checkpoint = name.partition("/")[2]
+        if checkpoint not in checkpoints or not Path(path).is_file():
+            continue
+        seen = json.loads(Path(path).read_text(encoding="utf-8")).get("decoding", LEGACY)
+        if seen:  # None: a remote model (its server decides how it decodes)
+            # fp32 decodes batch-invariantly in either mode: a fast-mode fp32 answer is the deterministic one.
+            mode = "deterministic" if seen["dtype"] == "float32" else seen["mode"]
+            found.setdefault(checkpoint, set()).add((mode, seen["dtype"]))
+    modes = set().union(*found.values())
+    if not modes:
+        return {}
+    if len(modes) == 1:
+        mode, dtype = modes.pop()
+        return {"mode": mode, "dtype": dtype}
+    log.warning("the checkpoints were evaluated in different decoding modes (%s): run the eval again in one mode "
+                "(bezoar eval run --deterministic, or without it) for deltas that compare like with like",
+                {c: sorted(m) for c, m in found.items()})
+    return {"mixed": {c: sorted(f"{m}/{d}" for m, d in found[c]) for c in found}}
+
+
+def describe_decoding(decoding: dict) -> str:
+    """How the compared answers were decoded, in words for `bezoar compare` and the report."""
+    if "mixed" in decoding:
+        return "decoded in different modes per checkpoint: " + "; ".join(
+            f"{c} {', '.join(m)}" for c, m in decoding["mixed"].items()) + " (deltas do not compare like with like)"
+    if not decoding:
+        return "decoded by remote models"
+    return f"decoded in {decoding['mode']} mode ({decoding['dtype']}), every checkpoint alike"
+
+
+LEGACY = {"mode": "deterministic", "dtype": "float32"}
 
 
 def _delta(cell: dict, before: dict | None, samples: int, seed: int) -> dict | None:

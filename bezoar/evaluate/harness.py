@@ -18,6 +18,8 @@ from bezoar.errors import BackendError, ConfigError
 from bezoar.evaluate.config import HarnessConfig
 from bezoar.evaluate.harness_tasks import LOCAL_TASKS, PREFIX, check_offline, expand_tasks, render_tasks, short_name
 from bezoar.intervals import bootstrap_mean, normal_interval
+from bezoar.llm.cores import SHARE
+from bezoar.llm.device import decoding_mode
 from bezoar.records import write_json
 
 log = logging.getLogger(__name__)
@@ -26,10 +28,10 @@ log = logging.getLogger(__name__)
 def model_args(spec: str, dtype: str = "auto") -> dict[str, str]:
     """lm-eval `hf` model arguments for a bezoar model spec (local only: lm-eval needs log-likelihoods).
 
-    `auto` is fp32 on CPU (batch-invariant scores, so a resumed or re-batched run gives the same
-    numbers) and the GPU's best half precision on CUDA.
+    `auto` follows the decoding mode: bf16 where it is faster in fast mode, fp32 in deterministic mode
+    (batch-invariant scores, so a resumed or re-batched run gives the same numbers).
     """
-    from bezoar.llm.device import plan_device
+    from bezoar.llm.device import deterministic, plan_device
     from bezoar.llm.specs import parse_spec
     from bezoar.llm.weights import resolve_model_dir
 
@@ -41,7 +43,7 @@ def model_args(spec: str, dtype: str = "auto") -> dict[str, str]:
         raise ConfigError(f"harness: '{spec}' is a chat API; lm-eval needs token log-likelihoods, so give a "
                           "local model (local, local:PATH, or a directory)")
     path = resolve_model_dir(parsed.model if parsed else spec)
-    plan = plan_device(dtype, exact=True)
+    plan = plan_device(dtype, exact=deterministic())
     args = {"pretrained": str(path), "dtype": plan.dtype_name, "device": plan.device}
     if (path / "adapter_config.json").exists():
         args.update(pretrained=str(adapter_base(path)), peft=str(path))
@@ -85,7 +87,8 @@ def run_harness(spec: str, config: HarnessConfig, out_dir: Path) -> dict:
     started = time.perf_counter()
     results = _evaluate(args, names, config, out_dir, manager)
     summary = summarise(results, names)
-    summary.update(model=spec, model_args=args, wall_s=round(time.perf_counter() - started, 1),
+    summary.update(model=spec, model_args=args, decoding=decoding_mode(args["dtype"]),
+                   wall_s=round(time.perf_counter() - started, 1),
                    lm_eval_command=cli_command(args, names, config, out_dir / "tasks"))
     write_json(out_dir / "results.json", {k: v for k, v in results.items() if k != "samples"})
     write_json(out_dir / "summary.json", summary)
@@ -98,16 +101,17 @@ def _evaluate(args: dict, names: list[str], config: HarnessConfig, out_dir: Path
     from bezoar.llm.weights import content_identity
 
     # lm-eval's request cache (SQLite, committed per request) makes a killed run resume; it keys on
-    # the requests only, so the file name carries the weights' fingerprint.
-    identity = content_identity(Path(args.get("peft") or args["pretrained"])).replace("@", "-")
+    # the requests only, so the file name carries the weights' fingerprint and the dtype.
+    identity = content_identity(Path(args.get("peft") or args["pretrained"])).replace("@", "-") + f"-{args['dtype']}"
     cache = out_dir / "lm_cache" / identity
     cache.parent.mkdir(parents=True, exist_ok=True)
-    results = lm_eval.simple_evaluate(
-        model="hf", model_args={k: v for k, v in args.items() if k != "device"}, tasks=names,
-        num_fewshot=config.num_fewshot, batch_size=config.batch_size, device=args["device"],
-        limit=_limit(config.limit), use_cache=str(cache), log_samples=True,
-        apply_chat_template=config.apply_chat_template, fewshot_as_multiturn=config.apply_chat_template,
-        task_manager=manager)
+    with SHARE.computing():  # other bezoar processes computing meanwhile get their share of the cores
+        results = lm_eval.simple_evaluate(
+            model="hf", model_args={k: v for k, v in args.items() if k != "device"}, tasks=names,
+            num_fewshot=config.num_fewshot, batch_size=config.batch_size, device=args["device"],
+            limit=_limit(config.limit), use_cache=str(cache), log_samples=True,
+            apply_chat_template=config.apply_chat_template, fewshot_as_multiturn=config.apply_chat_template,
+            task_manager=manager)
     if results is None:
         raise BackendError("lm-eval returned no results (not the main process?)")
     return results

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from bezoar.errors import DataError
 from bezoar.intervals import wilson
 from bezoar.llm.cache import CachedModel
+from bezoar.llm.local import decoding_of
 from bezoar.llm.protocol import Sampling
 from bezoar.records import read_jsonl, write_json, write_jsonl
 
@@ -214,7 +215,8 @@ def run_ifeval(model: CachedModel, config, out_dir: Path, model_id: str = "model
               "instruction_id_list": doc["instruction_id_list"], "kwargs": doc["kwargs"], **result}
              for doc, response, result in zip(docs, responses, scored.pop("rows"))]
     write_jsonl(out_dir / "answers.jsonl", lines)
-    summary = {"kind": "ifeval", "model_id": model_id, "model": model.identity, "prompts": len(docs),
+    summary = {"kind": "ifeval", "model_id": model_id, "model": model.identity, "decoding": decoding_of(model.backend),
+               "prompts": len(docs),
                "max_new_tokens": config.max_new_tokens, **scored,
                "files": {"answers": str(out_dir / "answers.jsonl")},
                "usage": model.usage.to_json(), "wall_s": round(time.perf_counter() - started, 1)}

@@ -26,10 +26,11 @@ from bezoar.errors import ConfigError, DataError
 from bezoar.evaluate.config import MTBenchConfig
 from bezoar.evaluate.mt_bench_files import (Answer, Question, answer_record, load_answers, load_judge_prompts,
                                             load_questions, safe_name)
-from bezoar.verdicts import parse_bracket_rating, parse_choice, parse_rating
 from bezoar.llm.cache import CachedModel
+from bezoar.llm.local import decoding_of
 from bezoar.llm.protocol import Sampling
 from bezoar.records import write_json, write_jsonl
+from bezoar.verdicts import parse_bracket_rating, parse_choice, parse_rating
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,7 @@ def run_mt_bench(model: CachedModel, judge: CachedModel, out_dir: Path, config: 
     if mode != "generate":  # a next-token judge has its own prefix
         config = config.model_copy(update={"judge_prefill": None})
     summary = {"model_id": model_id, "judge_id": judge_id, "model": model.identity, "judge": rater.identity,
+               "decoding": decoding_of(model.backend),
                "judge_mode": mode, "questions": len(questions), "files": {"answers": str(answer_file)}}
     items = sum(min(2, len(q.turns)) for q in questions) * config.judge_repeats
     with tqdm(total=items, desc=f"mt-bench judge ({judge_id})", disable=None) as bar:

@@ -17,6 +17,8 @@ from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
 from bezoar.intervals import wilson
+from bezoar.llm.cores import SHARE
+from bezoar.llm.device import decoding_mode
 from bezoar.records import PreferencePair, write_json
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ def preference_accuracy(model: str | Path, pairs: Iterable[PreferencePair | dict
     ids = [str(p.meta.get("id", i)) for i, p in enumerate(pairs)]
     policy = score_pairs(_source(model), pairs, batch_size, max_length)
     result = {"n": len(pairs), "model": str(model), "reference": str(reference) if reference else None,
+              "decoding": decoding_mode(),
               "loglik": _accuracy(ids, [c.logprob - r.logprob for c, r in policy]),
               "loglik_per_token": _accuracy(ids, [c.logprob / max(c.tokens, 1) - r.logprob / max(r.tokens, 1)
                                                   for c, r in policy])}
@@ -131,7 +134,7 @@ def _score(loaded, sequences: list[tuple[list[int], list[int]]], batch_size: int
         ids = torch.tensor([[pad] * (width - len(p) - len(r)) + p + r for p, r in batch])
         mask = torch.tensor([[0] * (width - len(p) - len(r)) + [1] * (len(p) + len(r)) for p, r in batch])
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        with loaded.lock, torch.inference_mode():
+        with loaded.lock, SHARE.computing(), torch.inference_mode():
             logits = loaded.model(input_ids=ids.to(loaded.plan.device), attention_mask=mask.to(loaded.plan.device),
                                   position_ids=positions.to(loaded.plan.device), logits_to_keep=keep).logits
         for row, (index, (_, reply)) in enumerate(zip(order[start:start + batch_size], batch)):

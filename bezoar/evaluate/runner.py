@@ -24,6 +24,7 @@ from bezoar.failures import FailureLog
 from bezoar.fingerprint import fingerprint, record, recorded
 from bezoar.hashing import file_sha256
 from bezoar.llm.cache import CachedModel
+from bezoar.llm.device import deterministic, plan_device
 from bezoar.llm.specs import open_model
 from bezoar.processes import peak_rss_mb, rss_mb
 
@@ -76,6 +77,7 @@ def evaluate(evaluation: Evaluation, checkpoints: list[tuple[str, str]], models:
         comparison = compare(evaluation.summaries, [n for n, _ in checkpoints], evaluation.out_dir / "comparison.json")
         summary["comparison"] = str(evaluation.out_dir / "comparison.json")
         summary["metrics"] = comparison["metrics"]
+        summary["decoding"] = comparison["decoding"]  # one mode for every checkpoint, or "mixed"
     summary["failed_items"] = sum(result.get("mt_bench", {}).get("failed_items", 0) for result in done.values())
     return summary
 
@@ -180,11 +182,16 @@ def _ifeval(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, mo
 
 
 def _once(evaluation: Evaluation, kind: str, name: str, basis: list, work) -> dict:
-    """Run `work(out_dir)` unless out_dir/summary.json was made from the same basis; record its summary."""
+    """Run `work(out_dir)` unless out_dir/summary.json was made from the same basis; record its summary.
+
+    The basis includes the dtype the checkpoint decodes in where it is not fp32 (fast mode on a machine
+    faster in bf16): a bf16 summary is not up to date for a deterministic run, nor the reverse, while an
+    fp32 summary (made in either mode, or before the modes existed) stands for both."""
     out_dir = evaluation.out_dir / kind / name
     path = out_dir / "summary.json"
     evaluation.summaries[f"{kind}/{name}"] = str(path)
-    print_ = fingerprint(basis)
+    dtype = plan_device(evaluation.student.dtype, deterministic()).dtype_name
+    print_ = fingerprint(basis if dtype == "float32" else [*basis, dtype])
     found = recorded(path, print_)
     if found is not None:
         log.info("eval: %s is up to date", out_dir)

@@ -23,6 +23,7 @@ from pathlib import Path
 from bezoar.errors import DataError
 from bezoar.intervals import bootstrap_mean
 from bezoar.llm.cache import CachedModel
+from bezoar.llm.local import decoding_of
 from bezoar.llm.protocol import Sampling
 from bezoar.records import write_json, write_jsonl
 
@@ -170,6 +171,7 @@ def run_winrate(model: CachedModel, baseline: CachedModel, judge: CachedModel | 
     write_jsonl(Path(out_dir) / "answers.jsonl", lines)
     summary = summarise(lines, bootstrap_samples, seed)
     summary.update(model=model.identity, baseline=baseline.identity, judge=getattr(judge, "identity", None),
+                   decoding=decoding_of(model.backend),
                    max_new_tokens=max_new_tokens, wall_s=round(time.perf_counter() - started, 1),
                    files={"answers": str(Path(out_dir) / "answers.jsonl")})
     write_json(Path(out_dir) / "summary.json", summary)

@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bezoar.cli_options import DeterministicOption, follow_recipe
+from bezoar.errors import ConfigError
+
 console = Console()
 
 
@@ -32,6 +35,7 @@ def filter_command(
     threshold: Optional[float] = typer.Option(None, help="Lowest accepted rating (1-10)."),
     keep_fraction: Optional[float] = typer.Option(None, help="top_fraction rule: share of judged records kept."),
     check_pairs: Optional[Path] = typer.Option(None, "--judge-check", help="First calibrate the judge on these HH-RLHF pairs."),
+    deterministic: bool = DeterministicOption,
 ) -> None:
     """Filter generated data: heuristics → exact/near de-duplication → contamination → LLM judge."""
     from bezoar.config import ModelConfig, load_recipe
@@ -39,7 +43,14 @@ def filter_command(
     from bezoar.filter.runner import run
     from bezoar.llm.specs import open_model
 
-    config = load_recipe(recipe).filter if recipe else FilterConfig()
+    config = FilterConfig()
+    if recipe:
+        loaded = load_recipe(recipe)
+        follow_recipe(loaded)
+        steps = loaded.steps_of("filter")
+        if not steps:
+            raise ConfigError(f"--recipe: {recipe} has no filter step to take settings from")
+        config = FilterConfig.model_validate(steps[0].model_dump(include=set(FilterConfig.model_fields)))
     changes = {"scoring": scoring, "rule": rule, "threshold": threshold, "keep_fraction": keep_fraction}
     judge_settings = config.judge.model_dump() | {k: v for k, v in changes.items() if v is not None}
     judge_settings["enabled"] = config.judge.enabled and not no_judge
@@ -59,6 +70,7 @@ def judge_check_command(
     n: int = typer.Option(100, "--n", min=1, help="Pairs to check (the file's last n); each is judged in both orders."),
     scoring: str = typer.Option("auto", help="auto | generate | logprobs."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
+    deterministic: bool = DeterministicOption,
 ) -> None:
     """How far the judge agrees with human preferences, and how much the order of replies sways it."""
     from bezoar.config import ModelConfig

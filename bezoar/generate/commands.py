@@ -10,6 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bezoar.cli_options import DeterministicOption, follow_recipe
+
 console = Console()
 
 
@@ -33,6 +35,7 @@ def generate_command(
     require_commercial_use: bool = typer.Option(False, "--require-commercial-use", help="Refuse, before any call, a seed or teacher not clearly usable commercially."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Work items per round."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Ask again the items that failed in an earlier run (OUT.failed.jsonl)."),
+    deterministic: bool = DeterministicOption,
 ) -> None:
     """Generate synthetic instruction data (LaMini-LM, Evol-Instruct or Orca), resumably.
 
@@ -86,6 +89,7 @@ def _recipe_parts(recipe: Path | None, method: str):
     from bezoar.config import load_recipe
 
     loaded = load_recipe(recipe)
+    follow_recipe(loaded)
     steps = loaded.steps_of("generate")
     if not steps:
         raise ConfigError(f"--recipe: {recipe} has no generate step to take settings from")

@@ -32,7 +32,6 @@ _COMMON = set("the a an and or but of to in on at for with from by is are was we
 _FALLBACK_WORDS = ("river", "lantern", "garden", "signal", "harbor", "pepper", "window", "ladder", "comet", "meadow")
 _LANGUAGES = {"de": "German", "fr": "French", "es": "Spanish", "it": "Italian", "pt": "Portuguese", "pl": "Polish"}  # lm-eval knows these
 _ENDINGS = ("Hope this helps.", "That is all for now.", "Thanks for reading.", "Let me know if you need more.")
-_CHOICES = ("My answer is yes.", "My answer is no.", "My answer is maybe.")  # the checker's fixed options
 
 
 def _content_words(text: str) -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
+from bezoar.llm.cores import SHARE
 from bezoar.llm.protocol import Reply, Sampling
 
 
@@ -56,17 +57,29 @@ class Decoder:
     """Owns the running batch: admits jobs, steps all rows once per token, retires finished rows."""
 
     def __init__(self, model, tokenizer, device: str, max_batch: int):
+        import torch
+
         from bezoar.private_apis import require
 
-        require("transformers", "the continuous-batching decoder (DynamicCache internals, the cache= keyword)")
+        require("transformers", "the continuous-batching decoder (the Cache and DynamicLayer classes, the cache= keyword)")
         self.model, self.tokenizer, self.device, self.max_batch = model, tokenizer, device, max_batch
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
         # Prefilling one or two rows at a time is slow; wait for a quarter of the slots to free up.
         self.admit_at = max(1, max_batch // 4)
         self.active = 0
+        self.computing = False
+        # On the CPU a half-precision model attends in fp32 at its decode steps (bezoar.llm.attention): keep
+        # the KV cache in fp32 there rather than cast all of it at every step.
+        self.kv_dtype = torch.float32 if device == "cpu" else None
 
     def run(self, source: JobSource, on_done: Callable[[DecodeJob, Reply], None]) -> None:
+        try:
+            self._run(source, on_done)
+        finally:
+            self._computing(False)
+
+    def _run(self, source: JobSource, on_done: Callable[[DecodeJob, Reply], None]) -> None:
         import torch
 
         rows: list[DecodeJob] = []
@@ -76,15 +89,19 @@ class Decoder:
             while True:
                 free = self.max_batch - len(rows)
                 if not closed and (free >= self.admit_at or not rows):
+                    if not rows:
+                        self._computing(False)  # waiting for work (a server between requests)
                     new = source.take(free, wait=not rows)
                     closed = new is None
                     if new:
+                        self._computing(True)
                         self._admit(rows, new, state)
                 self.active = len(rows)
                 if not rows:
                     if closed:
                         return
                     continue
+                SHARE.rebalance()
                 tokens = self._choose(rows, state["logits"])
                 finished = [i for i, (job, token) in enumerate(zip(rows, tokens)) if self._append(job, token)]
                 for i in finished:
@@ -96,9 +113,17 @@ class Decoder:
                 else:
                     state.update(cache=None, mask=None, logits=None)  # the next admission starts afresh
 
+    def _computing(self, on: bool) -> None:
+        """Tell the other bezoar processes (bezoar.llm.cores) when this decoder starts and stops computing:
+        an idle server leaves them its cores."""
+        if on != self.computing:
+            self.computing = on
+            SHARE.busy(on)
+
     def _admit(self, rows: list[DecodeJob], new: list[DecodeJob], state: dict) -> None:
         import torch
-        from transformers import DynamicCache
+
+        from bezoar.llm.kv_cache import merge, new_cache
 
         longest = max(len(j.prompt_ids) for j in new)
         ids = torch.full((len(new), longest), self.pad, dtype=torch.long)
@@ -107,26 +132,28 @@ class Decoder:
             ids[r, longest - len(job.prompt_ids):] = torch.tensor(job.prompt_ids)
             mask[r, longest - len(job.prompt_ids):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        cache = new_cache(self.model.config.num_hidden_layers, self.kv_dtype)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), cache=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1, :].float()
         if state["cache"] is None:
             state.update(cache=cache, mask=mask.to(self.device), logits=logits)
         else:
-            state["cache"], state["mask"] = _merge(state["cache"], state["mask"], cache, mask.to(self.device))
+            state["cache"], state["mask"] = merge(state["cache"], state["mask"], cache, mask.to(self.device))
             state["logits"] = torch.cat([state["logits"], logits])
         rows.extend(new)
 
     def _step(self, state: dict, keep: list[int], tokens: list[int]) -> None:
         import torch
 
+        from bezoar.llm.kv_cache import select, trim
+
         cache, mask = state["cache"], state["mask"]
         if len(keep) < mask.shape[0]:
             index = torch.tensor(keep, device=mask.device)
-            cache = _select(cache, index)
+            cache = select(cache, index)
             mask = mask.index_select(0, index)
-            cache, mask = _trim(cache, mask)
+            cache, mask = trim(cache, mask)
         positions = mask.sum(-1, keepdim=True)
         mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)], dim=1)
         ids = torch.tensor(tokens, device=mask.device).unsqueeze(1)
@@ -207,43 +234,3 @@ def _nucleus(scores, top_p: float):
             break
     keep = order[~(top.cumsum(-1) - top > top_p)]
     return torch.full_like(scores, float("-inf")).index_copy(0, keep, scores.index_select(0, keep))
-
-
-def _layers(cache) -> list[tuple]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
-
-
-def _from_tensors(tensors: list[tuple]):
-    from transformers import DynamicCache
-
-    return DynamicCache(ddp_cache_data=tensors)
-
-
-def _merge(cache, mask, new_cache, new_mask):
-    """Stack two batches' caches, left-padding the shorter one in time (padding is masked out)."""
-    import torch.nn.functional as F
-    import torch
-
-    length = max(mask.shape[1], new_mask.shape[1])
-
-    def pad(tensor, to):  # [batch, heads, time, dim] → left-pad time
-        return F.pad(tensor, (0, 0, to - tensor.shape[2], 0))
-
-    merged = [(torch.cat([pad(k, length), pad(nk, length)]), torch.cat([pad(v, length), pad(nv, length)]))
-              for (k, v), (nk, nv) in zip(_layers(cache), _layers(new_cache))]
-    masks = torch.cat([F.pad(mask, (length - mask.shape[1], 0)), F.pad(new_mask, (length - new_mask.shape[1], 0))])
-    return _from_tensors(merged), masks
-
-
-def _select(cache, index):
-    return _from_tensors([(k.index_select(0, index), v.index_select(0, index)) for k, v in _layers(cache)])
-
-
-def _trim(cache, mask):
-    """Drop leading columns that are padding in every row, so the cache does not grow without bound."""
-    import torch
-
-    first = int(torch.argmax((mask.sum(0) > 0).int()))
-    if first == 0:
-        return cache, mask
-    return _from_tensors([(k[:, :, first:], v[:, :, first:]) for k, v in _layers(cache)]), mask[:, first:]

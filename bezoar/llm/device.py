@@ -4,10 +4,15 @@ On CPUs without native bf16 (AVX2-only machines) bf16 matmuls are emulated and ~
 fp32, while on AVX-512-BF16/AMX CPUs bf16 is ~2.5x faster. So on CPU we time one model-shaped
 matmul in both dtypes once per machine (~0.3 s) and remember the verdict in the user cache.
 
-Generation is the exception: in bf16 a row's greedy text depends on what else is in its batch
-(measured: 7/24 dolly prompts matched one-by-one decoding in bf16, 24/24 in fp32), which would make
-a resumed run differ from an uninterrupted one. So `exact=True` (the default for generation) keeps
-fp32 on CPU and says so; a model spec's `dtype: bfloat16` trades that for speed.
+Decoding has two modes, as vLLM has (fast by default, batch-invariant on request):
+- fast (the default): bf16 wherever it is faster (measured on CPU; GPUs that have it). A row's text
+  may then depend on what else is in its batch (measured: 7/24 dolly prompts matched one-by-one
+  decoding in bf16), so a resumed run keeps every finished call from the call cache but may decode
+  the calls that were in flight at the kill differently.
+- deterministic (`run.deterministic: true`, `--deterministic`, or BEZOAR_DETERMINISTIC=1): fp32, in
+  which a row's greedy text does not depend on its batch (24/24), so a resumed run is identical to
+  one never killed.
+The mode travels to child processes in the environment variable, which they inherit.
 """
 from __future__ import annotations
 
@@ -43,16 +48,45 @@ def cpu_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+DETERMINISTIC_ENV = "BEZOAR_DETERMINISTIC"
+
+
+def deterministic() -> bool:
+    """Is this process decoding in deterministic mode (batch-invariant fp32)?"""
+    return os.environ.get(DETERMINISTIC_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def set_deterministic(on: bool) -> None:
+    """Switch this process, and the child processes it starts from now on, to deterministic (or fast)
+    decoding. Models already loaded keep their dtype; call it before the first model loads."""
+    os.environ[DETERMINISTIC_ENV] = "1" if on else "0"
+
+
+def decoding_mode(dtype: str | None = None) -> dict[str, str]:
+    """What an evaluation records about how its answers were decoded: this process's mode and the local
+    model's dtype (`dtype`; None: what `auto` gives here). A comparison says which mode both sides used."""
+    exact = deterministic()
+    return {"mode": "deterministic" if exact else "fast",
+            "dtype": dtype or plan_device("auto", exact=exact).dtype_name}
+
+
 @lru_cache(maxsize=8)
 def plan_device(dtype: str = "auto", exact: bool = False) -> DevicePlan:
-    """`dtype` "auto" picks by measurement; `exact` keeps fp32 on CPU for batch-invariant output."""
+    """`dtype` "auto" picks by measurement; `exact` (deterministic decoding) keeps fp32, the one dtype
+    in which batched output equals one-by-one."""
+    return _plan(os.environ.get("BEZOAR_DTYPE", dtype), exact)
+
+
+def _plan(dtype: str, exact: bool) -> DevicePlan:
     import torch
 
-    dtype = os.environ.get("BEZOAR_DTYPE", dtype)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if exact and dtype != "float32":
+        reason = "deterministic decoding: only fp32 keeps batched output identical to one-by-one"
+        return DevicePlan(device, torch.float32, cpu_threads(), reason + ("" if dtype == "auto" else f" ({dtype} asked)"))
     if dtype != "auto":
-        return DevicePlan("cuda" if torch.cuda.is_available() else "cpu", getattr(torch, dtype), cpu_threads(),
-                          "set by the user")
-    if torch.cuda.is_available():
+        return DevicePlan(device, getattr(torch, dtype), cpu_threads(), "set by the user")
+    if device == "cuda":
         best = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return DevicePlan("cuda", best, cpu_threads(), "CUDA")
     ratio = _measured_bf16_slowdown()
@@ -60,10 +94,6 @@ def plan_device(dtype: str = "auto", exact: bool = False) -> DevicePlan:
     measured = f"bf16 takes {ratio:.2f}x the time of fp32 on this {capability} CPU"
     if ratio >= 0.9:
         return DevicePlan("cpu", torch.float32, cpu_threads(), measured)
-    if exact:
-        return DevicePlan("cpu", torch.float32, cpu_threads(),
-                          measured + ", but only fp32 keeps batched output identical to one-by-one; "
-                          "set dtype: bfloat16 to trade that for speed")
     return DevicePlan("cpu", torch.bfloat16, cpu_threads(), measured)
 
 

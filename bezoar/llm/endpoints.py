@@ -55,8 +55,6 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, urlencode(query), ""))
 
 
-redact_url = public_url
-
 
 def public_spec(text: str) -> str:
     """A model spec with every URL made public (`openai:m@https://u:t@h/v1` -> `openai:m@https://h/v1`)."""

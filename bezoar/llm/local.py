@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bezoar.hashing import canonical_hash
 from bezoar.llm.continuous import Decoder, DecodeJob, ListSource
-from bezoar.llm.device import DevicePlan, plan_device
+from bezoar.llm.device import DevicePlan, deterministic, plan_device
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 from bezoar.llm.weights import content_identity, resolve_model_dir
 
@@ -41,14 +41,17 @@ _LOADED: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictio
 _LOAD_LOCK = threading.Lock()
 
 
-def load(source: str | None, dtype: str = "auto") -> LoadedModel:
-    """Load (or reuse, while someone still holds it) the model named by `source` (None: the embedded SmolLM2)."""
+def load(source: str | None, dtype: str = "auto", exact: bool | None = None) -> LoadedModel:
+    """Load (or reuse, while someone still holds it) the model named by `source` (None: the embedded SmolLM2).
+
+    `exact` asks for deterministic decoding (fp32); None takes this process's mode (`deterministic()`)."""
     path = resolve_model_dir(source)
-    key = f"{path}:{dtype}"
+    plan = plan_device(dtype, exact=deterministic() if exact is None else exact)
+    key = f"{path}:{plan.device}:{plan.dtype_name}"
     with _LOAD_LOCK:
         loaded = _LOADED.get(key)
         if loaded is None:
-            loaded = _LOADED[key] = _load_uncached(path, dtype)
+            loaded = _LOADED[key] = _load_uncached(path, plan)
         return loaded
 
 
@@ -65,13 +68,13 @@ def free_memory() -> None:
         pass
 
 
-def _load_uncached(path: Path, dtype: str) -> LoadedModel:
+def _load_uncached(path: Path, plan: DevicePlan) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from bezoar.llm.attention import use_fp32_attention
     from bezoar.llm.prepack import pack_linear_weights
 
-    plan = plan_device(dtype, exact=True)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
@@ -83,11 +86,27 @@ def _load_uncached(path: Path, dtype: str) -> LoadedModel:
     model.to(plan.device).eval()
     torch.set_num_threads(plan.threads)
     packed = pack_linear_weights(model) if plan.device == "cpu" else 0
+    if plan.device == "cpu" and plan.dtype != torch.float32:
+        use_fp32_attention(model)  # the CPU's bf16 attention kernel is slower than fp32 (bezoar.llm.attention)
     if packed:
         _unmap_weights(model)
-    log.info("local model %s on %s%s", path.name, plan.describe(),
-             f", {packed} linear layers pre-packed for oneDNN" if packed else "")
+    log.info("local model %s on %s%s%s", path.name, plan.describe(),
+             f", {packed} linear layers pre-packed for oneDNN" if packed else "", _mode_note(plan))
     return LoadedModel(model, tokenizer, plan, path, content_identity(path), threading.Lock())
+
+
+_MODE_NOTED: set[str] = set()
+
+
+def _mode_note(plan: DevicePlan) -> str:
+    """What the decoding mode means, said once per process and dtype (an eval loads several checkpoints)."""
+    if plan.dtype_name in _MODE_NOTED:
+        return ""
+    _MODE_NOTED.add(plan.dtype_name)
+    if plan.dtype_name == "float32":
+        return "; batched output equals one-by-one" + (" (deterministic mode)" if deterministic() else "")
+    return ("; fast mode: a row's text may depend on its batch, so a resumed run keeps every finished call but "
+            "may decode those in flight differently (--deterministic or run.deterministic: true keeps fp32)")
 
 
 def _unmap_weights(model) -> None:
@@ -115,8 +134,9 @@ def _load_adapter(path: Path, plan: DevicePlan):
 class LocalBackend:
     """Batched generation with transformers. Thread-safe: one generate at a time per model."""
 
-    def __init__(self, source: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "auto"):
-        self.loaded = load(source, dtype)
+    def __init__(self, source: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE, dtype: str = "auto",
+                 exact: bool | None = None):
+        self.loaded = load(source, dtype, exact)
         self.batch_size = batch_size
         self.identity = f"local:{self.loaded.identity}:{self.loaded.plan.dtype_name}"
 
@@ -157,6 +177,15 @@ class LocalBackend:
 
     def decoder(self) -> Decoder:
         return Decoder(self.loaded.model, self.tokenizer, self.loaded.plan.device, self.batch_size)
+
+
+def decoding_of(backend) -> dict[str, str] | None:
+    """The decoding mode and dtype of a backend's replies (a next-token scorer wraps a local backend);
+    None for a remote model, whose server decides how it decodes."""
+    from bezoar.llm.device import decoding_mode
+
+    local = backend if isinstance(backend, LocalBackend) else getattr(backend, "local", None)
+    return decoding_mode(local.loaded.plan.dtype_name) if isinstance(local, LocalBackend) else None
 
 
 def row_seed(seed: int, conversation: Conversation, sample_index: int) -> int:

@@ -24,6 +24,7 @@ import math
 
 from bezoar.errors import ConfigError
 from bezoar.hashing import canonical_hash
+from bezoar.llm.cores import SHARE
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 
 VERSION = 1  # bump when the scoring changes, so cached replies are not mistaken for new ones
@@ -75,7 +76,7 @@ class NextTokenScorer:
         # Left padding shifts positions unless they are given explicitly (generate() does the same).
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         keep = len(self.path) + 1
-        with loaded.lock, torch.inference_mode():
+        with loaded.lock, SHARE.computing(), torch.inference_mode():
             logits = loaded.model(input_ids=ids.to(device), attention_mask=mask.to(device),
                                   position_ids=positions.to(device), logits_to_keep=keep).logits
         logprobs = torch.log_softmax(logits[:, -keep:, :].float(), dim=-1).cpu()

@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 
 from bezoar.llm.endpoints import PROVIDER_URLS, public_spec, public_url
 
-OPENAI_URL = PROVIDER_URLS["openai"]
-ANTHROPIC_URL = PROVIDER_URLS["anthropic"]
 KINDS = ("local", "openai", "anthropic")
 
 

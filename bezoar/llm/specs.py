@@ -21,6 +21,7 @@ from typing import Protocol
 from bezoar.errors import ConfigError
 from bezoar.llm.batch_prices import role_prices
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
+from bezoar.llm.device import deterministic
 from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
 from bezoar.llm.protocol import Backend
 from bezoar.llm.spec_syntax import Spec, parse_spec
@@ -130,7 +131,7 @@ _BACKENDS: weakref.WeakValueDictionary[tuple, Backend] = weakref.WeakValueDictio
 def open_model(config: RoleSettings, role: str = "model", cache: CallCache | None = None) -> CachedModel:
     """A role-bound, cached model. Roles with the same config share one backend (and its weights)."""
     names = [config.api_key_env, *PROVIDER_KEY_ENV.values()]  # a changed key builds a new backend
-    key = (config.spec, config.dtype, config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,
+    key = (config.spec, config.dtype, deterministic(), config.batch_size, config.concurrency, config.api_key_env, config.timeout_s,
            config.max_retries, config.retry_backoff_s, tuple(os.environ.get(n) for n in names if n))
     backend = _BACKENDS.get(key)
     if backend is None:

@@ -13,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from bezoar.evaluate.compare import describe_decoding
 from bezoar.records import Record
 from bezoar.report import figures
 from bezoar.report.run_data import RunData, load
@@ -133,6 +134,8 @@ def section_evaluation(data: RunData) -> dict:
                 cells.append(_metric_cell(entry, comparison["baseline"]) if entry else "-")
             rows.append(cells)
         found["table"] = table(["checkpoint"] + comparison["metrics"], rows)
+        if "decoding" in comparison:  # fast or deterministic: part of what the numbers mean
+            found["decoding"] = describe_decoding(comparison["decoding"])
     return found
 
 

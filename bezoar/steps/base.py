@@ -170,6 +170,9 @@ class Step(StrictModel):
 
     CONTINUES: ClassVar[bool] = False
     """A training step: it continues from the newest checkpoint before it and hands on checkpoints."""
+    DECODES: ClassVar[bool] = False
+    """Its outputs are what its model roles decode, so they depend on the decoding mode (fast or
+    deterministic, bezoar.llm.device): a deterministic run re-runs it where a fast one did it, and the reverse."""
 
     def as_settings(self, kind: Type[SettingsT]) -> SettingsT:
         """Its settings as the plain class the library functions take, without `type`, `name` and `from` (a

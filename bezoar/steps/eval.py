@@ -27,6 +27,7 @@ class EvalStep(Step, EvalConfig):
     """Every chosen evaluation on every checkpoint, and the comparison."""
 
     type: Literal["eval"] = "eval"
+    DECODES = True
 
     def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {"student": (("models", "student"), recipe.models.student)}
@@ -40,6 +41,7 @@ class EvalStep(Step, EvalConfig):
         return ["comparison"]
 
     def run(self, context: StepContext) -> StepResult:
+        from bezoar.evaluate.compare import describe_decoding
         from bezoar.evaluate.runner import Evaluation, evaluate
 
         checkpoints = self.chosen(context)
@@ -51,8 +53,11 @@ class EvalStep(Step, EvalConfig):
         summary = evaluate(evaluation, checkpoints, context.models, context.progress)
         summary["summaries"] = context.handed_on(summary["summaries"])
         outputs = {"comparison": context.out_dir / "comparison.json"} if "comparison" in summary else {}
+        # How the answers were decoded (fast or deterministic, and the dtype) is part of what the numbers mean.
+        headline = f"checkpoints {len(checkpoints)}, {describe_decoding(summary['decoding'])}" \
+            if "decoding" in summary else ""
         return StepResult(outputs=context.handed_on(outputs), counts={"checkpoints": len(checkpoints)},
-                          failed_items=summary["failed_items"], details=summary)
+                          headline=headline, failed_items=summary["failed_items"], details=summary)
 
     def chosen(self, context: StepContext) -> list[tuple[str, str]]:
         """(name, model spec): the base student, then every checkpoint before this step, in training order."""

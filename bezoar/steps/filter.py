@@ -34,6 +34,7 @@ class FilterStep(Step, FilterConfig):
     """Keep what a judge (and cheap rules) accept; reject the rest with reasons, never silently."""
 
     type: Literal["filter"] = "filter"
+    DECODES = True
     methods: list[str] = Field(default_factory=lambda: list(METHODS))
     """The record sets to filter, by the names earlier steps handed them on under (missing ones are skipped)."""
 

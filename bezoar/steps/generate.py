@@ -21,6 +21,7 @@ from bezoar.findings import count_lines
 from bezoar.generate.config import METHODS, GenerateConfig, SchemeConfig
 from bezoar.generate.runner import OutputFiles
 from bezoar.generate.stage import check_licences, generate
+from bezoar.llm.spec_syntax import parse_spec
 from bezoar.plan import Calls, PlanContext, PlanLine, lines_for, mean_tokens, replay
 from bezoar.prompts import template
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
@@ -30,20 +31,44 @@ PREVIEW_ROWS = 20
 """Seed rows parsed with the real reader before the run (whole files are only counted)."""
 PROMPT_SAMPLE = 16
 """Prompts rendered per kind of call to measure their length."""
-YIELDS = {
+CAPABLE_YIELDS = {
     "lamini_candidates_per_prompt": 0.5,  # share of the asked-for instructions that parse and pass the checks
     "lamini_records_per_answer": 0.9,
     "evol_evolutions_kept": 0.7,  # evolutions that pass elimination rules 1-4 (WizardLM reports ~70-80%)
     "evol_records_per_evolution": 0.9,
+    "evol_equality_calls_per_pair": 1.0,  # a capable judge answers "equal?" on the first ask
     "orca_records_per_answer": 0.95,
 }
-"""Expected yields of a capable teacher, where the step cannot know them in advance (the plan prints them)."""
+"""Expected yields of a capable teacher and judge, where the step cannot know them in advance (the plan prints them)."""
+EMBEDDED_YIELDS = {
+    "lamini_candidates_per_prompt": 0.05,  # most of its lists do not parse
+    "lamini_records_per_answer": 1.0,
+    "evol_evolutions_kept": 0.2,  # most evolutions leak the template
+    "evol_records_per_evolution": 0.75,
+    "evol_equality_calls_per_pair": 3.0,  # its "equal?" replies rarely parse: asked equality_attempts times
+    "orca_records_per_answer": 1.0,
+}
+"""The embedded SmolLM2-135M as teacher and judge, measured on recipes/tiny.yaml and the tests' smoke recipe."""
+
+
+def yields_for(teacher: ModelConfig, judge: ModelConfig) -> dict[str, float]:
+    """The yields the plan assumes: the embedded model's where it is the teacher (or judge), else a capable one's."""
+    found = dict(EMBEDDED_YIELDS if is_embedded(teacher) else CAPABLE_YIELDS)
+    found["evol_equality_calls_per_pair"] = (EMBEDDED_YIELDS if is_embedded(judge) else CAPABLE_YIELDS)[
+        "evol_equality_calls_per_pair"]
+    return found
+
+
+def is_embedded(config: ModelConfig) -> bool:
+    spec = parse_spec(config.spec)
+    return spec.kind == "local" and (spec.model is None or "smollm2-135m" in spec.model.lower())
 
 
 class GenerateStep(Step, GenerateConfig):
     """Synthetic instruction data: each scheme with `n > 0`, resumable, licence-gated before any call."""
 
     type: Literal["generate"] = "generate"
+    DECODES = True
 
     def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {}
@@ -108,8 +133,10 @@ class GenerateStep(Step, GenerateConfig):
     def plan(self, context: PlanContext) -> list[PlanLine]:
         recipe, calls = context.recipe, []
         planners = {"lamini": _plan_lamini, "evol": _plan_evol, "orca": _plan_orca}
+        yields = yields_for(recipe.models.teacher, recipe.models.judge)
         for method in self.enabled_methods():
-            calls += planners[method](recipe, self.scheme(method))  # type: ignore[operator]
+            calls += planners[method](recipe, self.scheme(method), yields)  # type: ignore[operator]
+            context.assumptions |= {k: v for k, v in yields.items() if k.startswith(method)}
             context.expected[method] = self.scheme(method).n
         if self.enabled_methods():  # the longest a record's response may be: what a judge reads
             context.expected["response_tokens"] = max(self.scheme(m).response_sampling.max_new_tokens  # type: ignore[attr-defined]
@@ -172,14 +199,14 @@ def _sample(seeds: list, seed: int) -> list:
     return random.Random(seed).sample(seeds, min(PROMPT_SAMPLE, len(seeds)))
 
 
-def _plan_lamini(recipe: RecipeView, config) -> list[Calls]:
+def _plan_lamini(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
     from bezoar.generate.lamini import by_source, draw_prompt, load_topics
 
     seeds, topics, rng = _seeds(config), load_topics(config.topics_file), random.Random(recipe.run.seed)
     grouped = by_source(seeds)
     lists = [draw_prompt(i, rng, config, grouped, topics).conversation for i in range(PROMPT_SAMPLE)]
-    per_prompt = config.instructions_per_prompt * YIELDS["lamini_candidates_per_prompt"]
-    answers, _ = replay(config.n, config.batch_size, 1.0, YIELDS["lamini_records_per_answer"])
+    per_prompt = config.instructions_per_prompt * yields["lamini_candidates_per_prompt"]
+    answers, _ = replay(config.n, config.batch_size, 1.0, yields["lamini_records_per_answer"])
     prompts, _ = replay(answers, config.batch_size, 2.0, per_prompt)
     answer = template("lamini", "response")
     responses = [answer.render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
@@ -188,11 +215,11 @@ def _plan_lamini(recipe: RecipeView, config) -> list[Calls]:
             Calls("teacher", teacher, answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
 
 
-def _plan_evol(recipe: RecipeView, config) -> list[Calls]:
+def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
     from bezoar.generate.evol_instruct import EvolInstruct
 
     scheme = EvolInstruct(_context(recipe), _seeds(config), config)
-    kept, per_evolution = YIELDS["evol_evolutions_kept"], YIELDS["evol_records_per_evolution"]
+    kept, per_evolution = yields["evol_evolutions_kept"], yields["evol_records_per_evolution"]
     evolutions, _ = replay(config.n, config.batch_size, 0.7, kept * per_evolution)
     evolve, answer, equal = scheme.sample_prompts(PROMPT_SAMPLE)
     teacher = recipe.models.teacher
@@ -200,15 +227,18 @@ def _plan_evol(recipe: RecipeView, config) -> list[Calls]:
              Calls("teacher", teacher, math.ceil(evolutions * kept), mean_tokens(answer),
                    config.response_sampling.max_new_tokens)]
     if config.equality_check:
-        calls.append(Calls("judge", recipe.models.judge, math.ceil(evolutions * kept), mean_tokens(equal), 24))
+        pairs = math.ceil(evolutions * kept)
+        calls.append(Calls("judge", recipe.models.judge, math.ceil(pairs * min(yields["evol_equality_calls_per_pair"],
+                                                                            config.equality_attempts)),
+                           mean_tokens(equal), 24))
     return calls
 
 
-def _plan_orca(recipe: RecipeView, config) -> list[Calls]:
+def _plan_orca(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
     from bezoar.generate.orca import Orca
 
     scheme = Orca(_context(recipe), _seeds(config), config)
-    calls, _ = replay(config.n, config.batch_size, 1.0, YIELDS["orca_records_per_answer"])
+    calls, _ = replay(config.n, config.batch_size, 1.0, yields["orca_records_per_answer"])
     conversations = scheme.sample_conversations(PROMPT_SAMPLE)
     return [Calls("teacher", recipe.models.teacher, calls, mean_tokens(conversations),
                   config.response_sampling.max_new_tokens)]

@@ -31,6 +31,7 @@ class PreferencesStep(Step, PreferencesConfig):
     """On-policy preference pairs, verified by program where possible."""
 
     type: Literal["preferences"] = "preferences"
+    DECODES = True
 
     def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         found = {"student": (("models", "student"), recipe.models.student)}

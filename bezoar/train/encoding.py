@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bezoar.errors import DataError
-from bezoar.records import PreferencePair, Record
+from bezoar.records import PreferencePair
 
 IGNORE = -100  # the label PyTorch's cross-entropy (and TRL) skip
 
@@ -62,16 +62,6 @@ def load_tokenizer(model_dir: Path | str, template: str = "chat"):
 
 def template_sha256(tokenizer) -> str:
     return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()
-
-
-def split_record(record: Record) -> tuple[list[dict], list[dict]]:
-    """(prompt messages, [final assistant message]) of a chat record."""
-    messages = [m.model_dump() for m in record.messages]
-    if not messages or messages[-1]["role"] != "assistant":
-        raise ValueError("the record does not end with an assistant message")
-    if not messages[-1]["content"].strip():
-        raise ValueError("the assistant reply is empty")
-    return messages[:-1], messages[-1:]
 
 
 def _ids(tokenizer, messages: list[dict], generation_prompt: bool) -> list[int]:

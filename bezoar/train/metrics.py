@@ -15,6 +15,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from bezoar.llm.cores import SHARE
 from bezoar.records import append_jsonl, read_jsonl, repair_tail, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,20 @@ class CPUBudget(TrainerCallback):
                      state.global_step, now - self.start)
             control.should_training_stop = control.should_save = True
         return control
+
+
+class SharedCores(TrainerCallback):
+    """While training, this process counts among the bezoar processes computing (bezoar.llm.cores): its
+    thread count follows theirs, looked at again before each step."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        SHARE.busy(True)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        SHARE.rebalance()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        SHARE.busy(False)
 
 
 class QuietProgress(ProgressCallback):

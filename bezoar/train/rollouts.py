@@ -79,9 +79,22 @@ class BezoarRollouts:
             completions[job.key] = list(job.generated)
 
         training = model.training
+        attend_in_fp32_on_cpu(model, device)
         model.eval()  # no dropout, no activation checkpointing while sampling
         try:
             Decoder(model, self.tokenizer, device, self.batch_size).run(ListSource(jobs), done)
         finally:
             model.train(training)
         return completions
+
+
+def attend_in_fp32_on_cpu(model, device: str) -> None:
+    """On a CPU bezoar's decoder keeps its KV cache in fp32 (`bezoar.llm.kv_cache`), so a bf16 policy must
+    attend as the local backend's bf16 models do (`bezoar.llm.attention`), else SDPA refuses bf16 queries on
+    fp32 keys. Training passes are unchanged: for a bf16 pass without that cache it is transformers' SDPA."""
+    import torch
+
+    from bezoar.llm.attention import use_fp32_attention
+
+    if device == "cpu" and model.dtype != torch.float32:
+        use_fp32_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)

@@ -22,8 +22,8 @@ from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
 from bezoar.train.examples import Prepared
 from bezoar.processes import is_main_process
-from bezoar.train.metrics import (MetricsLog, best_metrics, last_complete_checkpoint, quiet, tensorboard_callback,
-                                  trim_metrics)
+from bezoar.train.metrics import (MetricsLog, SharedCores, best_metrics, last_complete_checkpoint, quiet,
+                                  tensorboard_callback, trim_metrics)
 from bezoar.train.student import BaseWeights, TrainPlan, attach_adapter, load_model, plan_training
 from bezoar.train.template_check import check_template, require_template, trained_template
 
@@ -160,7 +160,7 @@ def _build_trainer(job: TrainingJob, trainer_class, kind_arguments):
     args = config_class(**common_arguments(job), **kind_arguments(job))
 
     callbacks = [MetricsLog(job.out_dir / "metrics.jsonl", job.stage), tensorboard_callback(job.out_dir / "tensorboard"),
-                 *job.callbacks]
+                 SharedCores(), *job.callbacks]
     trainer = _mended(trainer_class)(model=model, args=args, train_dataset=to_dataset(job.prepared.train),
                             eval_dataset=to_dataset(job.prepared.validation), processing_class=job.tokenizer,
                             peft_config=peft_config, callbacks=callbacks, **job.trainer_kwargs)
