@@ -37,12 +37,20 @@ def prompts_file(data_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(prompts_file, tmp_path_factory) -> tuple[Path, dict]:
-    """Four uninterrupted steps."""
+    """Four uninterrupted steps, on a fixed thread count (see `fixed_threads`)."""
     from bezoar.train.config import GRPOStageConfig
     from bezoar.train.grpo import train_grpo
 
     out = tmp_path_factory.mktemp("grpo") / "adapter"
-    return out, train_grpo(GRPOStageConfig(**TINY), prompts_file, "local", out)
+    with pytest.MonkeyPatch.context() as patch:
+        fixed_threads(patch)
+        return out, train_grpo(GRPOStageConfig(**TINY), prompts_file, "local", out)
+
+
+def fixed_threads(patch: pytest.MonkeyPatch) -> None:
+    """The policy samples in bf16, whose sums depend on the thread count: bezoar's core sharing (which
+    follows whatever else computes on the machine) is off, so a resumed run can be compared bit for bit."""
+    patch.setenv("BEZOAR_SHARE_CORES", "0")
 
 
 def test_the_reward_is_the_share_of_constraints_the_checkers_find_met(data_dir):
@@ -166,11 +174,13 @@ RUNNER = textwrap.dedent("""
 """)
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, prompts_file, tmp_path):
+def test_resume_after_sigkill_matches_an_uninterrupted_run(trained, prompts_file, tmp_path, monkeypatch):
     """Kill a real GRPO process after its step-2 checkpoint, start again: it resumes at step 2 (optimizer,
     scheduler, prompt order, and the same seeded rollouts) and ends with the uninterrupted run's weights."""
     from bezoar.train.config import GRPOStageConfig
     from bezoar.train.grpo import train_grpo
+
+    fixed_threads(monkeypatch)
 
     out, settings = tmp_path / "adapter", GRPOStageConfig(**TINY)
     kill_after_checkpoint(RUNNER, [str(prompts_file), str(out), settings.model_dump_json()], out, step=2)

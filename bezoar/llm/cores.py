@@ -53,7 +53,6 @@ class CoreShare:
     def __init__(self, directory: Path | None = None, cores: int | None = None):
         self.directory = directory
         self.cores = cores or cpu_threads()
-        self.enabled = os.environ.get("BEZOAR_SHARE_CORES", "1") != "0" and "OMP_NUM_THREADS" not in os.environ
         self.depth = 0
         self.threads = 0
         self.checked = 0.0
@@ -72,6 +71,11 @@ class CoreShare:
             yield
         finally:
             self.busy(False)
+
+    @property
+    def enabled(self) -> bool:
+        """Read when asked (not at import), so that a process may turn sharing off after importing bezoar."""
+        return os.environ.get("BEZOAR_SHARE_CORES", "1") != "0" and "OMP_NUM_THREADS" not in os.environ
 
     def busy(self, on: bool) -> None:
         """Enter (on) or leave the registry; entering also takes this process's share of the cores at once."""
