@@ -26,7 +26,7 @@ from bezoar.filter import embedder, eval_sets
 from bezoar.filter.config import ContaminationConfig
 from bezoar.filter.eval_sets import EvalItem
 from bezoar.filter.ngram_overlap import Batch, NgramTables, build_tables, coverage_matches, exact_matches, words
-from bezoar.filter.paraphrase import Retriever, ask_judge, content_share, fuzzy_ratio, top_k_cosine
+from bezoar.filter.paraphrase import FuzzyText, Retriever, ShortQuestion, ask_judge, top_k_cosine
 from bezoar.records import Record
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class ContaminationIndex:
     cached: bool = False
     build_s: float = 0.0
     _retriever: Retriever | None = field(default=None, repr=False)
+    _short: dict[int, dict[int, ShortQuestion]] = field(default_factory=dict, repr=False)
 
     @property
     def size(self) -> int:
@@ -66,6 +67,15 @@ class ContaminationIndex:
         if self._retriever is None:  # fitting takes under a second; not worth a cache entry
             self._retriever = Retriever.fit([self.items[i].question for i in self.question_rows], self.question_rows)
         return self._retriever
+
+    def short_questions(self, max_words: int) -> dict[int, ShortQuestion]:
+        """{eval item: its question} for questions of MIN_QUESTION_WORDS to `max_words` words (the fuzzy
+        layer's), prepared once per index rather than once per record."""
+        if max_words not in self._short:
+            prepared = ((int(i), words(self.items[i].question)) for i in self.question_rows)
+            self._short[max_words] = {i: ShortQuestion.of(w) for i, w in prepared
+                                      if MIN_QUESTION_WORDS <= len(w) <= max_words}
+        return self._short[max_words]
 
     def matches(self, text: str, limit: int = 5) -> list[dict]:
         """Eval items sharing an exact n-gram with one `text` (first `limit`), each with the shared words."""
@@ -193,13 +203,19 @@ def _ngram_layers(texts, index: ContaminationIndex, settings: ContaminationConfi
 
 def _fuzzy_layer(instructions, candidates, index: ContaminationIndex, settings: ContaminationConfig, found) -> None:
     layer = settings.fuzzy
+    short = index.short_questions(layer.max_words)
     for record, pairs in enumerate(candidates):
-        record_words = set(words(instructions[record])) if pairs else set()
-        for item_index, _ in pairs:
-            question = index.items[item_index].question
-            if not MIN_QUESTION_WORDS <= len(words(question)) <= layer.max_words or content_share(question, record_words) < layer.min_content_share:
-                continue
-            ratio = fuzzy_ratio(question, instructions[record])
+        questions = [(item_index, short[item_index]) for item_index, _ in pairs if item_index in short]
+        if not questions:
+            continue
+        record_words = words(instructions[record])
+        present = set(record_words)
+        questions = [(i, q) for i, q in questions if q.content_share(present) >= layer.min_content_share]
+        if not questions:
+            continue
+        text = FuzzyText(record_words)
+        for item_index, question in questions:
+            ratio = text.ratio(question.text)
             if ratio >= layer.threshold:
                 _add(found[record], index.items[item_index], item_index, "fuzzy", ratio, "instruction")
 

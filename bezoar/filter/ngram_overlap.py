@@ -38,13 +38,14 @@ def words(text: str) -> list[str]:
 def word_ids(tokens: Sequence[str]) -> np.ndarray:
     if len(_word_hashes) > 4_000_000:  # a bound on memory over a very long run; the values never change
         _word_hashes.clear()
-    ids = np.empty(len(tokens), dtype=np.uint64)
-    for i, token in enumerate(tokens):
-        value = _word_hashes.get(token)
-        if value is None:
-            value = _word_hashes[token] = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
-        ids[i] = value
-    return ids
+    values = list(map(_word_hashes.get, tokens))  # one C-level pass; only unseen words take the slow path
+    if None in values:
+        for i, value in enumerate(values):
+            if value is None:
+                token = tokens[i]
+                values[i] = _word_hashes[token] = int.from_bytes(
+                    hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+    return np.array(values, dtype=np.uint64)
 
 
 @dataclass

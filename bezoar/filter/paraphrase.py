@@ -29,10 +29,6 @@ from bezoar.filter.ngram_overlap import words
 log = logging.getLogger(__name__)
 
 
-def normalised(text: str) -> str:
-    return " ".join(words(text))
-
-
 @dataclass
 class Retriever:
     """TF-IDF rows of the eval questions; `rows` maps a question row to its eval item."""
@@ -57,9 +53,12 @@ class Retriever:
         for start in range(0, len(texts), block):
             scores = (self.vectorizer.transform(texts[start:start + block]) @ self.matrix_t).tocsr()
             for row in range(scores.shape[0]):
-                data, columns = scores.data[scores.indptr[row]:scores.indptr[row + 1]], scores.indices[scores.indptr[row]:scores.indptr[row + 1]]
-                top = np.argsort(-data)[:k]
-                found.append([(int(self.rows[columns[t]]), float(data[t])) for t in top])
+                low, high = scores.indptr[row], scores.indptr[row + 1]
+                data = scores.data[low:high]
+                # argpartition, then a sort of the k best only: a record shares some term with ~1,500 questions.
+                top = np.argpartition(-data, k - 1)[:k] if len(data) > k else np.arange(len(data))
+                top = top[np.argsort(-data[top])]
+                found.append(list(zip(self.rows[scores.indices[low:high][top]].tolist(), data[top].tolist())))
                 best[start + row] = data[top[0]] if len(top) else 0.0
         return found, best
 
@@ -69,27 +68,46 @@ MIN_CONTAINED = 0.9
 with words inserted (all of it is there) from a near-miss ("the value of 2+2" / "the value of x if x^2 = 4")."""
 
 
-def fuzzy_ratio(question: str, text: str, max_chars: int = 3000) -> float:
-    """difflib's ratio of the normalised question and the part of `text` it aligns with (matching runs of 3+
-    characters, from the first to the last): a copy inside a longer prompt scores as the copy itself, filler
-    words inserted lower it by their share, scattered chance matches in a long text span too far to count.
-    0 unless MIN_CONTAINED of the question is matched."""
-    a, b = normalised(question), normalised(text)[:max_chars]
-    if not a or not b:
-        return 0.0
-    blocks = [block for block in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks() if block.size >= 3]
-    matched = sum(block.size for block in blocks)
-    if matched < MIN_CONTAINED * len(a):
-        return 0.0
-    span = blocks[-1].b + blocks[-1].size - blocks[0].b
-    return 2 * matched / (len(a) + span)
+@dataclass(frozen=True)
+class ShortQuestion:
+    """An eval question as the fuzzy layer compares it: normalised, with its content words."""
+
+    text: str
+    content: frozenset[str]
+
+    @classmethod
+    def of(cls, question_words: list[str]) -> "ShortQuestion":
+        content = frozenset(w for w in question_words if w not in stopwords()) or frozenset(question_words)
+        return cls(" ".join(question_words), content)
+
+    def content_share(self, text_words: set[str]) -> float:
+        """Share of the question's content words (not stop words) found among `text_words`: a short question
+        about another entity ("What does AWS stand for?" / "What does WIKI stand for?") differs in exactly these."""
+        return len(self.content & text_words) / len(self.content) if self.content else 0.0
 
 
-def content_share(question: str, text_words: set[str]) -> float:
-    """Share of the question's content words (not stop words) found among `text_words`: a short question
-    about another entity ("What does AWS stand for?" / "What does WIKI stand for?") differs in exactly these."""
-    content = {w for w in words(question) if w not in stopwords()} or set(words(question))
-    return len(content & text_words) / len(content) if content else 0.0
+class FuzzyText:
+    """One normalised text, compared with many questions: difflib indexes the text once (its b2j table),
+    not once per question."""
+
+    def __init__(self, text_words: list[str], max_chars: int = 3000):
+        self.text = " ".join(text_words)[:max_chars]
+        self.matcher = difflib.SequenceMatcher(None, "", self.text, autojunk=False)
+
+    def ratio(self, question: str) -> float:
+        """difflib's ratio of the normalised question and the part of the text it aligns with (matching runs of
+        3+ characters, from the first to the last): a copy inside a longer prompt scores as the copy itself,
+        filler words inserted lower it by their share, scattered chance matches in a long text span too far
+        to count. 0 unless MIN_CONTAINED of the question is matched."""
+        if not question or not self.text:
+            return 0.0
+        self.matcher.set_seq1(question)
+        blocks = [block for block in self.matcher.get_matching_blocks() if block.size >= 3]
+        matched = sum(block.size for block in blocks)
+        if matched < MIN_CONTAINED * len(question):
+            return 0.0
+        span = blocks[-1].b + blocks[-1].size - blocks[0].b
+        return 2 * matched / (len(question) + span)
 
 
 @lru_cache(maxsize=1)
