@@ -38,14 +38,9 @@ def words(text: str) -> list[str]:
 def word_ids(tokens: Sequence[str]) -> np.ndarray:
     if len(_word_hashes) > 4_000_000:  # a bound on memory over a very long run; the values never change
         _word_hashes.clear()
-    values = list(map(_word_hashes.get, tokens))  # one C-level pass; only unseen words take the slow path
-    if None in values:
-        for i, value in enumerate(values):
-            if value is None:
-                token = tokens[i]
-                values[i] = _word_hashes[token] = int.from_bytes(
-                    hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
-    return np.array(values, dtype=np.uint64)
+    for token in set(tokens).difference(_word_hashes):  # set operations run in C; only unseen words loop here
+        _word_hashes[token] = int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
+    return np.array(list(map(_word_hashes.get, tokens)), dtype=np.uint64)
 
 
 @dataclass
