@@ -41,8 +41,10 @@ class Retriever:
     def fit(cls, questions: Sequence[str], rows: np.ndarray) -> "Retriever":
         from sklearn.feature_extraction.text import TfidfVectorizer
 
-        # English stop words and terms in over 2% of questions ("following", "which") carry no topic.
-        vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_df=0.02, dtype=np.float32)
+        # English stop words and terms in over 2% of questions ("following", "which") carry no topic. As a
+        # count (at least 1): sklearn refuses a share that leaves under one document (an eval set of < 50).
+        max_df = max(1, int(0.02 * len(questions)))
+        vectorizer = TfidfVectorizer(stop_words="english", sublinear_tf=True, max_df=max_df, dtype=np.float32)
         matrix = vectorizer.fit_transform(questions)
         return cls(vectorizer, matrix.T.tocsr(), rows)
 
