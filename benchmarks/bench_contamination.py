@@ -130,6 +130,7 @@ def speed(index, settings, records) -> dict:
     elapsed = time.perf_counter() - started
     return {"records": len(records), "seconds": round(elapsed, 1), "per_second": round(len(records) / elapsed),
             "contaminated": result.summary["contaminated_records"], "embedded": result.summary.get("embedded_records"),
+            "embedded_texts": result.summary.get("embedded_texts"),
             "judge_calls_per_record": round(result.summary.get("judge_candidates", 0) / len(records), 4),
             "layers": result.summary["layers"], "timings_s": result.summary["timings_s"]}
 
@@ -186,14 +187,16 @@ def main() -> None:
         for row in rows:
             print(f"{name} at gate {row['gate']}: embeds {row['embedded_share']:.1%} of real instructions; recall "
                   + " ".join(f"{k} {v:.2f}" for k, v in row["recall"].items()) + f" | false positives {row['false_positive_rate']:.3f}")
-    for flagged in results[max(results, key=lambda n: results[n]["false_positive_rate"])]["flagged_controls"]:
-        print(f"  flagged control ({flagged['layer']} {flagged['score']}): {flagged['control']!r} ~ {flagged['eval']!r}")
+    for name in ("layers", "layers_gate0"):  # the judge's own false positives are its model's, not the layers'
+        for flagged in results[name]["flagged_controls"]:
+            print(f"  {name} flagged control ({flagged['layer']} {flagged['score']}): {flagged['control']!r} ~ {flagged['eval']!r}")
     records = speed_records(plants, controls, pool, args.records)
     fast = speed(index, exact_only(settings), records)
     print(f"speed, 13-gram rule alone: {fast['per_second']} records/s ({fast['records']} in {fast['seconds']} s)", flush=True)
     layered = speed(index, settings, records)
     print(f"speed, all layers without the judge: {layered['per_second']} records/s ({layered['records']} in "
-          f"{layered['seconds']} s; {layered['embedded']} embedded; {layered['timings_s']}); "
+          f"{layered['seconds']} s; {layered['embedded']} embedded, {layered['embedded_texts']} distinct texts; "
+          f"{layered['timings_s']}); "
           f"{fast['per_second'] / layered['per_second']:.1f}x the 13-gram rule's time per record", flush=True)
     emit({"recall": {n: r["recall"] for n, r in results.items()}, "by_gate": gates,
           "false_positive_rate": {n: r["false_positive_rate"] for n, r in results.items()},

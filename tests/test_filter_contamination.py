@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from bezoar.errors import ConfigError, DataError
@@ -118,6 +119,24 @@ def test_embedding_catches_a_rewording_and_not_a_same_topic_question(semantic_in
     assert result.summary["embedded_records"] == 2 and result.summary["layers"] == {"embedding": 1}
 
 
+def test_a_text_that_only_names_a_topic_is_no_embedding_match(data_dir, tmp_path):
+    """bench_contamination's only false positives: one-content-word texts near a short question on the topic."""
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    arc = (data_dir / "eval/harness/arc_challenge/arc_challenge_test.jsonl").open().readlines()[985]
+    mmlu = (data_dir / "eval/harness/mmlu/test/high_school_macroeconomics_test.csv").open().readlines()[57]
+    assert json.loads(arc)["question"] == "What does photosynthesis produce?" and mmlu.startswith("Inflation,")
+    (eval_dir / "arc.jsonl").write_text(arc)
+    (eval_dir / "mmlu.csv").write_text(mmlu)
+    settings = ContaminationConfig.model_validate({"embedding": {"gate": 0}, "cache": False})
+    index = build_index([eval_dir], settings)
+    texts = ["What is photosynthesis?", "What is it inflation?", "Which two substances does photosynthesis produce?"]
+    result = screen([record(t) for t in texts], index, settings)
+    assert result.matches[0] == [] and result.matches[1] == []
+    assert result.summary["judge_candidates"] >= 2  # near enough to ask a judge, which alone may say "same"
+    assert [m["item"] for m in result.matches[2] if m["layer"] == "embedding"] == ["line 1 (id=Mercury_SC_407572)"]
+
+
 def test_the_gate_embeds_only_records_close_to_some_eval_question(semantic_index):
     index, settings = semantic_index
     gated = settings.model_copy(update={"embedding": settings.embedding.model_copy(update={"gate": 0.5})})
@@ -139,6 +158,25 @@ def test_judge_confirms_embedding_candidates_through_its_cache(semantic_index, l
         assert 0.5 <= match["score"] <= 1 and judged.judge.min_cosine <= match["cosine"] < judged.embedding.threshold
     again = screen([record(t) for t in texts], index, judged, local_model)
     assert local_model.usage.calls == asked and again.matches == first.matches  # answers come from the cache
+
+
+def test_ngram_lookups_match_a_plain_search(eval_index):
+    """The bitmap prefilter drops no eval n-gram, and several n hashed in one pass equal one pass per n."""
+    from bezoar.filter.ngram_overlap import MULTIPLIER, Batch, words
+
+    index, _ = eval_index
+    tables = index.tables
+    assert len(tables.exact_bits.maybe(tables.exact_hashes)) == len(tables.exact_hashes)
+    assert len(tables.coverage_bits.maybe(tables.coverage_hashes)) == len(tables.coverage_hashes)
+    batch = Batch.of([words(item.question) for item in index.items[:300] if item.question])
+    for n, (hashes, starts) in batch.grams_of([8, 10, 13]).items():
+        one_by_one = np.zeros(len(batch.ids) - n + 1, dtype=np.uint64)
+        for j in range(n):
+            one_by_one = one_by_one * MULTIPLIER + batch.ids[j:j + len(one_by_one)]
+        inside = batch.text[:len(one_by_one)] == batch.text[n - 1:]
+        assert (hashes == one_by_one[inside]).all() and (starts == np.flatnonzero(inside)).all()
+    probes = np.random.default_rng(0).integers(0, 2**63, 100_000, dtype=np.uint64)
+    assert len(tables.exact_bits.maybe(probes)) < 5_000  # absent keys mostly stop at the bitmap
 
 
 def test_index_is_cached_by_content(data_dir, tmp_path):

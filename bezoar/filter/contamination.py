@@ -26,7 +26,7 @@ from bezoar.filter import embedder, eval_sets
 from bezoar.filter.config import ContaminationConfig
 from bezoar.filter.eval_sets import EvalItem
 from bezoar.filter.ngram_overlap import Batch, NgramTables, build_tables, coverage_matches, exact_matches, words
-from bezoar.filter.paraphrase import Retriever, ask_judge, content_share, fuzzy_ratio, top_k_cosine
+from bezoar.filter.paraphrase import FuzzyText, Retriever, ShortQuestion, ask_judge, names_a_topic, top_k_cosine
 from bezoar.records import Record
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class ContaminationIndex:
     cached: bool = False
     build_s: float = 0.0
     _retriever: Retriever | None = field(default=None, repr=False)
+    _short: dict[int, dict[int, ShortQuestion]] = field(default_factory=dict, repr=False)
+    _topics: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def size(self) -> int:
@@ -66,6 +68,22 @@ class ContaminationIndex:
         if self._retriever is None:  # fitting takes under a second; not worth a cache entry
             self._retriever = Retriever.fit([self.items[i].question for i in self.question_rows], self.question_rows)
         return self._retriever
+
+    def short_questions(self, max_words: int) -> dict[int, ShortQuestion]:
+        """{eval item: its question} for questions of MIN_QUESTION_WORDS to `max_words` words (the fuzzy
+        layer's), prepared once per index rather than once per record."""
+        if max_words not in self._short:
+            prepared = ((int(i), words(self.items[i].question)) for i in self.question_rows)
+            self._short[max_words] = {i: ShortQuestion.of(w) for i, w in prepared
+                                      if MIN_QUESTION_WORDS <= len(w) <= max_words}
+        return self._short[max_words]
+
+    @property
+    def topic_rows(self) -> np.ndarray:
+        """Per question row: whether the question only names a topic (`paraphrase.names_a_topic`)."""
+        if self._topics is None:
+            self._topics = np.array([names_a_topic(self.items[i].question) for i in self.question_rows], dtype=bool)
+        return self._topics
 
     def matches(self, text: str, limit: int = 5) -> list[dict]:
         """Eval items sharing an exact n-gram with one `text` (first `limit`), each with the shared words."""
@@ -193,13 +211,19 @@ def _ngram_layers(texts, index: ContaminationIndex, settings: ContaminationConfi
 
 def _fuzzy_layer(instructions, candidates, index: ContaminationIndex, settings: ContaminationConfig, found) -> None:
     layer = settings.fuzzy
+    short = index.short_questions(layer.max_words)
     for record, pairs in enumerate(candidates):
-        record_words = set(words(instructions[record])) if pairs else set()
-        for item_index, _ in pairs:
-            question = index.items[item_index].question
-            if not MIN_QUESTION_WORDS <= len(words(question)) <= layer.max_words or content_share(question, record_words) < layer.min_content_share:
-                continue
-            ratio = fuzzy_ratio(question, instructions[record])
+        questions = [(item_index, short[item_index]) for item_index, _ in pairs if item_index in short]
+        if not questions:
+            continue
+        record_words = words(instructions[record])
+        present = set(record_words)
+        questions = [(i, q) for i, q in questions if q.content_share(present) >= layer.min_content_share]
+        if not questions:
+            continue
+        text = FuzzyText(record_words)
+        for item_index, question in questions:
+            ratio = text.ratio(question.text)
             if ratio >= layer.threshold:
                 _add(found[record], index.items[item_index], item_index, "fuzzy", ratio, "instruction")
 
@@ -207,23 +231,30 @@ def _fuzzy_layer(instructions, candidates, index: ContaminationIndex, settings: 
 def _embedding_layers(instructions, best, index: ContaminationIndex, settings: ContaminationConfig, judge, found) -> dict:
     layer, ask = settings.embedding, settings.judge
     gated = np.flatnonzero(best >= layer.gate) if layer.gate > 0 else np.arange(len(instructions))
-    vectors = embedder.encode([instructions[i] for i in gated], index.embedder_dir, layer.batch_size, layer.max_tokens)
-    use_judge = ask.enabled and judge is not None
+    # Identical instructions (one prompt with several responses, a multi-turn record's first turn) are
+    # embedded and ranked once.
+    unique: dict[str, int] = {}
+    slots = [unique.setdefault(instructions[i], len(unique)) for i in gated]
+    vectors = embedder.encode(list(unique), index.embedder_dir, layer.batch_size, layer.max_tokens)
     # Neighbours down to the judge's floor are looked at even without a judge: their count is the plan's
     # estimate of what the judge layer would cost on this data.
-    floor = min(layer.threshold, ask.min_cosine)
+    nearest = top_k_cosine(vectors, index.question_vectors, layer.top_k, min(layer.threshold, ask.min_cosine))
+    use_judge = ask.enabled and judge is not None
     to_judge: list[tuple[int, int, float]] = []
     grey = 0
-    for record, neighbours in zip(gated.tolist(), top_k_cosine(vectors, index.question_vectors, layer.top_k, floor)):
-        for row, cosine in neighbours:
+    topic_texts = [names_a_topic(text) for text in unique]
+    for record, slot in zip(gated.tolist(), slots):
+        for row, cosine in nearest[slot]:
             item_index = int(index.question_rows[row])
-            needs_judge = ask.confirm == "all" or cosine < layer.threshold
+            topic_only = topic_texts[slot] or bool(index.topic_rows[row])
+            needs_judge = ask.confirm == "all" or cosine < layer.threshold or topic_only
             grey += needs_judge
             if use_judge and needs_judge:
                 to_judge.append((record, item_index, cosine))
-            elif cosine >= layer.threshold:
+            elif cosine >= layer.threshold and not topic_only:
                 _add(found[record], index.items[item_index], item_index, "embedding", cosine, "instruction")
-    summary = {"embedded_records": int(len(gated)), "judge_candidates": grey, "judge_asked": len(to_judge)}
+    summary = {"embedded_records": int(len(gated)), "embedded_texts": len(unique), "judge_candidates": grey,
+               "judge_asked": len(to_judge)}
     if to_judge:
         usage_before = judge.usage.copy()
         answers = ask_judge([(index.items[i].question, instructions[r]) for r, i, _ in to_judge], judge, ask.scoring,
