@@ -11,7 +11,8 @@ after its PID, holding the process's start time so that a recycled PID is not ta
 while it computes it uses cores // (processes computing) threads, looked at again every few seconds:
 alone it has every core, beside another half of them, and all again once the other is done. Changing
 the thread count does not change the numbers: logits and LoRA gradients of the embedded model were
-bit-identical at 1 and 2 threads (tests/test_two_processes.py checks it), so deterministic runs may share too.
+bit-identical at 1 and 2 threads in fp32 (tests/test_two_processes.py checks it), but bf16 training and
+sampling sums are not: deterministic mode keeps a fixed thread count.
 
 `BEZOAR_SHARE_CORES=0`, or OMP_NUM_THREADS set by the user, leaves the thread count alone.
 """
@@ -26,7 +27,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bezoar.llm.cache import default_cache_path
-from bezoar.llm.device import cpu_threads
+from bezoar.llm.device import cpu_threads, deterministic
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,11 @@ class CoreShare:
 
     @property
     def enabled(self) -> bool:
-        """Read when asked (not at import), so that a process may turn sharing off after importing bezoar."""
-        return os.environ.get("BEZOAR_SHARE_CORES", "1") != "0" and "OMP_NUM_THREADS" not in os.environ
+        """Read when asked (not at import), so that a process may turn sharing off after importing bezoar.
+        Off in deterministic mode: bf16 training sums depend on the thread count, so a resumed run keeps
+        the one it started with."""
+        return (os.environ.get("BEZOAR_SHARE_CORES", "1") != "0" and "OMP_NUM_THREADS" not in os.environ
+                and not deterministic())
 
     def busy(self, on: bool) -> None:
         """Enter (on) or leave the registry; entering also takes this process's share of the cores at once."""
