@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import typer
 
+from bezoar.llm.device import set_deterministic
+
 
 def _deterministic(on: bool) -> bool:
     # Set while the options are parsed, before the command loads a model; child processes inherit it.
     if on:
-        from bezoar.llm.device import set_deterministic
 
         set_deterministic(True)
     return on

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from bezoar.errors import DataError
+from bezoar.run_state import read_manifest
 
 RECORDS_VERSION = 2
 """Part of every step's fingerprint: bumped when what steps record changes, so that a run directory made
@@ -31,7 +32,6 @@ def relative(run_dir: Path, paths: Mapping[str, Path | str]) -> dict[str, str]:
 
 def done_results(run_dir: Path) -> dict[str, dict]:
     """Step name -> its recorded result, for every step the manifest marks done."""
-    from bezoar.run_state import read_manifest
 
     path = Path(run_dir) / "manifest.json"
     if not path.exists():

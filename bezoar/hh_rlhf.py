@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bezoar.errors import ConfigError, DataError, located
 from bezoar.licences import dataset_licence
-from bezoar.records import ChatMessage, Lineage, PreferencePair, open_data
+from bezoar.records import ChatMessage, Lineage, PreferencePair, open_data, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,6 @@ def split_slices(pairs: list[PreferencePair], sft_n: int, dpo_n: int,
 def read_pairs(path: Path | str) -> list[PreferencePair]:
     """Preference pairs from HH-RLHF transcripts (`chosen`/`rejected` strings) or from bezoar
     `PreferencePair` JSONL (`prompt`/`chosen`/`rejected` message lists), told apart by the first row."""
-    from bezoar.records import read_jsonl
 
     path = Path(path)
     if not path.exists():

@@ -4,14 +4,15 @@ from __future__ import annotations
 import logging
 import os
 
+from rich.console import Console
+from rich.logging import RichHandler
+
 NOISY = ("httpx", "httpcore", "urllib3", "filelock", "datasets", "transformers", "accelerate", "lm_eval")
 
 
 def configure_logging(level: int = logging.INFO) -> None:
     """Rich log lines on stderr at `level`; third-party chatter only from WARNING up."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from rich.console import Console
-    from rich.logging import RichHandler
 
     logging.basicConfig(level=level, format="%(message)s", force=True,
                         handlers=[RichHandler(console=Console(stderr=True), show_path=False, show_time=False)])

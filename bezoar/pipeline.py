@@ -29,8 +29,9 @@ from bezoar.config import Recipe, RunConfig
 from bezoar.errors import BatchPending, BezoarError, BudgetExceeded, ConfigError, DataError
 from bezoar.handoff import RECORDS_VERSION
 from bezoar.hashing import canonical_hash, file_sha256
-from bezoar.llm.cache import Usage
+from bezoar.llm.cache import CallCache, Usage
 from bezoar.llm.device import deterministic, set_deterministic
+from bezoar.plan import make_plan
 from bezoar.processes import _portable, launched, run_call
 from bezoar.roles import LazyModels, usage_from_json, usage_to_json
 from bezoar.run_state import Manifest, ManifestCorrupt, ProgressFile, RunLock, read_manifest
@@ -137,7 +138,6 @@ def run(recipe: Recipe, source: Path, start: str | None = None, only: str | None
 
     `retry_failed` asks again the items that failed (each step's failed.jsonl): the first step with
     failed items and every step after it run again; everything that succeeded comes from the cache."""
-    from bezoar.plan import make_plan
     from bezoar.preflight import probe_remote_roles, refuse_before_spending
 
     chosen, forced = select(recipe, start, only)
@@ -177,7 +177,6 @@ def steps_with_failures(manifest: Manifest, names: list[str]) -> set[str]:
 def run_step(step: Step, recipe: Recipe, run_dir: Path, manifest: Manifest, print_: str, inputs: dict,
              totals: dict[str, Usage], retry_failed: bool = False) -> dict[str, Usage]:
     """One step, in a process of its own; returns the run's usage totals with this step's added."""
-    from bezoar.plan import make_plan
 
     log.info("%s: starting", step.name)
     started = time.perf_counter()
@@ -218,7 +217,6 @@ def _finish(manifest: Manifest, name: str, sent: dict, started: float, **fields)
 def run_step_process(recipe: dict, run_dir: str, name: str, totals: dict, retry_failed: bool = False) -> dict:
     """In the step's own process: run it (or start its ranks under accelerate and wait); returns its result,
     what each role spent, the run's totals since, and an error it raised (BezoarError or Ctrl-C)."""
-    from bezoar.llm.cache import CallCache
 
     built = Recipe.model_validate(recipe)
     follow_run(built.run)

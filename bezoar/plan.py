@@ -17,11 +17,11 @@ from pathlib import Path
 
 from bezoar import handoff
 from bezoar.config_base import ModelConfig, RecipeView
+from bezoar.generate.runner import Batching
 from bezoar.llm.batch_prices import role_cost
 from bezoar.llm.endpoints import public_spec
 from bezoar.llm.spec_syntax import parse_spec
 from bezoar.llm.weights import models_cache_dir
-
 
 LOCAL_DECODE_TOK_S = 100.0
 LOCAL_PREFILL_TOK_S = 1500.0
@@ -155,7 +155,6 @@ def mean_tokens(conversations: list[list[dict]]) -> float:
 
 def replay(n: float, cap: int, prior: float, rate: float) -> tuple[int, float]:
     """(work items sent, records expected) for a stream consumed until n records at `rate` records per item."""
-    from bezoar.generate.runner import Batching
 
     batching, sent, made = Batching(cap, prior=prior), 0, 0.0
     while made < n - 1e-9:

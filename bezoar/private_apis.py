@@ -13,6 +13,8 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import metadata
 
+from packaging.version import Version
+
 from bezoar.errors import BezoarError
 
 SUPPORTED: dict[str, tuple[str, str]] = {
@@ -29,7 +31,6 @@ class UnsupportedVersion(BezoarError):
 @lru_cache(maxsize=None)
 def require(package: str, purpose: str) -> None:
     """Raise UnsupportedVersion unless `package` is within SUPPORTED[package] (inclusive, exclusive)."""
-    from packaging.version import Version
 
     low, high = SUPPORTED[package]
     try:

@@ -20,6 +20,7 @@ killing the group ends every one of them; if only the caller dies, they follow i
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
@@ -27,16 +28,19 @@ import pickle
 import platform
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import traceback
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 from bezoar.errors import BezoarError, StageFailed, disk_full
+from bezoar.logs import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +158,6 @@ def die_with_parent(parent_pid: int | None = None) -> None:
     """If the parent is killed (SIGKILL included), this process must not go on writing alone."""
     if platform.system() != "Linux":
         return
-    import ctypes
-    import signal
 
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -182,9 +184,7 @@ def _portable(error: BaseException) -> BaseException:
 
 def main(call_file: str) -> int:
     """Entry point of every child (`python -m bezoar.processes CALL.json`)."""
-    from importlib import import_module
 
-    from bezoar.logs import configure_logging
 
     die_with_parent()
     call = json.loads(Path(call_file).read_text())

@@ -9,6 +9,7 @@ from collections.abc import Iterator, Mapping
 
 from bezoar.config_base import ModelConfig
 from bezoar.llm.cache import Budget, CachedModel, CallCache, Usage
+from bezoar.llm.specs import open_model
 
 
 def usage_from_json(data: Mapping[str, Mapping]) -> dict[str, Usage]:
@@ -40,7 +41,6 @@ class LazyModels(Mapping[str, CachedModel]):
 
     def open_extra(self, role: str, config: ModelConfig) -> CachedModel:
         """A role outside `models:` (e.g. eval.mt_bench.judge), counted in usage and budgets like the rest."""
-        from bezoar.llm.specs import open_model
 
         if role not in self.opened:
             model = open_model(config, role=role, cache=self.cache)

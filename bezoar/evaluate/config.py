@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from bezoar.config_base import ModelConfig, StrictModel, data_path
+from bezoar.evaluate.harness_tasks import LOCAL_TASKS, short_name
 
 
 class MTBenchConfig(StrictModel):
@@ -85,7 +86,6 @@ class HarnessConfig(StrictModel):
     @field_validator("data_paths")
     @classmethod
     def _known_tasks(cls, value: dict[str, Path]) -> dict[str, Path]:
-        from bezoar.evaluate.harness_tasks import LOCAL_TASKS, short_name
 
         unknown = [key for key in value if short_name(key) not in LOCAL_TASKS]
         if unknown:

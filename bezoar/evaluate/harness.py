@@ -19,7 +19,9 @@ from bezoar.evaluate.config import HarnessConfig
 from bezoar.evaluate.harness_tasks import LOCAL_TASKS, PREFIX, check_offline, expand_tasks, render_tasks, short_name
 from bezoar.intervals import bootstrap_mean, normal_interval
 from bezoar.llm.cores import SHARE
-from bezoar.llm.device import decoding_mode
+from bezoar.llm.device import decoding_mode, deterministic, plan_device
+from bezoar.llm.specs import parse_spec
+from bezoar.llm.weights import content_identity, resolve_model_dir
 from bezoar.records import write_json
 
 log = logging.getLogger(__name__)
@@ -31,9 +33,6 @@ def model_args(spec: str, dtype: str = "auto") -> dict[str, str]:
     `auto` follows the decoding mode: bf16 where it is faster in fast mode, fp32 in deterministic mode
     (batch-invariant scores, so a resumed or re-batched run gives the same numbers).
     """
-    from bezoar.llm.device import deterministic, plan_device
-    from bezoar.llm.specs import parse_spec
-    from bezoar.llm.weights import resolve_model_dir
 
     try:
         parsed = parse_spec(spec) if spec.split(":", 1)[0] in ("local", "openai", "anthropic") else None
@@ -54,7 +53,6 @@ def model_args(spec: str, dtype: str = "auto") -> dict[str, str]:
 
 def adapter_base(adapter: Path) -> Path:
     """The plain model directory a LoRA adapter was trained on (lm-eval loads it, then `peft=`)."""
-    from bezoar.llm.weights import resolve_model_dir
 
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     base = config.get("base_model_name_or_path")
@@ -98,7 +96,6 @@ def run_harness(spec: str, config: HarnessConfig, out_dir: Path) -> dict:
 def _evaluate(args: dict, names: list[str], config: HarnessConfig, out_dir: Path, manager) -> dict:
     import lm_eval
 
-    from bezoar.llm.weights import content_identity
 
     # lm-eval's request cache (SQLite, committed per request) makes a killed run resume; it keys on
     # the requests only, so the file name carries the weights' fingerprint and the dtype.

@@ -18,9 +18,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from tqdm.auto import tqdm
+
 from bezoar.errors import DataError
 from bezoar.intervals import wilson
-from bezoar.llm.cache import CachedModel
+from bezoar.llm.cache import CachedModel, default_cache_path
 from bezoar.llm.local import decoding_of
 from bezoar.llm.protocol import Sampling
 from bezoar.records import read_jsonl, write_json, write_jsonl
@@ -36,7 +38,6 @@ PUNKT_FILES = ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ort
 
 def nltk_data_dir() -> Path:
     """`<bezoar cache>/nltk_data` (beside the call cache: $BEZOAR_CACHE_DIR or ~/.cache/bezoar)."""
-    from bezoar.llm.cache import default_cache_path
 
     return default_cache_path().parent / "nltk_data"
 
@@ -203,7 +204,6 @@ def paired_inst_delta(new: dict[str, float], old: dict[str, float], samples: int
 
 def run_ifeval(model: CachedModel, config, out_dir: Path, model_id: str = "model") -> dict:
     """Answer, score, write answers.jsonl and summary.json under out_dir; returns the summary."""
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     docs = load_prompts(config.prompts, config.limit)

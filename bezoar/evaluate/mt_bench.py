@@ -22,12 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from tqdm.auto import tqdm
+
 from bezoar.errors import ConfigError, DataError
 from bezoar.evaluate.config import MTBenchConfig
-from bezoar.evaluate.mt_bench_files import (Answer, Question, answer_record, load_answers, load_judge_prompts,
-                                            load_questions, safe_name)
+from bezoar.evaluate.mt_bench_files import (
+    Answer,
+    Question,
+    answer_record,
+    load_answers,
+    load_judge_prompts,
+    load_questions,
+    safe_name,
+)
+from bezoar.evaluate.mt_bench_scores import pairwise_table, single_table
+from bezoar.failures import FailureLog
 from bezoar.llm.cache import CachedModel
-from bezoar.llm.local import decoding_of
+from bezoar.llm.local import LocalBackend, decoding_of
+from bezoar.llm.next_token import pair_scorer, rating_scorer
 from bezoar.llm.protocol import Sampling
 from bezoar.records import write_json, write_jsonl
 from bezoar.verdicts import parse_bracket_rating, parse_choice, parse_rating
@@ -195,7 +207,6 @@ def judges_for(judge: CachedModel, mode: str) -> tuple[CachedModel, CachedModel,
     answer "Rating: [[6.84]]" / "Verdict: [[A]]" from the next-token distribution; the wrappers
     share the judge's cache, usage counters and budget.
     """
-    from bezoar.llm.local import LocalBackend
 
     local = isinstance(judge.backend, LocalBackend)
     if mode == "generate" or (mode == "auto" and not local):
@@ -203,7 +214,6 @@ def judges_for(judge: CachedModel, mode: str) -> tuple[CachedModel, CachedModel,
     if judge.identity.startswith("anthropic:"):
         raise ConfigError(f"judge_mode next_token needs a local or OpenAI-compatible judge (got {judge.identity}: "
                           "the Messages API returns no log-probabilities); use generate")
-    from bezoar.llm.next_token import pair_scorer, rating_scorer
 
     def wrap(backend) -> CachedModel:
         return CachedModel(backend, judge.cache, role=judge.role, usage=judge.usage, budget=judge.budget)
@@ -285,9 +295,7 @@ def load_references(path: Path | None) -> dict[int, list[str]]:
 def run_mt_bench(model: CachedModel, judge: CachedModel, out_dir: Path, config: MTBenchConfig,
                  model_id: str, judge_id: str) -> dict:
     """Answer, judge (single and optionally pairwise), score; FastChat's files under `out_dir`."""
-    from tqdm.auto import tqdm
 
-    from bezoar.evaluate.mt_bench_scores import single_table
 
     out_dir = Path(out_dir)
     model_id, judge_id = safe_name(model_id), safe_name(judge_id)
@@ -325,7 +333,6 @@ def _failures(out_dir: Path, records: list[dict], lines: list[dict], questions: 
               judge: str) -> dict:
     """Answers the model's server refused and judgments that failed or stayed unreadable, to failed.jsonl;
     returns the counts the failure-rate check needs (items tried: answer turns plus judgments)."""
-    from bezoar.failures import FailureLog
 
     failures = FailureLog(out_dir / "failed.jsonl", f"eval mt-bench {out_dir.name}").start()
     asked = {q.question_id: q.turns for q in questions}
@@ -343,9 +350,7 @@ def _failures(out_dir: Path, records: list[dict], lines: list[dict], questions: 
 
 
 def _pairwise(judge, judge_id, questions, answers, references, config, prompts, out_dir) -> dict:
-    from tqdm.auto import tqdm
 
-    from bezoar.evaluate.mt_bench_scores import pairwise_table
 
     theirs = load_answers(config.pairwise_against)
     if not any(q.question_id in theirs for q in questions):

@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bezoar.errors import DataError, located
+from bezoar.hashing import canonical_hash
+from bezoar.prompts import read_text
 from bezoar.records import open_data, read_jsonl
 
 # FastChat llm_judge/common.py: the categories graded against a reference answer, and the
@@ -102,7 +104,6 @@ def load_answers(path: Path) -> dict[int, Answer]:
 def load_judge_prompts(path: Path | None = None) -> dict[str, dict]:
     """FastChat's judge prompts by name; the packaged copy unless a file is given."""
     if path is None:
-        from bezoar.prompts import read_text
 
         rows = json.loads(read_text("mt_bench_judge_prompts.json"))["prompts"]
     else:
@@ -129,7 +130,6 @@ def _numbered(path: Path, schema: type[BaseModel] | None):
 def answer_record(question: Question, model_id: str, turns: list[str], extra: dict[str, Any]) -> dict:
     """FastChat's answer line. The answer_id is derived from the content (FastChat draws a random
     shortuuid), so a resumed run gives every answer the same id as before."""
-    from bezoar.hashing import canonical_hash
 
     answer_id = canonical_hash([model_id, question.question_id, turns])[:22]
     return {"question_id": question.question_id, "answer_id": answer_id, "model_id": model_id,

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Iterable
 
 from bezoar.errors import ConfigError, DataError
+from bezoar.hh_rlhf import read_pairs
 from bezoar.intervals import wilson
 from bezoar.llm.cores import SHARE
 from bezoar.llm.device import decoding_mode
+from bezoar.llm.local import free_memory, load
 from bezoar.records import PreferencePair, write_json
 
 log = logging.getLogger(__name__)
@@ -32,7 +34,6 @@ class Scored:
 
 def load_pairs(path: Path, heldout_n: int | None = None) -> list[PreferencePair]:
     """HH-RLHF transcripts or bezoar pair JSONL; the last `heldout_n` pairs (split_slices' held-out slice)."""
-    from bezoar.hh_rlhf import read_pairs
 
     pairs = read_pairs(path)
     return pairs[-heldout_n:] if heldout_n else pairs
@@ -57,7 +58,6 @@ def preference_accuracy(model: str | Path, pairs: Iterable[PreferencePair | dict
               "loglik_per_token": _accuracy(ids, [c.logprob / max(c.tokens, 1) - r.logprob / max(r.tokens, 1)
                                                   for c, r in policy])}
     if reference is not None:
-        from bezoar.llm.local import free_memory
 
         free_memory()  # the policy's weights go before the reference's load: one model at a time
         ref = score_pairs(_source(reference), pairs, batch_size, max_length)
@@ -91,7 +91,6 @@ def _source(model: str | Path) -> str | None:
 
 def score_pairs(source: str | None, pairs: list[PreferencePair], batch_size: int, max_length: int) -> list[tuple[Scored, Scored]]:
     """(chosen, rejected) summed log-probabilities of the reply tokens given the prompt."""
-    from bezoar.llm.local import load
 
     loaded = load(source)
     sequences = []

@@ -20,12 +20,19 @@ from pathlib import Path
 from bezoar.config_base import ModelConfig
 from bezoar.evaluate.compare import compare
 from bezoar.evaluate.config import EvalConfig
+from bezoar.evaluate.harness import run_harness
+from bezoar.evaluate.ifeval import run_ifeval
+from bezoar.evaluate.mt_bench import run_mt_bench
+from bezoar.evaluate.mt_bench_files import spec_label
+from bezoar.evaluate.preference import run_preference
 from bezoar.failures import FailureLog
 from bezoar.fingerprint import fingerprint, record, recorded
 from bezoar.hashing import file_sha256
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.device import deterministic, plan_device
+from bezoar.llm.local import free_memory
 from bezoar.llm.specs import open_model
+from bezoar.llm.weights import content_identity, resolve_model_dir
 from bezoar.processes import peak_rss_mb, rss_mb
 
 log = logging.getLogger(__name__)
@@ -144,7 +151,6 @@ def _scoring(evaluation: Evaluation, name: str, spec: str) -> dict:
     identity = weights_identity(spec)
     done: dict = {}
     if config.harness.enabled:
-        from bezoar.evaluate.harness import run_harness
 
         done["harness"] = _once(evaluation, "harness", name, [config.harness, identity],
                                 lambda out: run_harness(spec, config.harness, out))
@@ -169,14 +175,12 @@ def _scoring(evaluation: Evaluation, name: str, spec: str) -> dict:
 
 def _free(finished: str) -> None:
     """Free what the finished evaluation let go of, and log the RSS so a model that stays pinned shows."""
-    from bezoar.llm.local import free_memory
 
     free_memory()
     log.info("eval: %s done; RSS %s MB (peak %d MB)", finished, rss_mb() or "?", peak_rss_mb())
 
 
 def _ifeval(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: _Answerer, out: Path) -> dict:
-    from bezoar.evaluate.ifeval import run_ifeval
 
     return run_ifeval(model(), evaluation.config.ifeval, out, name)
 
@@ -214,8 +218,6 @@ def headline(summary: dict) -> dict:
 
 
 def _mt_bench(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, model: _Answerer, out: Path) -> dict:
-    from bezoar.evaluate.mt_bench import run_mt_bench
-    from bezoar.evaluate.mt_bench_files import spec_label
 
     result = run_mt_bench(model(), judge, out, evaluation.config.mt_bench, name, spec_label(evaluation.judge.spec))
     guard = FailureLog(Path(result["failures_file"]), f"eval mt-bench {name}", evaluation.max_failure_rate)
@@ -225,7 +227,6 @@ def _mt_bench(evaluation: Evaluation, name: str, spec: str, judge: CachedModel, 
 
 
 def _preference(spec: str, config, out: Path, reference: str | None) -> dict:
-    from bezoar.evaluate.preference import run_preference
 
     return run_preference(spec, config, out, reference)
 
@@ -234,6 +235,5 @@ def weights_identity(spec: str) -> str:
     """What the model's outputs depend on: the weights' fingerprint for local models, else the spec."""
     if not spec.startswith("local"):
         return spec
-    from bezoar.llm.weights import content_identity, resolve_model_dir
 
     return content_identity(resolve_model_dir(spec.partition(":")[2] or None))

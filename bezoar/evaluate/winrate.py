@@ -21,11 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bezoar.errors import DataError
+from bezoar.evaluate.config import MTBenchConfig
+from bezoar.evaluate.ifeval import share_followed
+from bezoar.evaluate.mt_bench import grade, judges_for, pair_prompt, read_choice
+from bezoar.evaluate.mt_bench_files import Question, load_judge_prompts
 from bezoar.intervals import bootstrap_mean
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.local import decoding_of
 from bezoar.llm.protocol import Sampling
-from bezoar.records import write_json, write_jsonl
+from bezoar.records import read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,6 @@ class Prompt:
 def load_prompts(path: Path, limit: int | None = None) -> list[Prompt]:
     """MT-Bench question.jsonl (first turns), IFEval rows, bezoar records (constraints kept), or
     JSONL with `prompt` / `instruction`."""
-    from bezoar.records import read_jsonl
 
     prompts = []
     for number, row in enumerate(read_jsonl(path), 1):
@@ -77,7 +80,6 @@ def answer(model: CachedModel, prompts: list[Prompt], max_new_tokens: int) -> li
 
 
 def by_checkers(prompt: Prompt, ours: str, theirs: str) -> tuple[str, dict]:
-    from bezoar.evaluate.ifeval import share_followed
 
     doc = {"key": prompt.id, "prompt": prompt.text, "instruction_id_list": prompt.instruction_id_list,
            "kwargs": prompt.kwargs}
@@ -88,9 +90,6 @@ def by_checkers(prompt: Prompt, ours: str, theirs: str) -> tuple[str, dict]:
 def by_judge(judge: CachedModel, prompts: list[Prompt], ours: list[str], theirs: list[str],
              judge_mode: str = "auto") -> list[tuple[str, dict]]:
     """FastChat pair-v2 in both orders; consistent wins/losses count, anything else is a tie."""
-    from bezoar.evaluate.config import MTBenchConfig
-    from bezoar.evaluate.mt_bench import grade, judges_for, pair_prompt, read_choice
-    from bezoar.evaluate.mt_bench_files import Question, load_judge_prompts
 
     if not prompts:
         return []

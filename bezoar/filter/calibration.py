@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Callable
 
 from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model, truncate
-from bezoar.verdicts import parse_choice
+from bezoar.hh_rlhf import read_hh_pairs
 from bezoar.intervals import wilson
 from bezoar.llm.cache import CachedModel
+from bezoar.llm.next_token import pair_scorer
 from bezoar.llm.protocol import Sampling
 from bezoar.records import PreferencePair
+from bezoar.verdicts import parse_choice
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,6 @@ def judge_check(model: CachedModel, pairs_path: Path | str, n: int = 100, scorin
                 max_chars: int = 3000, max_new_tokens: int = 64,
                 progress: Callable[[int], None] | None = None) -> dict:
     """Agreement, position-bias and tie rates of `model` on the last `n` pairs of an HH-RLHF file."""
-    from bezoar.llm.next_token import pair_scorer
-    from bezoar.hh_rlhf import read_hh_pairs
 
     pairs, bad = read_hh_pairs(pairs_path, skip_bad=True)
     chosen_pairs = pairs[-n:]  # the end of the file: the slice training never uses (see hh_rlhf.split_slices)

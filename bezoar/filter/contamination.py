@@ -14,6 +14,7 @@ settings and the embedder's weights. `screen` checks a list of records against i
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from bezoar.filter.config import ContaminationConfig
 from bezoar.filter.eval_sets import EvalItem
 from bezoar.filter.ngram_overlap import Batch, NgramTables, build_tables, coverage_matches, exact_matches, words
 from bezoar.filter.paraphrase import FuzzyText, Retriever, ShortQuestion, ask_judge, names_a_topic, top_k_cosine
+from bezoar.llm.cache import default_cache_path
 from bezoar.records import Record
 
 log = logging.getLogger(__name__)
@@ -92,7 +94,6 @@ class ContaminationIndex:
 
 
 def cache_dir() -> Path:
-    from bezoar.llm.cache import default_cache_path
 
     return default_cache_path().parent / "contamination"
 
@@ -130,7 +131,6 @@ def build_index(paths: list[Path], settings: ContaminationConfig | None = None) 
 
 def _save(path: Path, tables: NgramTables, vectors: np.ndarray | None) -> None:
     """Atomically: a half-written cache entry would be read as a broken index by the next process."""
-    import os
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")

@@ -15,7 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
+from bezoar.filter import embedder
 from bezoar.filter.heuristics import lower_words
+from bezoar.prompts import word_list
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +105,6 @@ def _idf(sets: Sequence[set[str]], prior_documents: int = 500) -> dict[str, floa
 
 @lru_cache(maxsize=1)
 def _stopwords() -> frozenset[str]:
-    from bezoar.prompts import word_list
 
     return frozenset(word_list("stopwords_en.txt"))
 
@@ -135,7 +136,6 @@ def embedding_graph(texts: Sequence[str], model_dir: Path | None, threshold: flo
 
 def embed(texts: Sequence[str], model_dir: Path | None, batch_size: int = 64):
     """L2-normalised sentence embeddings (numpy float32), by the shipped embedder unless `model_dir` names one."""
-    from bezoar.filter import embedder
 
     return embedder.encode(texts, embedder.model_dir(model_dir), batch_size)
 

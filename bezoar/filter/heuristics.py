@@ -11,6 +11,7 @@ from collections import Counter
 from functools import lru_cache
 
 from bezoar.filter.config import HeuristicsConfig
+from bezoar.generate.elimination import heuristic_failure
 from bezoar.records import Record
 
 # Openings of refusals (checked on the first ~200 characters: a refusal says so up front).
@@ -58,7 +59,6 @@ def check(record: Record, config: HeuristicsConfig) -> list[str]:
                       _off_language(f"{instruction}\n{response}", config)))
                     if lang]
     if config.evol_elimination:
-        from bezoar.generate.elimination import heuristic_failure
 
         failure = heuristic_failure(instruction, response)
         if failure:

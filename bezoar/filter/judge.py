@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from string import Template
@@ -20,10 +21,13 @@ from typing import Callable
 
 from bezoar.errors import ConfigError
 from bezoar.filter.config import JudgeConfig
-from bezoar.verdicts import Judgment, parse_judgment
 from bezoar.llm.cache import CachedModel
+from bezoar.llm.local import LocalBackend
+from bezoar.llm.next_token import rating_scorer
 from bezoar.llm.protocol import Conversation, Reply, Sampling
+from bezoar.prompts import read_text
 from bezoar.records import Record
+from bezoar.verdicts import Judgment, parse_judgment
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,6 @@ class JudgePrompt:
 
 def load_prompt(name: str) -> JudgePrompt:
     """A prompt file from bezoar/prompts (`judge_rubric`) or any path; system and user split by `=== user ===`."""
-    from bezoar.prompts import read_text
 
     path = Path(name)
     try:
@@ -85,7 +88,6 @@ class JudgeResult:
 def scoring_mode(model: CachedModel, requested: str) -> str:
     """`auto` → next-token scoring for local judges, generated replies for remote ones (`logprobs` works
     with OpenAI-compatible servers that return `top_logprobs`: vLLM, `bezoar serve`; not Anthropic)."""
-    from bezoar.llm.local import LocalBackend
 
     local = isinstance(model.backend, LocalBackend)
     if requested == "logprobs" and model.identity.startswith("anthropic:"):
@@ -118,7 +120,6 @@ def decide(judgment: Judgment, config: JudgeConfig, scoring: str) -> bool | None
 def judge_records(records: list[Record], model: CachedModel, config: JudgeConfig,
                   progress: Callable[[int], None] | None = None) -> list[JudgeResult]:
     """Judge each record (instruction, response); results are in input order."""
-    from bezoar.llm.next_token import rating_scorer
 
     mode = scoring_mode(model, config.scoring)
     if config.rule == "auto":
@@ -156,7 +157,6 @@ def _prefilled(reply: Reply, prefill: str | None) -> Reply:
 
 def _keep_top(results: list[JudgeResult], fraction: float) -> None:
     """Accept the best-rated `fraction` of the readable results; the cut is a rating, so ties stay together."""
-    import math
 
     ratings = sorted((r.rating for r in results if r.rating is not None and not r.error), reverse=True)
     if not ratings:

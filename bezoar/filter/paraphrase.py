@@ -24,7 +24,11 @@ from typing import Sequence
 
 import numpy as np
 
+from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model, truncate
 from bezoar.filter.ngram_overlap import words
+from bezoar.llm.next_token import same_question_scorer
+from bezoar.llm.protocol import Sampling
+from bezoar.prompts import word_list
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +135,6 @@ def names_a_topic(text: str) -> bool:
 
 @lru_cache(maxsize=1)
 def stopwords() -> frozenset[str]:
-    from bezoar.prompts import word_list
 
     return frozenset(word_list("stopwords_en.txt"))
 
@@ -165,9 +168,6 @@ def ask_judge(pairs: Sequence[tuple[str, str]], judge, scoring: str, prompt_name
               chunk_size: int = 64) -> list[SameQuestion]:
     """"Same question?" for each (eval question, training text), through the judge's cache; a local (or
     OpenAI-compatible, `scoring: logprobs`) judge is read by next-token probabilities of yes / no."""
-    from bezoar.filter.judge import load_prompt, scoring_mode, scoring_model, truncate
-    from bezoar.llm.next_token import same_question_scorer
-    from bezoar.llm.protocol import Sampling
 
     mode = scoring_mode(judge, scoring)
     caller = scoring_model(judge, mode, same_question_scorer)

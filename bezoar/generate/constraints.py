@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from bezoar.errors import ConfigError
+from bezoar.generate.seeds import load_seed_files
 from bezoar.records import ChatMessage, Lineage, Record, RecordMeta, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -227,7 +228,6 @@ def checker_doc(record: Record, key: int | str = 0) -> dict:
 
 def generate_constraints(config, out: Path | str, seed: int = 0) -> dict:
     """The `constraints` method: read the seeds, write `config.n` constraint prompts to `out`."""
-    from bezoar.generate.seeds import load_seed_files
 
     if not config.seeds:
         raise ConfigError("generate.constraints.seeds: no seed files given (use --seeds PATH or the recipe)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from difflib import SequenceMatcher
 
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
@@ -111,7 +112,6 @@ def _drop_echo(reply: str, prompt: str) -> str:
     Small judges often recite the criteria ("1. They asked for the same depth...") instead of
     answering; read literally, that recital says "the same" and would count as a verdict.
     """
-    from difflib import SequenceMatcher
 
     def norm(line: str) -> str:
         return " ".join(re.sub(r"^\W*\d*[.)]?\s*", "", line.lower()).split())

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from bezoar.fingerprint import changed_keys, fingerprint
+from tqdm.auto import tqdm
+
 from bezoar.errors import BezoarError, DataError
 from bezoar.failures import FailureLog
+from bezoar.fingerprint import changed_keys, fingerprint
+from bezoar.generate.elimination import heuristic_failure, only_stopwords
 from bezoar.hashing import canonical_hash
 from bezoar.records import Lineage, Record, append_jsonl, read_jsonl, repair_tail, write_json
 
@@ -94,7 +97,6 @@ class Meter:
     """The progress bar: records (with rate and ETA), rejections, calls and cache hits."""
 
     def __init__(self, method: str, n: int, show: bool | None = None, listener: Callable[[int], None] | None = None):
-        from tqdm.auto import tqdm
 
         # disable=None: a bar on a terminal, nothing in logs and pipes.
         self.bar = tqdm(total=n, desc=method, unit="rec", disable=None if show is None else not show, dynamic_ncols=True)
@@ -334,7 +336,6 @@ class Context:
 
 def response_problem(reply: Any, instruction: str, full_rules: bool = False) -> str | None:
     """Why a (successful) teacher reply cannot be a response: no content, or (Evol-Instruct) rules 2-4."""
-    from bezoar.generate.elimination import heuristic_failure, only_stopwords
 
     if full_rules:
         return heuristic_failure(instruction, reply.text)

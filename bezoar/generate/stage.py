@@ -3,16 +3,21 @@ and by the generate step (`bezoar.steps.generate`: every scheme with `n > 0`).""
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bezoar.errors import ConfigError
 from bezoar.generate.config import METHODS, EvolConfig, LaMiniConfig, OrcaConfig, SchemeConfig, SeedFile
+from bezoar.generate.constraints import generate_constraints
+from bezoar.generate.evol_instruct import EvolInstruct
+from bezoar.generate.lamini import LaMini
+from bezoar.generate.orca import Orca
 from bezoar.generate.runner import Context, Meter, OutputFiles, generate_to_file
 from bezoar.generate.seeds import SeedSet, load_seed_files
 from bezoar.hashing import file_sha256
 from bezoar.licences import dataset_licence, model_licence, require_commercial
+from bezoar.llm.endpoints import public_spec
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +42,6 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
     with other settings is an error, or with `restart_on_change` is generated again from scratch.
     """
     if method == "constraints":  # prompts from a program: no teacher, no judge
-        from bezoar.generate.constraints import generate_constraints
 
         if require_commercial_use:
             for seed_file in config.seeds:
@@ -46,7 +50,6 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
         return generate_constraints(config, out, seed)
     if method not in METHODS:
         raise ConfigError(f"generate: unknown method '{method}' (choose one of {', '.join(METHODS)}, constraints)")
-    from bezoar.llm.endpoints import public_spec
 
     teacher_spec = public_spec(teacher_spec)  # records and messages name the teacher, never its credentials
     judge_spec = public_spec(judge_spec) if judge_spec else judge_spec
@@ -78,14 +81,11 @@ def generate(method: str, config: SchemeConfig, teacher: Any, teacher_spec: str,
 
 def _scheme(method: str, context: Context, seeds: SeedSet, config: SchemeConfig):
     if method == "lamini":
-        from bezoar.generate.lamini import LaMini
 
         return LaMini(context, seeds.seeds, config)  # type: ignore[arg-type]
     if method == "evol":
-        from bezoar.generate.evol_instruct import EvolInstruct
 
         return EvolInstruct(context, seeds.seeds, config)  # type: ignore[arg-type]
-    from bezoar.generate.orca import Orca
 
     return Orca(context, seeds.seeds, config)  # type: ignore[arg-type]
 

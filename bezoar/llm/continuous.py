@@ -16,6 +16,7 @@ from typing import Any, Callable, Protocol
 
 from bezoar.llm.cores import SHARE
 from bezoar.llm.protocol import Reply, Sampling
+from bezoar.private_apis import require
 
 
 @dataclass
@@ -59,7 +60,6 @@ class Decoder:
     def __init__(self, model, tokenizer, device: str, max_batch: int):
         import torch
 
-        from bezoar.private_apis import require
 
         require("transformers", "the continuous-batching decoder (the Cache and DynamicLayer classes, the cache= keyword)")
         self.model, self.tokenizer, self.device, self.max_batch = model, tokenizer, device, max_batch

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -127,7 +128,6 @@ PLAUSIBLE = (0.1, 30.0)
 
 def _bf16_over_fp32(rounds: int = 5) -> float:
     """Median of interleaved rounds, so one preempted timing cannot decide the dtype for good."""
-    import statistics
 
     import torch
 

@@ -6,6 +6,8 @@ generates.
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import logging
 import threading
 import weakref
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bezoar.hashing import canonical_hash
-from bezoar.llm.continuous import Decoder, DecodeJob, ListSource
-from bezoar.llm.device import DevicePlan, deterministic, plan_device
+from bezoar.llm.attention import use_fp32_attention
+from bezoar.llm.continuous import DecodeJob, Decoder, ListSource
+from bezoar.llm.device import DevicePlan, decoding_mode, deterministic, plan_device
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 from bezoar.llm.weights import content_identity, resolve_model_dir
 
@@ -58,8 +61,6 @@ def load(source: str | None, dtype: str = "auto", exact: bool | None = None) -> 
 def free_memory() -> None:
     """Collect the models nobody holds any more and hand their memory back to the OS, so a process
     that evaluates N checkpoints one after another holds one of them at a time, not N."""
-    import ctypes
-    import gc
 
     gc.collect()  # a model caught in a reference cycle is freed only by the collector
     try:  # glibc keeps freed arenas mapped; without this RSS stays at its high-water mark
@@ -72,7 +73,6 @@ def _load_uncached(path: Path, plan: DevicePlan) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bezoar.llm.attention import use_fp32_attention
     from bezoar.llm.prepack import pack_linear_weights
 
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -182,7 +182,6 @@ class LocalBackend:
 def decoding_of(backend) -> dict[str, str] | None:
     """The decoding mode and dtype of a backend's replies (a next-token scorer wraps a local backend);
     None for a remote model, whose server decides how it decodes."""
-    from bezoar.llm.device import decoding_mode
 
     local = backend if isinstance(backend, LocalBackend) else getattr(backend, "local", None)
     return decoding_mode(local.loaded.plan.dtype_name) if isinstance(local, LocalBackend) else None

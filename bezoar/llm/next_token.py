@@ -25,6 +25,7 @@ import math
 from bezoar.errors import ConfigError
 from bezoar.hashing import canonical_hash
 from bezoar.llm.cores import SHARE
+from bezoar.llm.local import LocalBackend
 from bezoar.llm.protocol import Conversation, OnReply, Reply, Sampling
 
 VERSION = 1  # bump when the scoring changes, so cached replies are not mistaken for new ones
@@ -164,7 +165,6 @@ def _as_reply(prefix: str, raw: dict[str, float], expected_value: bool, prompt_t
 
 
 def _scorer(backend, prefix: str, choices: tuple[str, ...], expected_value: bool):
-    from bezoar.llm.local import LocalBackend
 
     kind = NextTokenScorer if isinstance(backend, LocalBackend) else TopLogprobScorer
     return kind(backend, prefix, choices, expected_value)

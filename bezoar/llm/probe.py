@@ -16,6 +16,7 @@ import httpx
 
 from bezoar.errors import BackendError
 from bezoar.llm.protocol import Sampling
+from bezoar.llm.remote import is_temporary, parse_retry_after, server_message
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,6 @@ def _probe_once(backend, endpoint, client: httpx.Client) -> ProbeResult:
 
 
 def _answered(backend, endpoint, response: httpx.Response) -> ProbeResult:
-    from bezoar.llm.remote import is_temporary, parse_retry_after
 
     if response.status_code == 200:
         return ProbeResult(endpoint.public, True)
@@ -86,7 +86,6 @@ def _answered(backend, endpoint, response: httpx.Response) -> ProbeResult:
 
 
 def _cause(backend, endpoint, response: httpx.Response) -> str:
-    from bezoar.llm.remote import server_message
 
     said = backend._scrub(server_message(response))  # servers echo keys back in 401 messages
     if response.status_code in (401, 403):

@@ -18,14 +18,22 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request  # at module level: FastAPI resolves the handlers' annotations here
 
-from bezoar.llm.continuous import Decoder, DecodeJob
-from bezoar.llm.local import row_seed
+from bezoar.errors import ConfigError
+from bezoar.llm.continuous import DecodeJob, Decoder
+from bezoar.llm.local import LocalBackend, row_seed
 from bezoar.llm.protocol import Reply, Sampling
-from bezoar.llm.serve_errors import BadRequest, ClientGone, anthropic_error, openai_error, served
-from bezoar.llm.serve_responses import ResponsesRequest, TextCompletionRequest, add_response_routes, respond, text_completion
+from bezoar.llm.serve_errors import BadRequest, ClientGone, anthropic_error, openai_error, served, validation_message
+from bezoar.llm.serve_responses import (
+    ResponsesRequest,
+    TextCompletionRequest,
+    add_response_routes,
+    respond,
+    text_completion,
+)
+from bezoar.llm.specs import parse_spec
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +228,7 @@ async def anthropic_message(engine: Engine, model_name: str, request: MessagesRe
 
 def answerer(request_type: type[BaseModel], answer: Callable, error_body: Callable[..., dict]) -> Callable:
     """An `Answer` for one API: validates the body as that API does, answers it, shapes errors its way."""
-    from pydantic import ValidationError
 
-    from bezoar.llm.serve_errors import validation_message
 
     async def run(engine: Engine, model_name: str, body: dict) -> tuple[int, dict]:
         try:
@@ -261,7 +267,6 @@ def create_app(engine: Engine, model_name: str):
     from starlette.exceptions import HTTPException
 
     from bezoar.llm.serve_batches import add_batch_routes
-    from bezoar.llm.serve_errors import validation_message
 
     app = FastAPI(title="bezoar serve")
 
@@ -370,9 +375,6 @@ async def _as_message_stream(message: dict):
 def serve(spec: str, host: str = "127.0.0.1", port: int = 8000, batch_size: int = 32, dtype: str = "auto") -> None:
     import uvicorn
 
-    from bezoar.errors import ConfigError
-    from bezoar.llm.local import LocalBackend
-    from bezoar.llm.specs import parse_spec
 
     parsed = parse_spec(spec)
     if parsed.kind != "local":

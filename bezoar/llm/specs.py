@@ -19,11 +19,16 @@ import weakref
 from typing import Protocol
 
 from bezoar.errors import ConfigError
+from bezoar.llm.anthropic_api import AnthropicBackend
 from bezoar.llm.batch_prices import role_prices
+from bezoar.llm.batches import BatchBackend, BatchSettings
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
 from bezoar.llm.device import deterministic
 from bezoar.llm.endpoints import PROVIDER_KEY_ENV, Endpoint, provider_host
+from bezoar.llm.local import LocalBackend
+from bezoar.llm.openai_compat import OpenAIBackend
 from bezoar.llm.protocol import Backend
+from bezoar.llm.remote import RetryPolicy
 from bezoar.llm.spec_syntax import Spec, parse_spec
 
 
@@ -87,19 +92,15 @@ def build_backend(config: RoleSettings) -> Backend:
     """The backend object for a model config (loads local weights; checks API keys up front)."""
     spec = parse_spec(config.spec)
     if spec.kind == "local":
-        from bezoar.llm.local import LocalBackend
 
         return LocalBackend(spec.model, batch_size=config.batch_size, dtype=config.dtype)
-    from bezoar.llm.remote import RetryPolicy
 
     assert spec.model is not None  # parse_spec refuses a remote spec without a model
     endpoints = endpoints_for(config, spec)
     policy = RetryPolicy(config.max_retries, config.timeout_s, config.retry_backoff_s)
     if spec.kind == "openai":
-        from bezoar.llm.openai_compat import OpenAIBackend
 
         return OpenAIBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
-    from bezoar.llm.anthropic_api import AnthropicBackend
 
     return AnthropicBackend(spec.model, endpoints, concurrency=config.concurrency, policy=policy)
 
@@ -141,7 +142,6 @@ def open_model(config: RoleSettings, role: str = "model", cache: CallCache | Non
                     input_per_mtok=prices.input_per_mtok, output_per_mtok=prices.output_per_mtok)
     cache = cache if cache is not None else CallCache(default_cache_path())  # an empty cache is falsy (len 0)
     if config.batch:  # per role, never shared: its batch records live in this role's cache
-        from bezoar.llm.batches import BatchBackend, BatchSettings
 
         backend = BatchBackend(backend, cache, BatchSettings.from_config(config))  # type: ignore[arg-type]
     return CachedModel(backend, cache, role=role, budget=budget)

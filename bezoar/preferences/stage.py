@@ -18,7 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from bezoar.errors import DataError
+from bezoar.evaluate.ifeval import share_followed
+from bezoar.filter.judge import judge_records
 from bezoar.licences import model_licence
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Reply, Sampling
@@ -54,7 +58,6 @@ def sample_answers(student: CachedModel, records: list[Record], config: Preferen
 def score_answers(records: list[Record], answers: list[list[Reply]], judge: CachedModel | None,
                   config: PreferencesConfig) -> list[list[float | None]]:
     """Per answer: share of constraints met, or judge rating / 10; None for a failed or unscorable answer."""
-    from bezoar.evaluate.ifeval import share_followed
 
     scores: list[list[float | None]] = []
     to_judge: list[tuple[int, int]] = []
@@ -68,7 +71,6 @@ def score_answers(records: list[Record], answers: list[list[Reply]], judge: Cach
             if judge is not None and config.judge_unconstrained:
                 to_judge += [(i, j) for j, r in enumerate(replies) if not r.failed]
     if to_judge:
-        from bezoar.filter.judge import judge_records
 
         rated = [Record(messages=[ChatMessage(role="user", content=records[i].instruction),
                                   ChatMessage(role="assistant", content=answers[i][j].text)],
@@ -123,7 +125,6 @@ def make_pairs(student: CachedModel, judge: CachedModel | None, records: list[Re
                student_spec: str, seed: int = 0, out_dir: Path | None = None,
                listener: Callable[[int], None] | None = None) -> dict:
     """Sample, score, pair; write pairs.jsonl and dropped.jsonl under out_dir when given. Returns the summary."""
-    from tqdm.auto import tqdm
 
     started = time.perf_counter()
     with tqdm(total=len(records), desc=f"preferences: {config.k} answers per prompt", disable=None) as bar:

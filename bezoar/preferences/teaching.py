@@ -28,6 +28,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from bezoar.evaluate.ifeval import follow
+from bezoar.generate.constraints import checker_doc
 from bezoar.llm.cache import CachedModel
 from bezoar.llm.protocol import Sampling
 from bezoar.preferences.config import SelectionConfig
@@ -47,8 +49,6 @@ def split_prompts(records: list[Record], dev_fraction: float, seed: int = 0) -> 
 def sample_and_check(student: CachedModel, records: list[Record], sampling: Sampling) -> list[list[list[bool]]]:
     """Per prompt, per sample, per constraint: met (lm-eval's strict checker)? A failed call is an
     empty answer, which meets nothing."""
-    from bezoar.evaluate.ifeval import follow
-    from bezoar.generate.constraints import checker_doc
 
     conversations = [[{"role": "user", "content": r.instruction}] for r in records]
     answers = student.chat_n(conversations, sampling)

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from bezoar.evaluate.compare import describe_decoding
-from bezoar.records import Record
+from bezoar.records import Record, write_text
 from bezoar.report import figures
+from bezoar.report.cards import write_cards
 from bezoar.report.run_data import RunData, load
 
 
@@ -165,8 +166,6 @@ def render(data: RunData) -> str:
 def write_report(run_dir: Path, out_dir: Path | None = None) -> Path:
     """Write OUT/index.html (atomically) and the data set and model cards in OUT/cards (OUT: the report
     step's folder, RUN_DIR/report by default); returns the page's path."""
-    from bezoar.records import write_text
-    from bezoar.report.cards import write_cards
 
     out_dir = Path(out_dir or Path(run_dir) / "report")
     data = load(Path(run_dir))

@@ -25,6 +25,8 @@ from bezoar.errors import DataError
 from bezoar.generate.config import METHODS
 from bezoar.handoff import done_results, resolve
 from bezoar.records import Lineage, PreferencePair, Record, read_jsonl, write_text
+from bezoar.report.cards import licence_id, licence_lines
+from bezoar.report.run_data import load
 
 SPLIT_FILE = "train-00000-of-00001.parquet"
 
@@ -101,7 +103,6 @@ def write_parquet(path: Path, rows: list[dict]) -> None:
 
 def export_dataset(run_dir: Path, out_dir: Path) -> dict:
     """Write every config's parquet and the card; returns {config: rows} and the card's path."""
-    from bezoar.report.run_data import load
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     found = run_datasets(run_dir)
@@ -131,7 +132,6 @@ def export_dataset(run_dir: Path, out_dir: Path) -> dict:
 
 
 def dataset_card(data, tables: dict[str, list[dict]], lineage: Lineage, filter_summary: dict, kept: list[str]) -> str:
-    from bezoar.report.cards import licence_id, licence_lines
 
     first = next((n for n in tables if n in kept), next(iter(tables)))
     configs = [{"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/train-*"}],

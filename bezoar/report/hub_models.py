@@ -16,6 +16,10 @@ from pathlib import Path
 import yaml
 
 from bezoar.records import write_text
+from bezoar.report.cards import licence_lines, model_card
+from bezoar.report.hub_dataset import export_dataset
+from bezoar.report.run_data import load
+from bezoar.train.export import export
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -51,7 +55,6 @@ def comparison_table(comparison: dict | None, highlight: str) -> str:
 
 def model_folder(checkpoint: str, adapter_dir: Path, out_dir: Path, data, merged: bool = False) -> Path:
     """Copy one checkpoint's adapter into `out_dir`, write its card, and merge it when asked."""
-    from bezoar.report.cards import licence_lines, model_card
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for name in ADAPTER_FILES:
@@ -69,7 +72,6 @@ def model_folder(checkpoint: str, adapter_dir: Path, out_dir: Path, data, merged
             "## Licence lineage\n\n" + licence_lines(lineage))
     write_text(out_dir / "README.md", f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n\n{body}")
     if merged:
-        from bezoar.train.export import export
 
         export(adapter_dir, out_dir / "merged")
     return out_dir
@@ -83,7 +85,6 @@ def _model_licence(lineage) -> str:
 
 def export_models(run_dir: Path, out_dir: Path, merged: bool = False) -> dict[str, str]:
     """One folder per checkpoint the run's training stages recorded; {checkpoint: folder}."""
-    from bezoar.report.run_data import load
 
     data = load(Path(run_dir))
     written = {}
@@ -95,7 +96,6 @@ def export_models(run_dir: Path, out_dir: Path, merged: bool = False) -> dict[st
 
 def write_hub_folder(run_dir: Path, out_dir: Path, merged: bool = False) -> dict:
     """The report step's `hub_folder`: OUT/dataset (load_dataset-ready) and OUT/models/<checkpoint>."""
-    from bezoar.report.hub_dataset import export_dataset
 
     out_dir = Path(out_dir)
     dataset = export_dataset(run_dir, out_dir / "dataset")

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Literal
 
 from bezoar.config_base import ModelConfig, RecipeView
-from bezoar.errors import ConfigError
+from bezoar.errors import ConfigError, DataError
+from bezoar.evaluate.compare import describe_decoding
 from bezoar.evaluate.config import EvalConfig
-from bezoar.findings import preview_jsonl, preview_pairs
+from bezoar.evaluate.harness_tasks import LEADERBOARD, expand_tasks
+from bezoar.evaluate.mt_bench import load_references, single_prompt
+from bezoar.evaluate.mt_bench_files import Question, load_judge_prompts, load_questions
+from bezoar.findings import count_lines, preview_jsonl, preview_pairs
 from bezoar.handoff import done_results
 from bezoar.plan import Calls, PlanContext, PlanLine, is_local, lines_for, mean_tokens
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
-
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ class EvalStep(Step, EvalConfig):
         return ["comparison"]
 
     def run(self, context: StepContext) -> StepResult:
-        from bezoar.evaluate.compare import describe_decoding
         from bezoar.evaluate.runner import Evaluation, evaluate
 
         checkpoints = self.chosen(context)
@@ -77,7 +79,6 @@ class EvalStep(Step, EvalConfig):
         return found
 
     def check(self, context: CheckContext) -> None:
-        from bezoar.evaluate.mt_bench_files import Question
 
         if self.mt_bench.enabled:
             preview_jsonl(self.mt_bench.questions, ("mt_bench", "questions"), context.add, context.missing, Question)
@@ -127,8 +128,6 @@ def _checkpoints_of(step: Step) -> int:
 def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:
     """The student answers each turn (turn 2 sees turn 1 and its answer); the judge grades each turn with
     FastChat's templates, rendered here on the real questions with answers of `max_new_tokens` tokens."""
-    from bezoar.evaluate.mt_bench import load_references, single_prompt
-    from bezoar.evaluate.mt_bench_files import load_judge_prompts, load_questions
 
     config = step.mt_bench
     if not config.enabled or not Path(config.questions).is_file():
@@ -152,7 +151,6 @@ def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Cal
 
 
 def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:
-    from bezoar.findings import count_lines
 
     config = step.ifeval
     if not config.enabled or not Path(config.prompts).is_file():
@@ -163,8 +161,6 @@ def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls
 
 def _check_harness(step: EvalStep, context: CheckContext) -> None:
     """The harness's local task data exist (lm-eval itself is not imported: it takes seconds)."""
-    from bezoar.errors import DataError
-    from bezoar.evaluate.harness_tasks import LEADERBOARD, expand_tasks
 
     quiet = logging.getLogger("bezoar.evaluate.harness_tasks")
     level = quiet.level

@@ -19,12 +19,12 @@ from pydantic import Field
 from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.filter import contamination
 from bezoar.filter.config import FilterConfig
+from bezoar.filter.judge import load_prompt
 from bezoar.filter.runner import run
 from bezoar.findings import count_lines, preview_pairs
 from bezoar.generate.config import METHODS
 from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, is_local, lines_for, mean_tokens
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
-
 
 JUDGED_SHARE = 0.8
 """Records expected to reach the judge after heuristics, de-dup and contamination, before any is made."""
@@ -76,7 +76,6 @@ class FilterStep(Step, FilterConfig):
 
     def plan(self, context: PlanContext) -> list[PlanLine]:
         """The judge sees each record that survives the cheap filters once (+ re-asks of unreadable replies)."""
-        from bezoar.filter.judge import load_prompt
 
         counted = {m: context.records(m) for m in self.methods}
         records = sum(n or 0 for n in counted.values())

@@ -19,13 +19,16 @@ from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.errors import DataError, LicenceError
 from bezoar.findings import count_lines
 from bezoar.generate.config import METHODS, GenerateConfig, SchemeConfig
-from bezoar.generate.runner import OutputFiles
+from bezoar.generate.evol_instruct import EvolInstruct
+from bezoar.generate.lamini import by_source, draw_prompt, load_topics
+from bezoar.generate.orca import Orca
+from bezoar.generate.runner import Context, OutputFiles
+from bezoar.generate.seeds import load_seed_files, read_seeds
 from bezoar.generate.stage import check_licences, generate
 from bezoar.llm.spec_syntax import parse_spec
 from bezoar.plan import Calls, PlanContext, PlanLine, lines_for, mean_tokens, replay
 from bezoar.prompts import template
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
-
 
 PREVIEW_ROWS = 20
 """Seed rows parsed with the real reader before the run (whole files are only counted)."""
@@ -157,7 +160,6 @@ STEP = GenerateStep
 
 def _seed_rows(seed, skip_bad: bool, key: tuple, context: CheckContext) -> int:
     """Rows of one seed file (its `limit` applied); its first rows are parsed with the real reader."""
-    from bezoar.generate.seeds import read_seeds
 
     path = Path(seed.path)
     if not path.is_file():
@@ -184,13 +186,11 @@ def _check_reach(method: str, config, rows: int, context: CheckContext) -> None:
 # --- plan: each scheme's calls, rendered with its own prompt builders ---------------------------
 
 def _seeds(config: SchemeConfig) -> list:
-    from bezoar.generate.seeds import load_seed_files
 
     return load_seed_files(config.seeds, skip_bad=True).seeds
 
 
 def _context(recipe: RecipeView):
-    from bezoar.generate.runner import Context
 
     return Context(None, recipe.models.teacher.spec, "unknown", recipe.run.seed)
 
@@ -200,7 +200,6 @@ def _sample(seeds: list, seed: int) -> list:
 
 
 def _plan_lamini(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
-    from bezoar.generate.lamini import by_source, draw_prompt, load_topics
 
     seeds, topics, rng = _seeds(config), load_topics(config.topics_file), random.Random(recipe.run.seed)
     grouped = by_source(seeds)
@@ -216,7 +215,6 @@ def _plan_lamini(recipe: RecipeView, config, yields: dict[str, float]) -> list[C
 
 
 def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
-    from bezoar.generate.evol_instruct import EvolInstruct
 
     scheme = EvolInstruct(_context(recipe), _seeds(config), config)
     kept, per_evolution = yields["evol_evolutions_kept"], yields["evol_records_per_evolution"]
@@ -235,7 +233,6 @@ def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Cal
 
 
 def _plan_orca(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
-    from bezoar.generate.orca import Orca
 
     scheme = Orca(_context(recipe), _seeds(config), config)
     calls, _ = replay(config.n, config.batch_size, 1.0, yields["orca_records_per_answer"])

@@ -28,6 +28,7 @@ from bezoar.llm.endpoints import public_spec
 from bezoar.plan import LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, conversation_tokens, lines_for, mean_tokens
 from bezoar.preferences.config import SelectionConfig
 from bezoar.preferences.stage import load_prompts
+from bezoar.preferences.teaching import select_teaching_prompts
 from bezoar.records import Record, read_jsonl
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 from bezoar.steps.preferences import sampling_student
@@ -149,7 +150,6 @@ class GRPOStep(Step, GRPOStageConfig):
 
 def select(context: StepContext, start: str, records: list[Record], config: SelectionConfig) -> dict:
     """Prompts that teach, sampled from the model the step starts from (its weights let go of afterwards)."""
-    from bezoar.preferences.teaching import select_teaching_prompts
 
     student = sampling_student(context, start)
     try:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Literal
 
 from bezoar.config_base import RecipeView
+from bezoar.report.html import write_report
+from bezoar.report.hub_models import write_hub_folder
 from bezoar.steps.base import Step, StepContext, StepResult
-
 
 
 class ReportStep(Step):
@@ -31,8 +32,6 @@ class ReportStep(Step):
         return ["report", "hub"] if self.hub_folder else ["report"]
 
     def run(self, context: StepContext) -> StepResult:
-        from bezoar.report.html import write_report
-        from bezoar.report.hub_models import write_hub_folder
 
         outputs = {"report": write_report(context.run_dir, context.out_dir)}
         if self.hub_folder:

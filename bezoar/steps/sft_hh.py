@@ -11,12 +11,13 @@ from __future__ import annotations
 from typing import Literal
 
 from bezoar.config_base import ModelConfig, RecipeView
-from bezoar.records import PreferencePair, read_jsonl
 from bezoar.plan import PlanContext, PlanLine
+from bezoar.records import PreferencePair, read_jsonl
 from bezoar.steps.base import Step, StepContext, StepResult
 from bezoar.steps.training import training_counts, training_headline, training_wall_s
 from bezoar.train.config import SFTHHStageConfig
-
+from bezoar.train.encoding import load_tokenizer
+from bezoar.train.examples import pair_conversations, prepare_sft
 
 
 class SFTHHStep(Step, SFTHHStageConfig):
@@ -32,8 +33,6 @@ class SFTHHStep(Step, SFTHHStageConfig):
         return ["hh_sft"]
 
     def run(self, context: StepContext) -> StepResult:
-        from bezoar.train.encoding import load_tokenizer
-        from bezoar.train.examples import pair_conversations, prepare_sft
         from bezoar.train.sft import train_sft
         from bezoar.train.student import resolve_base
 

@@ -21,9 +21,12 @@ import logging
 from pathlib import Path
 
 from bezoar.errors import DataError
+from bezoar.private_apis import require
 from bezoar.records import PreferencePair, write_json
 from bezoar.train.config import DPOStageConfig
+from bezoar.train.encoding import load_tokenizer
 from bezoar.train.examples import prepare_pairs, to_dataset
+from bezoar.train.lm_head import SHARED_PROMPT_ATTENTION, install_compact_head, shared_prompt_layout
 from bezoar.train.run import TrainingJob, execute
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,6 @@ def dpo_trainer_class():
     """TRL's DPOTrainer with bezoar's data path, shared-prompt forward and reference cache."""
     import torch
 
-    from bezoar.private_apis import require
 
     require("trl", "bezoar's DPO trainer (_prepare_dataset, _precompute_ref_logps)")
     require("transformers", "bezoar's DPO trainer (config._attn_implementation)")
@@ -64,7 +66,6 @@ def dpo_trainer_class():
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from bezoar.train.lm_head import SHARED_PROMPT_ATTENTION, install_compact_head, shared_prompt_layout
 
     class SharedPromptCollator(DataCollatorForPreference):
         mask_dtype: object = None
@@ -171,7 +172,6 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
               heldout: list[PreferencePair] | None = None, ref_cache_dir: Path | None = None,
               stage: str = "dpo") -> dict:
     """Train (or resume, or skip when done) one DPO run on `pairs`; returns its summary."""
-    from bezoar.train.encoding import load_tokenizer
     from bezoar.train.student import plan_training, resolve_base
 
     if not pairs:

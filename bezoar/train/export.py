@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bezoar.errors import ConfigError
 from bezoar.records import write_json
+from bezoar.train.gguf_export import write_gguf
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,6 @@ def export(adapter_dir: Path, out_dir: Path, gguf: bool = False, dtype: str = "f
     summary = {"adapter": str(weights.adapter_dir), "base": str(weights.base_dir), "output": str(out_dir),
                "dtype": dtype, "parameters": sum(p.numel() for p in merged.parameters())}
     if gguf:
-        from bezoar.train.gguf_export import write_gguf
 
         summary["gguf"] = str(out_dir / "model.gguf")
         write_gguf(merged, tokenizer, staging / "model.gguf")

@@ -20,8 +20,10 @@ from pathlib import Path
 from statistics import mean
 
 from bezoar.errors import DataError
+from bezoar.private_apis import require
 from bezoar.records import Record, read_jsonl
 from bezoar.train.config import GRPOStageConfig
+from bezoar.train.encoding import load_tokenizer
 from bezoar.train.examples import Prepared
 from bezoar.train.rewards import prompt_row, reward_functions
 from bezoar.train.rollouts import BezoarRollouts
@@ -35,7 +37,6 @@ def grpo_trainer_class():
     """TRL's GRPOTrainer, quiet about the experimental `rollout_func` bezoar passes on purpose."""
     from trl import GRPOTrainer
 
-    from bezoar.private_apis import require
 
     require("trl", "bezoar's GRPO rollouts (GRPOTrainer's experimental rollout_func)")
 
@@ -115,7 +116,6 @@ def train_grpo(config: GRPOStageConfig, prompts: list[Record] | Path, start_mode
     """Train (or resume, or skip when done) one GRPO run from `start_model` (`local`, `local:PATH`, an
     adapter directory) on constraint prompts (records, or a JSONL of them); returns its summary.
     `callbacks`: extra TrainerCallbacks, e.g. `bezoar.train.metrics.CPUBudget` to stop at a CPU budget."""
-    from bezoar.train.encoding import load_tokenizer
     from bezoar.train.student import plan_training, resolve_base
 
     records = list(read_jsonl(prompts, Record)) if isinstance(prompts, (str, Path)) else list(prompts)

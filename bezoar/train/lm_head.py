@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import types
 
+from bezoar.private_apis import require
+
 log = logging.getLogger(__name__)
 
 PACKED_KEYS = ("packed_input_ids", "packed_position_ids", "packed_attention_mask", "packed_src_row",
@@ -31,7 +33,6 @@ def install_compact_head(model, outputs: tuple[str, ...]) -> bool:
     """Wrap the TRL-patched forward of `model` (the base model, not the PeftModel). False if skipped."""
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-    from bezoar.private_apis import require
 
     require("trl", "bezoar's compact LM head (trl.kernels.ChunkedLogProbFunction, FusedCausalLMOutput)")
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+from bezoar.evaluate.ifeval import share_followed
 from bezoar.records import Record
 from bezoar.train.config import GRPORewards
 
@@ -34,7 +35,6 @@ def constraint_share(prompts: list, completions: list, instruction_id_list: list
                      constraint_kwargs: list[str], **_) -> list[float | None]:
     """Per completion: the share of its prompt's constraints met (strict), or None for a prompt
     without constraints (TRL leaves an all-None completion out of the group baseline)."""
-    from bezoar.evaluate.ifeval import share_followed
 
     rewards: list[float | None] = []
     for prompt, completion, ids, kwargs in zip(prompts, completions, instruction_id_list, constraint_kwargs):

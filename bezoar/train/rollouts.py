@@ -29,6 +29,8 @@ from collections import Counter
 from typing import Any
 
 from bezoar.hashing import canonical_hash
+from bezoar.llm.attention import use_fp32_attention
+from bezoar.llm.continuous import DecodeJob, Decoder, ListSource
 from bezoar.llm.local import DEFAULT_BATCH_SIZE
 from bezoar.llm.protocol import Sampling
 
@@ -69,7 +71,6 @@ class BezoarRollouts:
 
     def decode(self, model, prompt_ids: list[list[int]], seeds: list[int], device: str) -> list[list[int]]:
         """Completion token ids (ending with EOS when the model stopped) in input order."""
-        from bezoar.llm.continuous import Decoder, DecodeJob, ListSource
 
         jobs = [DecodeJob(i, ids, self.sampling, seed) for i, (ids, seed) in enumerate(zip(prompt_ids, seeds))]
         jobs.sort(key=lambda job: -len(job.prompt_ids))  # similar lengths share a prefill (less padding)
@@ -94,7 +95,6 @@ def attend_in_fp32_on_cpu(model, device: str) -> None:
     fp32 keys. Training passes are unchanged: for a bf16 pass without that cache it is transformers' SDPA."""
     import torch
 
-    from bezoar.llm.attention import use_fp32_attention
 
     if device == "cpu" and model.dtype != torch.float32:
         use_fp32_attention(model.get_base_model() if hasattr(model, "get_base_model") else model)

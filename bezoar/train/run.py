@@ -8,6 +8,7 @@ one means the old checkpoints belong to another experiment and are set aside.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,12 +19,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bezoar.fingerprint import fingerprint, record, recorded
+from bezoar.private_apis import require
+from bezoar.processes import is_main_process
 from bezoar.records import write_json
 from bezoar.train.config import TrainSettings
-from bezoar.train.examples import Prepared
-from bezoar.processes import is_main_process
-from bezoar.train.metrics import (MetricsLog, SharedCores, best_metrics, last_complete_checkpoint, quiet,
-                                  tensorboard_callback, trim_metrics)
+from bezoar.train.encoding import template_sha256
+from bezoar.train.examples import Prepared, to_dataset
+from bezoar.train.metrics import (
+    MetricsLog,
+    SharedCores,
+    best_metrics,
+    last_complete_checkpoint,
+    quiet,
+    tensorboard_callback,
+    trim_metrics,
+)
 from bezoar.train.student import BaseWeights, TrainPlan, attach_adapter, load_model, plan_training
 from bezoar.train.template_check import check_template, require_template, trained_template
 
@@ -137,7 +147,6 @@ def _renamed_arguments(checkpointing: bool) -> dict:
     """Arguments transformers 5 renamed, under whichever name the installed version has.
 
     Length-grouped batches: similar lengths share a batch, so padded batches waste little."""
-    import dataclasses
 
     from transformers import TrainingArguments
 
@@ -152,7 +161,6 @@ def _renamed_arguments(checkpointing: bool) -> dict:
 def _build_trainer(job: TrainingJob, trainer_class, kind_arguments):
     from trl import DPOConfig, GRPOConfig, SFTConfig
 
-    from bezoar.train.examples import to_dataset
 
     model = load_model(job.weights, job.plan)
     model, peft_config = attach_adapter(model, job.weights, job.settings, job.plan)
@@ -179,7 +187,6 @@ def _mended(trainer_class):
       (found by benchmarks/bench_ddp.py: with 24 examples the loss curves parted at step 1)."""
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from bezoar.private_apis import require
 
     require("transformers", "bezoar's trainer mends (Trainer._run_epoch, Trainer._get_train_sampler)")
 
@@ -201,7 +208,6 @@ def _mended(trainer_class):
 
 
 def _train_info(job: TrainingJob, fingerprint: str) -> dict:
-    from bezoar.train.encoding import template_sha256
 
     return {"fingerprint": fingerprint, "stage": job.stage, "kind": job.kind, "base": job.base,
             "base_dir": str(job.weights.base_dir),

@@ -9,12 +9,15 @@ optimizer, scheduler, RNG and position in the (seeded) data order.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
 from bezoar.errors import DataError
 from bezoar.train.config import TrainSettings
-from bezoar.train.examples import PromptCompletion, Prepared, prepare_sft, read_conversations
+from bezoar.train.encoding import load_tokenizer
+from bezoar.train.examples import Prepared, PromptCompletion, prepare_sft, read_conversations
+from bezoar.train.lm_head import install_compact_head
 from bezoar.train.run import TrainingJob, execute
 from bezoar.train.template_check import SAMPLE
 
@@ -26,7 +29,6 @@ def sft_trainer_class():
     from peft import PeftModel
     from trl import SFTTrainer
 
-    from bezoar.train.lm_head import install_compact_head
 
     class BezoarSFTTrainer(SFTTrainer):
         def __init__(self, *args, compact_head: bool = True, **kwargs):
@@ -49,7 +51,6 @@ def sft_arguments(job: TrainingJob) -> dict:
 
 
 def _flash_attention() -> bool:
-    import importlib.util
 
     return importlib.util.find_spec("flash_attn") is not None
 
@@ -61,7 +62,6 @@ def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: T
     `data` is JSONL files of chat records, or examples already prepared (then give `sample`, one
     of them in messages form, for the template check).
     """
-    from bezoar.train.encoding import load_tokenizer
     from bezoar.train.student import resolve_base
 
     weights = resolve_base(base)
