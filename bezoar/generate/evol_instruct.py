@@ -138,7 +138,8 @@ class EvolInstruct:
         draws = [Draw("in_depth", op) for op in self.config.operations] or [Draw("in_breadth", None)]
         evolve = [self._evolve_prompt(m, draws[i % len(draws)])[0] for i, m in enumerate(members)]
         answer = [template("evol_instruct", "response").render(instruction=m.text) for m in members]
-        equal = [template("evol_instruct", "equality").render(first=m.text, second=m.text) for m in members]
+        evolved = " word" * (self.config.evolve_sampling.max_new_tokens // 2)  # an evolution runs to ~half its budget
+        equal = [template("evol_instruct", "equality").render(first=m.text, second=m.text + evolved) for m in members]
         return evolve, answer, equal
 
     def _evolve_prompt(self, member: Member, draw: Draw) -> tuple[list[dict], str]:

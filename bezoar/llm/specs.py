@@ -20,7 +20,7 @@ from typing import Protocol
 
 from bezoar.errors import ConfigError
 from bezoar.llm.anthropic_api import AnthropicBackend
-from bezoar.llm.batch_prices import role_prices
+from bezoar.llm.batch_prices import PricedRole, role_prices
 from bezoar.llm.batches import BatchBackend, BatchSettings
 from bezoar.llm.cache import Budget, CachedModel, CallCache, default_cache_path
 from bezoar.llm.device import deterministic
@@ -32,7 +32,7 @@ from bezoar.llm.remote import RetryPolicy
 from bezoar.llm.spec_syntax import Spec, parse_spec
 
 
-class RoleSettings(Protocol):
+class RoleSettings(PricedRole, Protocol):
     """What opening a role needs of its settings (`bezoar.config_base.ModelConfig`, the recipe's model role):
     declared here, read-only, so that llm/ depends on nothing above it."""
 
@@ -65,18 +65,6 @@ class RoleSettings(Protocol):
 
     @property
     def max_cost(self) -> float | None: ...
-
-    @property
-    def input_price_per_mtok(self) -> float: ...
-
-    @property
-    def output_price_per_mtok(self) -> float: ...
-
-    @property
-    def batch(self) -> bool: ...
-
-    @property
-    def batch_price_factor(self) -> float: ...
 
     @property
     def batch_poll_s(self) -> float: ...

@@ -21,10 +21,19 @@ from bezoar.evaluate.mt_bench import load_references, single_prompt
 from bezoar.evaluate.mt_bench_files import Question, load_judge_prompts, load_questions
 from bezoar.findings import count_lines, preview_jsonl, preview_pairs
 from bezoar.handoff import done_results
-from bezoar.plan import Calls, PlanContext, PlanLine, is_local, lines_for, mean_tokens
+from bezoar.plan import LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, is_local, lines_for, mean_tokens
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 log = logging.getLogger(__name__)
+
+EVAL_START_S = 10.0
+"""Per evaluated model and kind of evaluation: loading the checkpoint (and lm-eval's task set-up)."""
+HARNESS_ITEM_TOKENS = 320
+"""Tokens scored per multiple-choice item: ~4 choices of ~80 tokens with their context."""
+HARNESS_ITEMS_UNLIMITED = 1000
+"""Items assumed per harness task without a `limit` (the shipped tasks hold a few hundred to ~10k)."""
+PREFERENCE_PAIR_TOKENS = 500
+"""Tokens scored per preference pair: the chosen and the rejected transcript, ~250 tokens each."""
 
 class EvalStep(Step, EvalConfig):
     """Every chosen evaluation on every checkpoint, and the comparison."""
@@ -100,6 +109,7 @@ class EvalStep(Step, EvalConfig):
         models = (len(self.checkpoints) if self.checkpoints is not None else sum(_checkpoints_of(s) for s in trained))
         models += int(self.include_base)
         calls = _mt_bench_calls(self, recipe, models) + _ifeval_calls(self, recipe, models)
+        context.other_wall_s = _scoring_wall_s(self, context, models)
         return lines_for(context.name, calls)
 
     def disk_mb(self, recipe: RecipeView) -> float:
@@ -148,6 +158,20 @@ def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Cal
     return [Calls("student", recipe.models.student, len(asks) * models, mean_tokens(asks), config.max_new_tokens),
             Calls("mt_bench_judge" if config.judge else "judge", judge, len(grades) * models * config.judge_repeats,
                   mean_tokens(grades), 0 if next_token else config.judge_max_new_tokens)]
+
+
+def _scoring_wall_s(step: EvalStep, context: PlanContext, models: int) -> float:
+    """Time beyond the model calls: loading each model for each kind of evaluation, and scoring the harness's
+    choices and the preference pairs by log-likelihood (at the prefill speed)."""
+    kinds = [step.mt_bench.enabled, step.ifeval.enabled, step.harness.enabled, step.preference.enabled]
+    tokens = 0.0
+    if step.harness.enabled:
+        per_task = step.harness.limit if step.harness.limit and step.harness.limit >= 1 else HARNESS_ITEMS_UNLIMITED
+        tokens += len(step.harness.tasks) * per_task * HARNESS_ITEM_TOKENS
+    if step.preference.enabled:
+        pairs = step.preference.limit or step.preference.heldout_n or context.records("hh_heldout") or 0
+        tokens += pairs * PREFERENCE_PAIR_TOKENS * 2  # the policy's and the reference's passes
+    return models * (sum(kinds) * EVAL_START_S + tokens / LOCAL_PREFILL_TOK_S)
 
 
 def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:

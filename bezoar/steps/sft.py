@@ -67,7 +67,7 @@ class SFTStep(Step, SFTStageConfig):
 
     def plan(self, context: PlanContext) -> list[PlanLine]:
         examples = [context.records(d.name) if d.path is None else None for d in self.datasets]
-        context.other_wall_s = sum(training_wall_s(self, n, "sft") for n in examples)
+        context.other_wall_s = sum(training_wall_s(self, n, "sft", first=i == 0) for i, n in enumerate(examples))
         return []
 
     def disk_mb(self, recipe: RecipeView) -> float:

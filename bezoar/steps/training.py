@@ -9,8 +9,10 @@ from bezoar.train.config import TrainSettings
 TOKENS_PER_S = {"sft": 250.0, "dpo": 120.0}
 """Training tokens per second of the embedded model on 2 CPU cores (benchmarks/bench_train.py; DPO counts
 both replies and the reference pass)."""
-START_S = 20.0
-"""Per training run: loading the weights, the template check, the first validation pass, saving."""
+START_S = 12.0
+"""A training step's first run: the process, loading the weights, the template check, the first validation pass."""
+NEXT_RUN_S = 1.0
+"""Each further run in the same step (sft's sequential sets): the weights are loaded already."""
 MEAN_TOKENS = 160
 """Tokens of a typical example after truncation, when nothing better is known."""
 
@@ -38,12 +40,12 @@ def training_headline(counts: dict[str, float]) -> str:
     return ", ".join([text, *others])
 
 
-def training_wall_s(settings: TrainSettings, examples: float | None, kind: str) -> float:
-    """Expected seconds for one training run on `examples` examples (pairs for DPO)."""
+def training_wall_s(settings: TrainSettings, examples: float | None, kind: str, first: bool = True) -> float:
+    """Expected seconds for one training run on `examples` examples (pairs for DPO); `first` in its step."""
     if not examples:
         return 0.0
     batch = settings.per_device_train_batch_size * settings.gradient_accumulation_steps * settings.launch.num_processes
     train = examples * (1 - settings.validation_fraction)
     steps = settings.max_steps or math.ceil(train / batch) * settings.num_train_epochs
     tokens = min(settings.max_length, MEAN_TOKENS) * batch * steps * (2 if kind == "dpo" else 1)
-    return START_S + tokens / TOKENS_PER_S.get(kind, 250.0)
+    return (START_S if first else NEXT_RUN_S) + tokens / TOKENS_PER_S.get(kind, 250.0)
