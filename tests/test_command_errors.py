@@ -59,6 +59,8 @@ def _cases(tmp, data) -> dict[str, list[str]]:
         "plan: missing recipe": ["plan", f"{missing}.yaml"],
         "status: not a run": ["status", str(missing)],
         "report: not a run": ["report", str(missing)],
+        "export-data: not a run": ["export-data", str(missing), "--out", str(tmp / "d")],
+        "export-models: not a run": ["export-models", str(missing), "--out", str(tmp / "mo")],
         "eval mt-bench: missing questions": ["eval", "mt-bench", "--out", str(tmp / "m"), "--questions", f"{missing}.jsonl"],
         "eval mt-bench: bad judge spec": ["eval", "mt-bench", "--out", str(tmp / "m"), "--questions", questions,
                                           "--judge", "bogus:x"],

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from bezoar.errors import DataError
 from bezoar.records import write_text
 from bezoar.report.cards import licence_lines, model_card
 from bezoar.report.hub_dataset import export_dataset
@@ -84,8 +85,15 @@ def _model_licence(lineage) -> str:
 
 
 def export_models(run_dir: Path, out_dir: Path, merged: bool = False) -> dict[str, str]:
-    """One folder per checkpoint the run's training stages recorded; {checkpoint: folder}."""
+    """`bezoar export-models`: `model_folders`, and one line when the run trained nothing."""
+    written = model_folders(run_dir, out_dir, merged)
+    if not written:
+        raise DataError(f"{run_dir}: the run has handed on no adapter (run a training step first)")
+    return written
 
+
+def model_folders(run_dir: Path, out_dir: Path, merged: bool = False) -> dict[str, str]:
+    """One folder per checkpoint the run's training steps recorded; {checkpoint: folder}."""
     data = load(Path(run_dir))
     written = {}
     for name, directory in data.checkpoints.items():
@@ -99,7 +107,7 @@ def write_hub_folder(run_dir: Path, out_dir: Path, merged: bool = False) -> dict
 
     out_dir = Path(out_dir)
     dataset = export_dataset(run_dir, out_dir / "dataset")
-    models = export_models(run_dir, out_dir / "models", merged)
+    models = model_folders(run_dir, out_dir / "models", merged)
     summary = {"dataset": dataset, "models": models}
     write_text(out_dir / "bezoar-hub.json", json.dumps(summary, indent=2) + "\n")
     return summary
