@@ -143,6 +143,7 @@ class BatchRun:
             file_id = record.input_file_id or self.api.upload(self.client, record.local_id, lines)
             if file_id:
                 self.store.update(record.local_id, input_file_id=file_id)
+            remote_id: str | None = None
             for attempt in range(self.backend.inner.policy.max_retries + 1):
                 try:
                     remote_id = self.api.create(self.client, record.local_id, lines, file_id)
@@ -212,7 +213,7 @@ class BatchRun:
         if record.state == "preparing":
             self.resume(record)
             return
-        if record.state != "submitted":
+        if record.state != "submitted" or record.remote_id is None:
             self.watching.discard(local_id)
             return
         try:

@@ -111,6 +111,9 @@ class EndpointState:
 class RemoteBackend:
     """Sends each (conversation, sample) as one request; `concurrency` in flight across all endpoints."""
 
+    identity: str
+    """The model as the call cache keys it; set by each provider's backend."""
+
     def __init__(self, name: str, dialect: Dialect, endpoints: tuple[Endpoint, ...], concurrency: int,
                  policy: RetryPolicy):
         self.name, self.dialect, self.endpoints = name, dialect, endpoints
