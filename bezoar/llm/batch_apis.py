@@ -222,8 +222,10 @@ class AnthropicBatches:
             if batch.get("id") in known or created is None or created < since - 300:
                 continue
             if sum(int(v or 0) for v in (batch.get("request_counts") or {}).values()) == items:
-                found.append((created, batch["id"]))
-        return min(found)[1] if found else None
+                # ours was created just after we recorded it: prefer those, nearest first (another run's
+                # batch of the same size may sit inside the clock-skew allowance before it)
+                found.append((created < since, abs(created - since), batch["id"]))
+        return min(found)[2] if found else None
 
     def poll(self, client: BatchClient, remote_id: str) -> Polled:
         payload = client.send("GET", f"{self.path}/{remote_id}").json()
