@@ -76,7 +76,7 @@ def paired(metric: str, fast: dict, exact: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("/tmp/bench_dtype_quality"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-dtype-quality"))
     parser.add_argument("--ifeval-limit", type=int, default=None, help="Only the first N IFEval prompts (default all 541).")
     parser.add_argument("--max-new-tokens", type=int, default=512, help="Longest IFEval answer (512, as lm-eval's).")
     parser.add_argument("--skip-tiny", action="store_true", help="IFEval only.")

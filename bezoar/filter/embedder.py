@@ -9,20 +9,19 @@ unless CUDA is there; vectors come back L2-normalised, so a dot product is the c
 Speed (it is what the contamination check's embedding layer costs): the weights are cast to the dtype
 `bezoar.llm.device` measures faster on this machine (bf16 on CPUs with native bf16, AVX512-BF16/AMX, where
 it took 0.27x fp32's time; fp32 where bf16 is emulated; cosines move by < 0.002), texts are encoded
-under `torch.inference_mode`, and on a CPU whose cores are already busy with other processes with one
-thread (see `encode_threads`).
+under `torch.inference_mode`, with this process's share of the cores beside other bezoar processes
+computing (`bezoar.llm.cores`, as every decoder and scorer).
 """
 from __future__ import annotations
 
 import logging
-import os
-from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
 
 from bezoar.errors import ConfigError
-from bezoar.llm.device import cpu_threads, plan_device
+from bezoar.llm.cores import SHARE
+from bezoar.llm.device import plan_device
 from bezoar.llm.weights import content_identity, package_dir
 
 log = logging.getLogger(__name__)
@@ -89,35 +88,8 @@ def encode(texts: Sequence[str], path: Path, batch_size: int = 128, max_tokens: 
         return np.zeros((0, model.get_embedding_dimension()), dtype=np.float32)
     model.max_seq_length = max_tokens
     # sentence-transformers sorts the texts by length itself, so a batch is padded only to its longest.
-    with torch.inference_mode(), threads(encode_threads()):
+    with torch.inference_mode(), SHARE.computing():  # other bezoar processes computing get their share
         vectors = model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, show_progress_bar=False)
         # Normalised in fp32: a bf16 division leaves norms up to 0.4% off 1, and the dot product is read as the cosine.
         vectors = torch.nn.functional.normalize(vectors.float(), dim=1)
     return vectors.cpu().numpy()
-
-
-def encode_threads() -> int:
-    """Torch threads for encoding: the cores not already busy (the 1-minute load average), at least one.
-    OpenMP threads wait for each other at every layer, so when other processes hold the cores a second
-    thread mostly waits: measured on 2 cores at load ~10, bf16 MiniLM encoded 75-98 texts/s with one
-    thread and 8-30/s with two."""
-
-    cores = cpu_threads()
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:
-        return cores
-    return max(1, min(cores, round(cores - busy + 1)))  # +1: this process's own thread is in the load
-
-
-@contextmanager
-def threads(count: int):
-    """torch's intra-op thread count set to `count` for a block, then put back."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
