@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/bezoar run recipes/tiny.yaml
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q --durations=25
+	$(VENV)/bin/python -m pytest -q -n auto --dist loadgroup --durations=25
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done

@@ -75,11 +75,23 @@ SMOKE = {  # what differs from recipes/tiny.yaml: every count cut to the bone
 }
 
 
-def smoke_recipe(path: Path, name: str, data_dir: Path, deterministic: bool = True) -> Path:
-    """recipes/tiny.yaml with SMOKE's counts, run.name `name`, the decoding mode, and the data at `data_dir`."""
+DECODING_STEPS = ("generate", "filter", "eval", "report")
+"""The smoke recipe without its training steps: the CI-sized fast-mode run, whose promise is about calls
+(training resumes the same way in both modes: the deterministic run checks it; bench_chaos runs fast mode
+on the whole recipe). Its eval step scores the base student on MT-Bench and the harness."""
+
+
+def smoke_recipe(path: Path, name: str, data_dir: Path, deterministic: bool = True,
+                 steps: tuple[str, ...] = STAGES) -> Path:
+    """recipes/tiny.yaml with SMOKE's counts, run.name `name`, the decoding mode, and the data at `data_dir`;
+    only `steps` kept (without training steps the eval step scores the base student alone)."""
     recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     for keys, value in SMOKE.items():
         set_step_key(recipe, keys, value)
+    recipe["steps"] = [s for s in recipe["steps"] if s["type"] in steps]
+    if not set(TRAINED) & set(steps):
+        set_step_key(recipe, ("eval", "checkpoints"), [])
+        set_step_key(recipe, ("eval", "preference", "enabled"), False)  # its held-out pairs come from hh_slices
     recipe["run"]["name"] = name
     recipe["run"]["deterministic"] = deterministic
     path.write_text(yaml.safe_dump(recipe).replace("${BEZOAR_DATA:-../shared/data}", str(data_dir)))
@@ -477,10 +489,11 @@ def compare(reference: Path, chaos_dir: Path, chaos: ChaosRun, reference_calls: 
 # ---------------------------------------------------------------- fast mode: the result is the call cache's
 
 
-def replay(root: Path, source: Path, data_dir: Path, timeout_s: float, deterministic: bool = False) -> Path:
-    """The smoke recipe again in a fresh ROOT/runs/replay, from a copy of `source`'s call cache and lm-eval's
-    request caches (what a resumed run keeps): every call it needs is answered from the copy."""
-    smoke_recipe(root / "replay.yaml", "replay", data_dir, deterministic)
+def replay(root: Path, source: Path, data_dir: Path, timeout_s: float, deterministic: bool = False,
+           steps: tuple[str, ...] = STAGES) -> Path:
+    """The smoke recipe (its `steps`) again in a fresh ROOT/runs/replay, from a copy of `source`'s call cache
+    and lm-eval's request caches (what a resumed run keeps): every call it needs is answered from the copy."""
+    smoke_recipe(root / "replay.yaml", "replay", data_dir, deterministic, steps)
     target = root / "runs" / "replay"
     shutil.copytree(source / "cache", target / "cache")
     for requests in (source / "eval").rglob("lm_cache"):
@@ -501,7 +514,8 @@ def data_records(run_dir: Path) -> dict[str, list[str]]:
             for step in DATA_STEPS for path in sorted((run_dir / step).rglob("*.jsonl"))}
 
 
-def compare_fast(killed: Path, replayed: Path, chaos: ChaosRun, per_method: int) -> dict:
+def compare_fast(killed: Path, replayed: Path, chaos: ChaosRun, per_method: int,
+                 steps: tuple[str, ...] = STAGES) -> dict:
     """Fast mode's promise, as figures: no record lost or duplicated, no finished call repeated, and every
     record, training step and evaluation output the one the call cache makes (the replay's)."""
     failures: list[str] = []
@@ -529,8 +543,8 @@ def compare_fast(killed: Path, replayed: Path, chaos: ChaosRun, per_method: int)
         failures.append(f"the replay made {replay_calls} calls ({replay_repeats} of them repeats); the killed run "
                         f"completed {chaos.calls_repeated} calls twice")
     stages = manifest(killed)["steps"]
-    if [s for s in STAGES if stages.get(s, {}).get("status") == "done"] != list(STAGES):
-        failures.append(f"not every stage is done: { {s: stages.get(s, {}).get('status') for s in STAGES} }")
+    if [s for s in steps if stages.get(s, {}).get("status") == "done"] != list(steps):
+        failures.append(f"not every stage is done: { {s: stages.get(s, {}).get('status') for s in steps} }")
     return {"kills": chaos.kills, "stages_hit": chaos.stages_hit, "lost_records": lost,
             "duplicate_records": sum(duplicates.values()), "torn_or_duplicated_lines": sum(len(v) for v in problems.values()),
             "calls": chaos.calls_completed, "calls_completed_twice": chaos.calls_repeated,
@@ -556,8 +570,8 @@ class SmokeRuns:
 
 
 def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random.Random,
-            after_first_kill: Callable[[], None]) -> list[Kill]:
-    """One kill per stage: at points that prove a resume (calls cached, a checkpoint written, an
+            after_first_kill: Callable[[], None], steps: tuple[str, ...] = TARGETS) -> list[Kill]:
+    """One kill per stage of `steps`: at points that prove a resume (calls cached, a checkpoint written, an
     evaluation file begun) where a stage has them, at a random moment of the reference's stage elsewhere."""
     def cached_at_least(count: int):
         return lambda: len(cache_rows(run_dir)) >= count
@@ -581,6 +595,7 @@ def ci_plan(run_dir: Path, starts: dict[str, float], total_s: float, rng: random
             Kill("dpo", after_s=rng.uniform(0, window["dpo"])),
             Kill("eval", ready=lambda: any((run_dir / "eval").rglob("model_answer/*.jsonl"))),
             Kill("report", after_s=rng.uniform(0, window["report"]))]
+    plan = [kill for kill in plan if kill.stage in steps]
     plan[0].after_kill = after_first_kill
     return plan
 
@@ -619,13 +634,14 @@ def smoke_runs(made: SmokeReference, data_dir: Path, seed: int = 0) -> SmokeRuns
 
 
 def fast_smoke_runs(made: SmokeReference, data_dir: Path, seed: int = 1) -> SmokeRuns:
-    """The smoke recipe in fast mode, killed once in every stage (planned on the reference's timeline) in
-    ROOT/runs/fast, then replayed from its call cache (ROOT/runs/replay) and checked by `compare_fast`."""
-    root = made.root
-    smoke_recipe(root / "fast.yaml", "fast", data_dir, deterministic=False)
+    """The smoke recipe's decoding steps in fast mode, killed once in every step (planned on the reference's
+    timeline) in ROOT/runs/fast, then replayed from its call cache (ROOT/runs/replay) and checked by
+    `compare_fast`."""
+    root, steps = made.root, DECODING_STEPS
+    smoke_recipe(root / "fast.yaml", "fast", data_dir, deterministic=False, steps=steps)
     killed = root / "runs" / "fast"
-    plan = ci_plan(killed, made.starts, made.reference_s, random.Random(seed), lambda: None)
+    plan = ci_plan(killed, made.starts, made.reference_s, random.Random(seed), lambda: None, steps=steps)
     chaos = run_with_kills([BEZOAR, "run", "fast.yaml"], root, killed, plan, timeout_s=2400, env=mode_env(False))
-    replayed = replay(root, killed, data_dir, timeout_s=2400)
-    figures = compare_fast(killed, replayed, chaos, per_method=SMOKE[("generate", "orca", "n")])
+    replayed = replay(root, killed, data_dir, timeout_s=2400, steps=steps)
+    figures = compare_fast(killed, replayed, chaos, per_method=SMOKE[("generate", "orca", "n")], steps=steps)
     return SmokeRuns(root, made.reference_s, made.starts, chaos, [], figures)

@@ -18,6 +18,24 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("BEZOAR_DETERMINISTIC", "1")
 
 
+def _pin_xdist_worker() -> None:
+    """Under pytest-xdist (`make test` runs `-n auto`), each worker and every process it starts keeps to its
+    own share of the cores: torch gives a process one thread per core it may use, and two workers each
+    spinning one thread per core of the machine run several times slower than one at a time (llm/cores.py).
+    fp32 logits and gradients do not depend on the thread count (tests/test_two_processes.py), so the
+    suite's equalities hold on any share. Set before torch is imported, so OpenMP sizes its pool by it."""
+    worker, workers = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (worker and workers) or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    index, count = int(worker.removeprefix("gw")), int(workers)
+    share = cores[index * len(cores) // count:(index + 1) * len(cores) // count] or cores[index % len(cores):][:1]
+    os.sched_setaffinity(0, share)
+
+
+_pin_xdist_worker()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """../shared/data (or $BEZOAR_DATA): real seeds, HH-RLHF, MT-Bench and harness data."""

@@ -199,6 +199,7 @@ def test_a_command_that_fills_the_disk_says_so_in_one_line_and_leaves_no_temp_fi
     assert list(out.parent.iterdir()) == []  # no half-written temp file
 
 
+@pytest.mark.xdist_group("smoke")  # beside the other users of the session's smoke runs
 @pytest.mark.slow
 @pytest.mark.timeout(2700)  # the reference run when this module runs first, then ~3 min
 @pytest.mark.parametrize("stage", list(STAGE_OUTPUTS))

@@ -1,5 +1,6 @@
 """bitsandbytes must not reach the hub in a bezoar process (with `kernels` installed its import asks
-for a CPU kernel); transformers' Trainer imports peft, which imports bitsandbytes."""
+for a CPU kernel); transformers' Trainer imports peft, which imported bitsandbytes before peft 0.22,
+and bezoar's QLoRA path imports it directly."""
 from __future__ import annotations
 
 import importlib.util
@@ -56,13 +57,15 @@ def test_importing_the_trainer_in_a_bezoar_process_makes_no_hub_request(tmp_path
         guarded = _import_in_child(
             "import importlib.util\nimport bezoar\n"
             "importlib.util.find_spec(\"bitsandbytes\")  # an availability check first, as student.py does\n"
-            "from transformers import TrainerCallback\n", endpoint, tmp_path)
+            "from transformers import TrainerCallback\n"
+            "import bitsandbytes  # peft >= 0.22 no longer imports it with itself; student.py does\n",
+            endpoint, tmp_path)
         assert guarded.returncode == 0, guarded.stderr[-2000:]
         assert asked == [], f"bezoar's import of bitsandbytes asked the hub: {asked}"
         assert "trust check" not in guarded.stderr
         if _bitsandbytes_would_ask_the_hub():
             # The control: on this CPU a plain import does ask, so the test above can fail.
-            plain = _import_in_child("import peft\n", endpoint, tmp_path)
+            plain = _import_in_child("import bitsandbytes\n", endpoint, tmp_path)
             assert plain.returncode == 0, plain.stderr[-2000:]
             assert any("kernels-community" in path for path in asked), asked
     finally:

@@ -15,6 +15,8 @@ import yaml
 from chaos import BEZOAR, smoke_recipe
 from recipe_dicts import step
 
+pytestmark = pytest.mark.xdist_group("smoke")  # one pytest-xdist worker builds the session's smoke runs
+
 CHAOS_RUNS_S = 2700  # the first test to ask for the workspace waits for the chaos fixture's two runs
 
 

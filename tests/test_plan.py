@@ -118,6 +118,7 @@ record; MT-Bench: two turns per question and checkpoint), planned and real calls
 n=3 a single rejection moves a count by a third."""
 
 
+@pytest.mark.xdist_group("smoke")  # beside the other users of the session's smoke runs
 @pytest.mark.slow
 @pytest.mark.timeout(2700)  # asks for the session's smoke runs (conftest.smoke_runs), built once for several modules
 def test_planned_calls_match_a_real_run(smoke_runs):

@@ -38,6 +38,7 @@ CAPABLE_YIELDS = {
     "lamini_candidates_per_prompt": 0.5,  # share of the asked-for instructions that parse and pass the checks
     "lamini_records_per_answer": 0.9,
     "evol_evolutions_kept": 0.7,  # evolutions that pass elimination rules 1-4 (WizardLM reports ~70-80%)
+    "evol_evolutions_judged": 0.8,  # evolutions that pass rules 2-4 and so reach the equality check (rule 1)
     "evol_records_per_evolution": 0.9,
     "evol_equality_calls_per_pair": 1.0,  # a capable judge answers "equal?" on the first ask
     "orca_records_per_answer": 0.95,
@@ -47,6 +48,7 @@ EMBEDDED_YIELDS = {
     "lamini_candidates_per_prompt": 0.05,  # most of its lists do not parse
     "lamini_records_per_answer": 1.0,
     "evol_evolutions_kept": 0.2,  # most evolutions leak the template
+    "evol_evolutions_judged": 0.3,  # tiny.yaml: 7 of 24 evolutions reached the equality check, 6 were kept
     "evol_records_per_evolution": 0.75,
     "evol_equality_calls_per_pair": 3.0,  # its "equal?" replies rarely parse: asked equality_attempts times
     "orca_records_per_answer": 1.0,
@@ -225,7 +227,7 @@ def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Cal
              Calls("teacher", teacher, math.ceil(evolutions * kept), mean_tokens(answer),
                    config.response_sampling.max_new_tokens)]
     if config.equality_check:
-        pairs = math.ceil(evolutions * kept)
+        pairs = math.ceil(evolutions * max(kept, yields["evol_evolutions_judged"]))
         calls.append(Calls("judge", recipe.models.judge, math.ceil(pairs * min(yields["evol_equality_calls_per_pair"],
                                                                             config.equality_attempts)),
                            mean_tokens(equal), 24))
