@@ -55,10 +55,15 @@ def _all_done(run_dir: Path) -> bool:
 
 def actuals(entry: dict) -> dict[str, dict[str, float]]:
     """Role -> {calls, tokens} a step's manifest entry records."""
-    found = {}
+    found: dict[str, dict[str, float]] = {}
     for role, usage in (entry.get("usage") or {}).items():
-        found[_role(role)] = {"calls": usage["calls"] + usage["cache_hits"],
-                              "tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+        made, answered = usage["calls"], usage["calls"] + usage["cache_hits"]
+        # The plan counts the tokens of every call answered; the manifest those of the calls made (a cache
+        # hit costs none): scale to the calls answered, at the made calls' mean.
+        tokens = (usage["prompt_tokens"] + usage["completion_tokens"]) * answered / made if made else 0
+        totals = found.setdefault(_role(role), {"calls": 0, "tokens": 0})  # eval's checkpoints add up
+        totals["calls"] += answered
+        totals["tokens"] += round(tokens)
     return found
 
 

@@ -20,17 +20,20 @@ def hh_file(data_dir):
 @pytest.fixture(scope="module")
 def trained(hh_file, tmp_path_factory):
     """Four steps over the same four short real pairs; held-out = the file's last four pairs."""
+    from bezoar.hh_rlhf import read_hh_pairs, split_slices
+    from bezoar.steps.base import Progress
     from bezoar.train.config import DPOStageConfig
     from bezoar.train.dpo import train_dpo
-    from bezoar.hh_rlhf import read_hh_pairs, split_slices
+    from bezoar.train.metrics import StepProgress
 
     pairs, _ = read_hh_pairs(hh_file)
     short = [p for p in pairs if sum(len(m.content) for m in p.prompt) < 200][:4]
     heldout = split_slices(pairs, 0, 0, 4)["heldout"]
     root = tmp_path_factory.mktemp("dpo")
+    reported: list[dict] = []
     summary = train_dpo("local", short, root / "dpo", DPOStageConfig(**TINY), heldout=heldout,
-                        ref_cache_dir=root / "ref")
-    return root, short, summary
+                        ref_cache_dir=root / "ref", callbacks=[StepProgress(Progress(reported.append))])
+    return root, short, {**summary, "progress": reported}
 
 
 def test_dpo_loss_falls_and_reports_heldout(trained):
@@ -40,6 +43,9 @@ def test_dpo_loss_falls_and_reports_heldout(trained):
     assert len(losses) == 4 and abs(losses[0] - 0.6931) < 1e-3  # policy == reference at step 1
     assert losses[-1] < 0.6 and rows[-2].get("rewards/accuracies", 0) > 0.5 or losses[-1] < 0.5, losses
     assert summary["heldout_pairs"] == 4
+    # `bezoar status` sees the training move: steps done out of planned, from the first to the last
+    assert [(r["done"], r["total"]) for r in summary["progress"]] == [(step, 4) for step in range(5)]
+    assert summary["progress"][-1]["unit"] == "optimizer steps"
     assert 0 <= summary["heldout_rewards/accuracies"] <= 1 and "heldout_rewards/margins" in summary
     assert (root / "dpo/adapter_model.safetensors").exists()
     assert not (root / "dpo/ref").exists()  # the reference is not saved with the result

@@ -98,16 +98,35 @@ def cache_dir() -> Path:
     return default_cache_path().parent / "contamination"
 
 
+INDEX_S_PER_ITEM = 0.009
+"""Seconds to index one eval item (n-grams and its question's embedding) when the index is not cached:
+1,399 items in 12.4 s (recipes/tiny.yaml's MT-Bench, ARC and IFEval on a 2-core AVX-512 machine)."""
+
+
+def _index_key(paths: list[Path], settings: ContaminationConfig, model: Path | None) -> str:
+    return eval_sets.content_key(paths, {"v": INDEX_VERSION, "ngram": settings.ngram, "min_item_words": settings.min_item_words,
+                                         "coverage_n": settings.coverage.n,
+                                         "max_tokens": settings.embedding.max_tokens,
+                                         "embedder": embedder.identity(model) if model else None})
+
+
+def index_build_s(settings: ContaminationConfig) -> float:
+    """Expected seconds to build the index of `settings.eval_paths` (0 when it is cached): the plan's figure."""
+    if not (settings.enabled and settings.eval_paths):
+        return 0.0
+    model = embedder.model_dir(settings.embedding.model) if settings.embedding.enabled else None
+    if settings.cache and (cache_dir() / f"{_index_key(settings.eval_paths, settings, model)[:32]}.npz").exists():
+        return 0.0
+    return len(eval_sets.read_items(settings.eval_paths)) * INDEX_S_PER_ITEM
+
+
 def build_index(paths: list[Path], settings: ContaminationConfig | None = None) -> ContaminationIndex:
     """Read every eval file under `paths` and index it (or load the index cached for this content)."""
     settings = settings or ContaminationConfig()
     started = time.perf_counter()
     items = eval_sets.read_items(paths)
     model = embedder.model_dir(settings.embedding.model) if settings.embedding.enabled else None
-    key = eval_sets.content_key(paths, {"v": INDEX_VERSION, "ngram": settings.ngram, "min_item_words": settings.min_item_words,
-                                        "coverage_n": settings.coverage.n,
-                                        "max_tokens": settings.embedding.max_tokens,
-                                        "embedder": embedder.identity(model) if model else None})
+    key = _index_key(paths, settings, model)
     rows = np.array([i for i, item in enumerate(items) if item.question], dtype=np.int64)
     path = cache_dir() / f"{key[:32]}.npz"
     if settings.cache and path.exists():

@@ -39,6 +39,7 @@ class DPOStep(Step, DPOStageConfig):
 
     def run(self, context: StepContext) -> StepResult:
         from bezoar.train.dpo import train_dpo
+        from bezoar.train.metrics import StepProgress
 
         hh = _read_pairs(context.input("hh_dpo")) if self.data.source != "generated" else []
         pairs, counts = dpo_pairs(self.data, hh, context, self.seed)
@@ -46,7 +47,8 @@ class DPOStep(Step, DPOStageConfig):
         reference, base = context.continued_from()
         summary = train_dpo(base, pairs, context.out_dir, self.as_settings(DPOStageConfig),
                             heldout=_read_pairs(heldout) if heldout else [],
-                            ref_cache_dir=context.out_dir / "ref-logps", stage=self.name)
+                            ref_cache_dir=context.out_dir / "ref-logps", stage=self.name,
+                            callbacks=[StepProgress(context.progress)])
         counts |= training_counts([summary])
         return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}), reference=reference,
                           counts=counts, headline=training_headline(counts), details=summary)

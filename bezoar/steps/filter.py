@@ -27,7 +27,8 @@ from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, is_lo
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 START_S = 10.0
-"""The step's process, the judge's and the embedder's weights, the eval sets' index (cached by content)."""
+"""The step's process, the judge's and the embedder's weights (the eval sets' index is counted apart: built
+once, then cached by content)."""
 JUDGED_SHARE = 0.8
 """Records expected to reach the judge after heuristics, de-dup and contamination, before any is made."""
 
@@ -81,7 +82,7 @@ class FilterStep(Step, FilterConfig):
 
         counted = {m: context.records(m) for m in self.methods}
         records = sum(n or 0 for n in counted.values())
-        context.other_wall_s = START_S if records else 0.0
+        context.other_wall_s = START_S + contamination.index_build_s(self.contamination) if records else 0.0
         for method, n in counted.items():
             context.expected[method] = (n or 0) * JUDGED_SHARE
         judge = context.recipe.models.judge

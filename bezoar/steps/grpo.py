@@ -72,10 +72,12 @@ class GRPOStep(Step, GRPOStageConfig):
 
     def run(self, context: StepContext) -> StepResult:
         from bezoar.train.grpo import train_grpo
+        from bezoar.train.metrics import StepProgress
 
         reference, start = context.continued_from()
         records, counts, selected = self.chosen_prompts(context, start)
-        summary = train_grpo(self.as_settings(GRPOStageConfig), records, start, context.out_dir, stage=self.name)
+        summary = train_grpo(self.as_settings(GRPOStageConfig), records, start, context.out_dir, stage=self.name,
+                             callbacks=[StepProgress(context.progress)])
         counts |= training_counts([summary])
         counts |= {key: round(summary[key], 4) for key in ("first_reward", "last_reward") if key in summary}
         details = {**summary, "selection": selected} if selected else summary

@@ -33,6 +33,7 @@ class SFTHHStep(Step, SFTHHStageConfig):
         return ["hh_sft"]
 
     def run(self, context: StepContext) -> StepResult:
+        from bezoar.train.metrics import StepProgress
         from bezoar.train.sft import train_sft
         from bezoar.train.student import resolve_base
 
@@ -45,7 +46,7 @@ class SFTHHStep(Step, SFTHHStageConfig):
                                self.seed, self.max_validation_examples)
         settings = self.as_settings(SFTHHStageConfig)
         summary = train_sft(base, prepared, context.out_dir, settings, self.loss, stage=self.name,
-                            sample=conversations[0])
+                            sample=conversations[0], callbacks=[StepProgress(context.progress)])
         counts = {**training_counts([summary]), "pairs": len(pairs)}
         return StepResult(checkpoints=context.handed_on({self.name: context.out_dir}), counts=counts,
                           headline=training_headline(counts), details=summary)

@@ -170,8 +170,9 @@ def _heldout_metrics(heldout: list[PreferencePair]):
 
 def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: DPOStageConfig,
               heldout: list[PreferencePair] | None = None, ref_cache_dir: Path | None = None,
-              stage: str = "dpo") -> dict:
-    """Train (or resume, or skip when done) one DPO run on `pairs`; returns its summary."""
+              stage: str = "dpo", callbacks: list | None = None) -> dict:
+    """Train (or resume, or skip when done) one DPO run on `pairs`; returns its summary. `callbacks`: extra
+    TrainerCallbacks."""
     from bezoar.train.student import plan_training, resolve_base
 
     if not pairs:
@@ -188,5 +189,6 @@ def train_dpo(base: str, pairs: list[PreferencePair], out_dir: Path, settings: D
     sample = ([m.model_dump() for m in pairs[0].prompt], [m.model_dump() for m in pairs[0].chosen])
     job = TrainingJob(stage=stage, kind="dpo", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
               out_dir=Path(out_dir), settings=settings, sample=sample, after_training=_heldout_metrics(heldout or []),
-              trainer_kwargs={"ref_cache": cache, "shared_prompt": settings.shared_prompt})
+              trainer_kwargs={"ref_cache": cache, "shared_prompt": settings.shared_prompt},
+              callbacks=list(callbacks or []))
     return execute(job, dpo_trainer_class(), dpo_arguments)

@@ -10,6 +10,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import TrainerCallback
@@ -36,6 +37,24 @@ class MetricsLog(TrainerCallback):
                "wall_s": round(time.perf_counter() - self.start, 2),
                "cpu_s": round(time.process_time() - self.cpu_start, 2), **logs}
         append_jsonl(self.path, [row])
+
+
+class StepProgress(TrainerCallback):
+    """Optimizer steps done out of planned, handed to the running step's progress (`bezoar status` shows
+    it): a training step otherwise says nothing between its start and its end."""
+
+    UNIT = "optimizer steps"
+
+    def __init__(self, report: Callable[..., None]):
+        self.report = report
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.report(state.global_step, state.max_steps, self.UNIT)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.report(state.global_step, state.max_steps, self.UNIT)
 
 
 class CPUBudget(TrainerCallback):

@@ -56,11 +56,12 @@ def _flash_attention() -> bool:
 
 
 def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: TrainSettings,
-              loss: str = "assistant", stage: str = "sft", sample: PromptCompletion | None = None) -> dict:
+              loss: str = "assistant", stage: str = "sft", sample: PromptCompletion | None = None,
+              callbacks: list | None = None) -> dict:
     """Train (or resume, or skip when already done) one SFT run; returns its summary.
 
     `data` is JSONL files of chat records, or examples already prepared (then give `sample`, one
-    of them in messages form, for the template check).
+    of them in messages form, for the template check). `callbacks`: extra TrainerCallbacks.
     """
     from bezoar.train.student import resolve_base
 
@@ -85,5 +86,6 @@ def train_sft(base: str, data: list[Path] | Prepared, out_dir: Path, settings: T
         raise DataError(f"{', '.join(sources) or stage}: no usable training examples "
                         f"({len(prepared.bad)} malformed; first: {prepared.bad[:1]})")
     job = TrainingJob(stage=stage, kind="sft", base=base, weights=weights, tokenizer=tokenizer, prepared=prepared,
-              out_dir=Path(out_dir), settings=settings, loss=loss, sources=sources, sample=sample or SAMPLE)
+              out_dir=Path(out_dir), settings=settings, loss=loss, sources=sources, sample=sample or SAMPLE,
+              callbacks=list(callbacks or []))
     return execute(job, sft_trainer_class(), sft_arguments)
