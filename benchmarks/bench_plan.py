@@ -9,6 +9,11 @@ calls made; a step's wall time is its manifest `wall_s` (model calls, training a
     python benchmarks/bench_plan.py                        # tiny, verifiable, rehearsal (~1.5 h idle)
     python benchmarks/bench_plan.py --runs DIR             # reuse finished runs under DIR
     python benchmarks/bench_plan.py --recipes tiny         # one of them
+    python benchmarks/bench_plan.py --runs DIR --replan    # today's code's step plans against those runs
+
+`--replan` plans each step of a finished run again with the code as it is now, as the step would have at its
+start (what the earlier steps made is on disk); one difference: caches the run filled (the contamination
+index) count as built.
 
 Last line: {"max_call_error", "max_token_error", "max_time_error", ...} relative errors (plan / actual - 1)
 over every step and role of every recipe, for the step-start plan, and the same for the start-of-run plan.
@@ -20,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -83,12 +89,29 @@ def planned(plan: dict, step: str) -> tuple[dict[str, dict[str, float]], float |
     return found, (plan.get("wall_s") or {}).get(step)
 
 
+def replanned(run_dir: Path, step: str | None) -> dict:
+    """The plan made now (`--replan`): of `step`, with the finished run's earlier steps on disk; of every step
+    (None) as at the run's start, before anything ran."""
+    from bezoar.config import load_recipe
+    from bezoar.plan import make_plan
+
+    os.environ.setdefault("BEZOAR_DATA", str(DATA))
+    recipe = load_recipe(REPO / "recipes" / f"{run_dir.name}.yaml")
+    if step is None:
+        with tempfile.TemporaryDirectory() as nothing_ran:
+            return make_plan(recipe, None, Path(nothing_ran)).to_json()
+    return make_plan(recipe, [step], run_dir).to_json()
+
+
 def errors(run_dir: Path, which: str) -> list[dict]:
     """One row per step and role: planned, actual and the relative errors."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
     rows = []
     for step, entry in manifest["steps"].items():
-        plan = entry.get("planned") if which == "step" else manifest.get("plan")
+        if which.startswith("replan"):
+            plan = replanned(run_dir, None if which == "replan_start" else step)
+        else:
+            plan = entry.get("planned") if which == "step" else manifest.get("plan")
         roles, wall = planned(plan or {}, step)
         done = actuals(entry)
         for role in sorted(set(roles) | set(done)):
@@ -117,16 +140,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=["tiny", "verifiable", "rehearsal"])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_plan")
+    parser.add_argument("--replan", action="store_true", help="plan the finished runs' steps with today's code")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     run_dirs = [run_recipe(name, args.runs) for name in args.recipes]
-    figures: dict = {"recipes": args.recipes}
-    for which in ("step", "start"):
+    figures: dict = {"recipes": args.recipes, "plans": "replanned now" if args.replan else "recorded in the runs"}
+    for which in ("replan", "replan_start") if args.replan else ("step", "start"):
         rows = [row for run_dir in run_dirs for row in errors(run_dir, which)]
-        if which == "step":
+        if not which.endswith("start"):
             for row in rows:
                 print(json.dumps(row))
-        suffix = "" if which == "step" else "_at_run_start"
+        suffix = "_at_run_start" if which.endswith("start") else ""
         figures |= {f"max_call_error{suffix}": worst(rows, "call_error"),
                     f"max_token_error{suffix}": worst(rows, "token_error"),
                     f"max_time_error{suffix}": worst(rows, "time_error")}

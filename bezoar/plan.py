@@ -23,10 +23,29 @@ from bezoar.llm.endpoints import public_spec
 from bezoar.llm.spec_syntax import parse_spec
 from bezoar.llm.weights import models_cache_dir
 
-LOCAL_DECODE_TOK_S = 100.0
+LOCAL_DECODE_TOK_S = 300.0
+LOCAL_BATCH = 64
+"""Generated tokens/s of the embedded model on 2 CPU cores with LOCAL_BATCH answers decoded at once (fast
+mode, idle AVX-512 machine, recipes/verifiable.yaml: ~260 sampling 1,600 answers of up to 128 tokens, ~340
+answering IFEval's 541 prompts twice); fewer rows at once go slower (`local_decode_tok_s`). A slow AVX2 VM
+decodes fp32 at ~100. Other local models scale with size."""
 LOCAL_PREFILL_TOK_S = 1500.0
-"""The embedded model on 2 CPU cores, batch 32-64, from benchmarks/bench_generation.py (README: 86-110
-generated tok/s on a slow AVX2 VM); prefill measured in the same runs. Other local models scale with size."""
+EMBEDDED_REPLY_TOKENS = 140.0
+"""The embedded model's uncut reply length, on average (`expected_completion`)."""
+
+
+def local_decode_tok_s(rows: float) -> float:
+    """Generated tokens/s with `rows` answers decoded at once: LOCAL_DECODE_TOK_S at LOCAL_BATCH, as the square
+    root of the rows below it (measured ~130 at 16 rows: recipes/tiny.yaml's generate and MT-Bench)."""
+    return LOCAL_DECODE_TOK_S * math.sqrt(min(max(rows, 1.0), LOCAL_BATCH) / LOCAL_BATCH)
+
+
+def expected_completion(budget: float) -> float:
+    """Tokens the embedded model generates under a `budget` of max_new_tokens: its uncut replies taken as
+    exponentially distributed around EMBEDDED_REPLY_TOKENS. Measured shares of the budget used: 0.94 of 64
+    (tiny.yaml's MT-Bench answers), 0.58 of 80-96 (its generate step), 0.57 of 128 (verifiable.yaml's
+    sampling), 0.61 of 192 (its IFEval answers, base and DPO); the model says 0.80, 0.72, 0.66 and 0.54."""
+    return EMBEDDED_REPLY_TOKENS * (1 - math.exp(-budget / EMBEDDED_REPLY_TOKENS)) if budget > 0 else 0.0
 REMOTE_STREAM_TOK_S = 30.0
 """Assumed generation speed of one request stream on a remote server (vLLM/API); `concurrency` streams run at once."""
 
@@ -57,6 +76,9 @@ class Calls:
     count: float
     prompt_tokens: float
     completion_tokens: float
+    """The sampling limit, or the expected reply length where the step knows it."""
+    rows: float | None = None
+    """Calls a local model decodes at once (a step's batch size); None: all of them, up to LOCAL_BATCH."""
 
 
 @dataclass
@@ -170,16 +192,27 @@ def is_local(config: ModelConfig) -> bool:
     return parse_spec(config.spec).kind == "local"
 
 
+def is_embedded(config: ModelConfig) -> bool:
+    """The embedded SmolLM2 (`local`, or a local copy of SmolLM2-135M), whose reply lengths the plan knows."""
+    spec = parse_spec(config.spec)
+    return spec.kind == "local" and (spec.model is None or "smollm2-135m" in spec.model.lower())
+
+
 def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
     """One line per role: calls summed, tokens from each kind's per-call figures, cost and wall time."""
     by_role: dict[str, PlanLine] = {}
     configs: dict[str, ModelConfig] = {}
+    local_s: dict[str, float] = {}
     for kind in calls:
         configs[kind.role] = kind.config
         line = by_role.setdefault(kind.role, PlanLine(step, kind.role, public_spec(kind.config.spec), 0, 0, 0, wall_s=0.0))
+        completion = expected_completion(kind.completion_tokens) if is_embedded(kind.config) else kind.completion_tokens
         line.calls += int(kind.count)
         line.prompt_tokens += round(kind.count * kind.prompt_tokens)
-        line.completion_tokens += int(kind.count * kind.completion_tokens)
+        line.completion_tokens += int(kind.count * completion)
+        rows = kind.rows if kind.rows is not None else kind.count
+        local_s[kind.role] = local_s.get(kind.role, 0.0) + kind.count * (
+            completion / local_decode_tok_s(rows) + kind.prompt_tokens / LOCAL_PREFILL_TOK_S)
     for line in by_role.values():
         config = configs[line.role]
         cost = role_cost(config, line.prompt_tokens, line.completion_tokens)
@@ -188,7 +221,7 @@ def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
             line.wall_s = None
             line.note = "provider batch: answered within 24 h"
         elif is_local(config):
-            line.wall_s = round(line.completion_tokens / LOCAL_DECODE_TOK_S + line.prompt_tokens / LOCAL_PREFILL_TOK_S)
+            line.wall_s = round(local_s[line.role])
             line.note = "wall time at the embedded model's measured CPU speed" + (
                 "" if parse_spec(config.spec).model is None else " (this model's will differ)")
         else:

@@ -41,12 +41,14 @@ def toy_recipe(tmp_path: Path, data_dir: Path) -> dict:
 
 def test_the_plan_counts_selection_samples_rollouts_and_steps(tmp_path, data_dir):
     from bezoar.config import load_recipe
-    from bezoar.plan import make_plan
+    from bezoar.plan import expected_completion, make_plan
 
     path = write(tmp_path / "rlvr.yaml", toy_recipe(tmp_path, data_dir))
     plan = make_plan(load_recipe(path), ["grpo"])
     selection, rollouts = plan.lines
-    assert (selection.role, selection.calls, selection.completion_tokens) == ("student", 6 * 4, 6 * 4 * 12)
+    # the embedded student's answers are expected to end before their 12-token budget now and then
+    assert (selection.role, selection.calls, selection.completion_tokens) == \
+        ("student", 6 * 4, int(6 * 4 * expected_completion(12)))
     assert rollouts.calls == 4 * 4 and rollouts.completion_tokens == 4 * 4 * 12 and "4 steps" in rollouts.note
     assert rollouts.prompt_tokens > 0 and rollouts.wall_s > 0
     assert plan.wall_s["grpo"] > (selection.wall_s or 0) + rollouts.wall_s  # training time on top

@@ -157,7 +157,8 @@ def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Cal
                                         references.get(question.question_id))[1])
     judge = config.judge or recipe.models.judge
     next_token = config.judge_mode == "next_token" or (config.judge_mode == "auto" and is_local(judge))
-    return [Calls("student", recipe.models.student, len(asks) * models, mean_tokens(asks), config.max_new_tokens),
+    return [Calls("student", recipe.models.student, len(asks) * models, mean_tokens(asks), config.max_new_tokens,
+                  rows=len(questions)),  # a question's second turn waits for its first
             Calls("mt_bench_judge" if config.judge else "judge", judge, len(grades) * models * config.judge_repeats,
                   mean_tokens(grades), 0 if next_token else config.judge_max_new_tokens)]
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -26,8 +25,8 @@ from bezoar.generate.orca import Orca
 from bezoar.generate.runner import Context, OutputFiles
 from bezoar.generate.seeds import load_seed_files, read_seeds
 from bezoar.generate.stage import check_licences, generate
-from bezoar.llm.spec_syntax import parse_spec
-from bezoar.plan import Calls, PlanContext, PlanLine, lines_for, mean_tokens, replay
+from bezoar.plan import (Calls, PlanContext, PlanLine, expected_completion, is_embedded, lines_for, mean_tokens,
+                         replay)
 from bezoar.prompts import template
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
@@ -43,7 +42,6 @@ CAPABLE_YIELDS = {
     "evol_records_per_evolution": 0.9,
     "evol_equality_calls_per_pair": 1.0,  # a capable judge answers "equal?" on the first ask
     "orca_records_per_answer": 0.95,
-    "teacher_completion_share": 1.0,  # of max_new_tokens: unmeasured, so the cost estimate errs high
 }
 """Expected yields of a capable teacher and judge, where the step cannot know them in advance (the plan prints them)."""
 EMBEDDED_YIELDS = {
@@ -54,7 +52,6 @@ EMBEDDED_YIELDS = {
     "evol_records_per_evolution": 0.75,
     "evol_equality_calls_per_pair": 3.0,  # its "equal?" replies rarely parse: asked equality_attempts times
     "orca_records_per_answer": 1.0,
-    "teacher_completion_share": 0.6,  # tiny.yaml: 4,403 completion tokens where 7,536 were budgeted
 }
 """The embedded SmolLM2-135M as teacher and judge, measured on recipes/tiny.yaml and the tests' smoke recipe."""
 
@@ -65,11 +62,6 @@ def yields_for(teacher: ModelConfig, judge: ModelConfig) -> dict[str, float]:
     found["evol_equality_calls_per_pair"] = (EMBEDDED_YIELDS if is_embedded(judge) else CAPABLE_YIELDS)[
         "evol_equality_calls_per_pair"]
     return found
-
-
-def is_embedded(config: ModelConfig) -> bool:
-    spec = parse_spec(config.spec)
-    return spec.kind == "local" and (spec.model is None or "smollm2-135m" in spec.model.lower())
 
 
 class GenerateStep(Step, GenerateConfig):
@@ -146,13 +138,11 @@ class GenerateStep(Step, GenerateConfig):
             calls += planners[method](recipe, self.scheme(method), yields)  # type: ignore[operator]
             context.assumptions |= {k: v for k, v in yields.items() if k.startswith(method)}
             context.expected[method] = self.scheme(method).n
-        share = yields["teacher_completion_share"]  # replies end before their budget (EOS)
-        calls = [replace(c, completion_tokens=c.completion_tokens * share) if c.role == "teacher" else c for c in calls]
-        if calls:
-            context.assumptions["teacher_completion_share"] = share
-        if self.enabled_methods():  # the longest a record's response may be: what a judge reads
-            context.expected["response_tokens"] = max(self.scheme(m).response_sampling.max_new_tokens  # type: ignore[attr-defined]
-                                                      for m in self.enabled_methods())
+        if self.enabled_methods():  # the longest a record's response is expected to be: what a judge reads
+            budget = max(self.scheme(m).response_sampling.max_new_tokens  # type: ignore[attr-defined]
+                         for m in self.enabled_methods())
+            context.expected["response_tokens"] = expected_completion(budget) if is_embedded(recipe.models.teacher) \
+                else budget
         if self.constraints.n:
             context.expected["constraints"] = self.constraints.n
         return lines_for(context.name, calls)
@@ -219,8 +209,10 @@ def _plan_lamini(recipe: RecipeView, config, yields: dict[str, float]) -> list[C
     answer = template("lamini", "response")
     responses = [answer.render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
     teacher = recipe.models.teacher
-    return [Calls("teacher", teacher, prompts, mean_tokens(lists), config.instruction_sampling.max_new_tokens),
-            Calls("teacher", teacher, answers, mean_tokens(responses), config.response_sampling.max_new_tokens)]
+    return [Calls("teacher", teacher, prompts, mean_tokens(lists), config.instruction_sampling.max_new_tokens,
+                  rows=config.batch_size),
+            Calls("teacher", teacher, answers, mean_tokens(responses), config.response_sampling.max_new_tokens,
+                  rows=config.batch_size)]
 
 
 def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
@@ -230,14 +222,15 @@ def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Cal
     evolutions, _ = replay(config.n, config.batch_size, 0.7, kept * per_evolution)
     evolve, answer, equal = scheme.sample_prompts(PROMPT_SAMPLE)
     teacher = recipe.models.teacher
-    calls = [Calls("teacher", teacher, evolutions, mean_tokens(evolve), config.evolve_sampling.max_new_tokens),
+    calls = [Calls("teacher", teacher, evolutions, mean_tokens(evolve), config.evolve_sampling.max_new_tokens,
+                   rows=config.batch_size),
              Calls("teacher", teacher, math.ceil(evolutions * kept), mean_tokens(answer),
-                   config.response_sampling.max_new_tokens)]
+                   config.response_sampling.max_new_tokens, rows=config.batch_size)]
     if config.equality_check:
         pairs = math.ceil(evolutions * max(kept, yields["evol_evolutions_judged"]))
         calls.append(Calls("judge", recipe.models.judge, math.ceil(pairs * min(yields["evol_equality_calls_per_pair"],
                                                                             config.equality_attempts)),
-                           mean_tokens(equal), 24))
+                           mean_tokens(equal), 24, rows=config.batch_size))
     return calls
 
 
@@ -247,4 +240,4 @@ def _plan_orca(recipe: RecipeView, config, yields: dict[str, float]) -> list[Cal
     calls, _ = replay(config.n, config.batch_size, 1.0, yields["orca_records_per_answer"])
     conversations = scheme.sample_conversations(PROMPT_SAMPLE)
     return [Calls("teacher", recipe.models.teacher, calls, mean_tokens(conversations),
-                  config.response_sampling.max_new_tokens)]
+                  config.response_sampling.max_new_tokens, rows=config.batch_size)]
