@@ -46,7 +46,30 @@ def grpo_trainer_class():
                 warnings.filterwarnings("ignore", message="You are using 'rollout_func'")
                 super().__init__(*args, **kwargs)
 
+        def _get_train_sampler(self, dataset=None):
+            return EpochSeeded(super()._get_train_sampler(dataset))
+
     return BezoarGRPOTrainer
+
+
+class EpochSeeded:
+    """TRL's RepeatSampler with `set_epoch`, which the Trainer calls at each epoch: the prompt order then depends
+    on (seed, epoch) alone. TRL's draws every epoch's order from one generator seeded once, so a run resumed
+    in its second epoch or later (a fresh generator) trained on another order than a run never killed: found
+    when a GRPO run resumed at checkpoint-2 of 4 prompts (2 steps an epoch) sampled other rollouts at step 3."""
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler.shuffle:
+            self.sampler.generator.manual_seed((self.sampler.seed or 0) + epoch)
 
 
 def rollout_engine(settings: GRPOStageConfig, device: str) -> str:
