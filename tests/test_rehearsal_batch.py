@@ -6,6 +6,7 @@ tests/rehearsal_batch.py."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 
 import pytest
@@ -54,8 +55,12 @@ def test_batch_rehearsal_killed_mid_poll_resumes(tmp_path, data_dir):
     assert items_sent_twice(killed, pending, resumed) == 0
     states = batches_in(resumed.run_dir / "cache" / "calls.sqlite")
     assert states and {b.state for b in states} == {"done"}
-    polled_at = {int(b.model.split("127.0.0.1:")[1].split("/")[0]) for b in states}
-    assert {ports["teacher_a"], ports["judge"], ports["claude"]} <= polled_at
+    # where each batch lives (its record's endpoint: the role's first URL), not its role's identity, which lists
+    # the URLs sorted (it keys the call cache) and so named teacher_b first whenever its port sorted lower
+    with sqlite3.connect(resumed.run_dir / "cache" / "calls.sqlite") as cache:
+        endpoints = [row[0] for row in cache.execute("SELECT endpoint FROM batches")]
+    polled_at = {int(url.split("127.0.0.1:")[1].split("/")[0]) for url in endpoints}
+    assert {ports["teacher_a"], ports["judge"], ports["claude"]} <= polled_at, (ports, polled_at)
     assert any(r["action"] == "poll-500" for r in killed.requests("teacher_a"))
     manifest = json.loads((resumed.run_dir / "manifest.json").read_text())
     assert all(manifest["steps"][s]["status"] == "done"
