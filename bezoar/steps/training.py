@@ -48,5 +48,6 @@ def training_wall_s(settings: TrainSettings, examples: float | None, kind: str, 
     batch = settings.per_device_train_batch_size * settings.gradient_accumulation_steps * settings.launch.num_processes
     train = examples * (1 - settings.validation_fraction)
     steps = settings.max_steps or math.ceil(train / batch) * settings.num_train_epochs
-    tokens = min(settings.max_length, MEAN_TOKENS) * batch * steps * (2 if kind == "dpo" else 1)
+    per_step = min(batch, max(train, 1.0))  # a step never takes more than the data (the epoch ends first)
+    tokens = min(settings.max_length, MEAN_TOKENS) * per_step * steps * (2 if kind == "dpo" else 1)
     return (START_S if first else NEXT_RUN_S) + tokens / TOKENS_PER_S.get(kind, 250.0)
