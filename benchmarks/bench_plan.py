@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from contextlib import nullcontext
+from functools import lru_cache
 from pathlib import Path
 
 from common import DATA, REPO, emit, peak_rss_mb
@@ -89,6 +90,7 @@ def planned(plan: dict, step: str) -> tuple[dict[str, dict[str, float]], float |
     return found, (plan.get("wall_s") or {}).get(step)
 
 
+@lru_cache(maxsize=None)  # the run-start plan is the same for every step of a run: made once
 def replanned(run_dir: Path, step: str | None) -> dict:
     """The plan made now (`--replan`): of `step`, with the finished run's earlier steps on disk; of every step
     (None) as at the run's start, before anything ran."""
