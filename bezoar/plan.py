@@ -34,6 +34,22 @@ EMBEDDED_REPLY_TOKENS = 140.0
 """The embedded model's uncut reply length, on average (`expected_completion`)."""
 
 
+EMBEDDED_TEMPLATE_TOKENS = 4.0
+"""What the embedded model's chat template adds to `conversation_tokens`' count: the answer's header (3 tokens)
+and a token more per message than counted."""
+EMBEDDED_DEFAULT_SYSTEM_TOKENS = 22.0
+"""The system message SmolLM2's template puts before a conversation that has none ("You are a helpful AI
+assistant named SmolLM, trained by Hugging Face"). With the two: a one-message conversation counts 26 tokens
+more than `conversation_tokens`, as the template renders it; verifiable.yaml's sampling and IFEval prompts were
+recorded at 64.9 and 77.7 tokens a call, planned now at 64.9 and 77.7."""
+
+
+def embedded_template_tokens(without_system: float) -> float:
+    """Tokens the embedded model's template adds to a call whose conversation lacks a system message with
+    probability `without_system`."""
+    return EMBEDDED_TEMPLATE_TOKENS + EMBEDDED_DEFAULT_SYSTEM_TOKENS * without_system
+
+
 def local_decode_tok_s(rows: float) -> float:
     """Generated tokens/s with `rows` answers decoded at once: LOCAL_DECODE_TOK_S at LOCAL_BATCH, as the square
     root of the rows below it (measured ~130 at 16 rows: recipes/tiny.yaml's generate and MT-Bench)."""
@@ -79,6 +95,8 @@ class Calls:
     """The sampling limit, or the expected reply length where the step knows it."""
     rows: float | None = None
     """Calls a local model decodes at once (a step's batch size); None: all of them, up to LOCAL_BATCH."""
+    without_system: float = 1.0
+    """The share of these calls' conversations without a system message (`share_without_system`)."""
 
 
 @dataclass
@@ -173,6 +191,13 @@ def mean_tokens(conversations: list[list[dict]]) -> float:
     return sum(map(conversation_tokens, conversations)) / len(conversations) if conversations else 0.0
 
 
+def share_without_system(conversations: list[list[dict]]) -> float:
+    """The share of `conversations` without a system message, to which the embedded model's template adds its own."""
+    if not conversations:
+        return 1.0
+    return sum(all(m["role"] != "system" for m in c) for c in conversations) / len(conversations)
+
+
 # --- replaying a scheme's batching --------------------------------------------------------------
 
 def replay(n: float, cap: int, prior: float, rate: float) -> tuple[int, float]:
@@ -206,13 +231,15 @@ def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
     for kind in calls:
         configs[kind.role] = kind.config
         line = by_role.setdefault(kind.role, PlanLine(step, kind.role, public_spec(kind.config.spec), 0, 0, 0, wall_s=0.0))
-        completion = expected_completion(kind.completion_tokens) if is_embedded(kind.config) else kind.completion_tokens
+        embedded = is_embedded(kind.config)
+        completion = expected_completion(kind.completion_tokens) if embedded else kind.completion_tokens
+        prompt = kind.prompt_tokens + (embedded_template_tokens(kind.without_system) if embedded else 0.0)
         line.calls += int(kind.count)
-        line.prompt_tokens += round(kind.count * kind.prompt_tokens)
+        line.prompt_tokens += round(kind.count * prompt)
         line.completion_tokens += int(kind.count * completion)
         rows = kind.rows if kind.rows is not None else kind.count
         local_s[kind.role] = local_s.get(kind.role, 0.0) + kind.count * (
-            completion / local_decode_tok_s(rows) + kind.prompt_tokens / LOCAL_PREFILL_TOK_S)
+            completion / local_decode_tok_s(rows) + prompt / LOCAL_PREFILL_TOK_S)
     for line in by_role.values():
         config = configs[line.role]
         cost = role_cost(config, line.prompt_tokens, line.completion_tokens)

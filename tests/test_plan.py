@@ -198,3 +198,26 @@ def test_planned_generate_calls_match_a_run_against_a_loopback_server(tmp_path, 
     for method in made:
         assert abs(made[method] - planned[method]) <= EXACT_TOLERANCE * planned[method], (planned, made)
     assert sum(made.values()) == len(server.seen)  # every call the step made reached the server once
+
+
+def test_prompt_tokens_of_the_embedded_model_are_what_its_chat_template_renders(data_dir):
+    """The plan counts what SmolLM2's template adds (its default system message where a conversation has none,
+    the answer's header): IFEval's prompts, and a judge's prompts that bring their own system message."""
+    from transformers import AutoTokenizer
+
+    from bezoar.config_base import ModelConfig
+    from bezoar.llm.weights import resolve_model_dir
+    from bezoar.plan import Calls, lines_for, mean_tokens, share_without_system
+
+    rows = [json.loads(line) for line in (data_dir / "eval/ifeval/input_data.jsonl").read_text().splitlines()[:40]]
+    asks = [[{"role": "user", "content": row["prompt"]}] for row in rows]
+    judged = [[{"role": "system", "content": "You grade answers from 1 to 10."}, *ask] for ask in asks]
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(None))
+    for conversations in (asks, judged):
+        rendered = sum(len(tokenizer.apply_chat_template(c, add_generation_prompt=True, return_dict=True)["input_ids"])
+                       for c in conversations)
+        calls = Calls("student", ModelConfig(spec="local"), len(conversations), mean_tokens(conversations), 0,
+                      without_system=share_without_system(conversations))
+        planned = lines_for("eval", [calls])[0].prompt_tokens
+        assert abs(planned - rendered) / rendered < 0.05, (planned, rendered)
+    assert share_without_system(asks) == 1.0 and share_without_system(judged) == 0.0

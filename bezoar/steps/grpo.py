@@ -15,7 +15,6 @@ rollouts (`bezoar.train.rollouts`).
 from __future__ import annotations
 
 import math
-from itertools import islice
 from pathlib import Path
 from typing import Literal
 
@@ -23,15 +22,15 @@ from pydantic import Field
 
 from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.errors import DataError
-from bezoar.findings import count_lines, preview_jsonl
+from bezoar.findings import preview_jsonl
 from bezoar.llm.endpoints import public_spec
-from bezoar.plan import LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, conversation_tokens, lines_for, mean_tokens
+from bezoar.plan import LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, lines_for
 from bezoar.preferences.config import SelectionConfig
 from bezoar.preferences.stage import load_prompts
 from bezoar.preferences.teaching import select_teaching_prompts
-from bezoar.records import Record, read_jsonl
+from bezoar.records import Record
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
-from bezoar.steps.preferences import sampling_student
+from bezoar.steps.preferences import planned_prompts, sampling_student
 from bezoar.steps.training import START_S, TOKENS_PER_S, training_counts, training_headline
 from bezoar.train.config import GRPOStageConfig
 
@@ -46,8 +45,6 @@ constraint prompts, 187 had four failing answers and 40 four alike)."""
 STEP_OVERHEAD_S = 3.0
 """Per optimizer step beyond its rollouts and training tokens (log-probs, optimizer, the decoder's set-up): a
 tiny step (2 prompts x 2 completions of 32 tokens) took 6.9 s on one thread, ~3.5 of them rollouts and tokens."""
-TYPICAL_PROMPT = [{"role": "user", "content": "x" * 4 * 60}]
-"""A constraint prompt when none can be read yet (~60 tokens)."""
 
 
 class GRPOStep(Step, GRPOStageConfig):
@@ -125,15 +122,7 @@ class GRPOStep(Step, GRPOStageConfig):
 
     def planned_prompts(self, context: PlanContext) -> tuple[float, float]:
         """(prompts, tokens of one): from `prompts:` or the earlier step's file when they exist, else as planned."""
-        path = self.prompts or context.measured("constraints")
-        found = count_lines(path) if path is not None and Path(path).is_file() else \
-            None if self.prompts else context.records("constraints")
-        count = min(found or 0, self.limit or math.inf)
-        sample = list(islice(read_jsonl(path, Record, skip_bad=True), 50)) if path is not None and Path(path).is_file() \
-            else []
-        tokens = mean_tokens([[{"role": "user", "content": r.instruction}] for r in sample]) if sample else \
-            conversation_tokens(TYPICAL_PROMPT)
-        return count, tokens
+        return planned_prompts(self.prompts, self.limit, context)
 
     def completions_per_step(self) -> int:
         return self.per_device_train_batch_size * self.gradient_accumulation_steps * self.launch.num_processes

@@ -9,20 +9,23 @@ Hands on `pairs`. Listed again after a dpo step, it samples from that step's mod
 """
 from __future__ import annotations
 
+import math
+from itertools import islice
 from pathlib import Path
 from typing import Literal
 
 from bezoar.config_base import ModelConfig, RecipeView
-from bezoar.errors import DataError
-from bezoar.findings import preview_jsonl
+from bezoar.findings import count_lines, preview_jsonl
 from bezoar.llm.cache import CachedModel
-from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, lines_for
+from bezoar.plan import Calls, PlanContext, PlanLine, conversation_tokens, lines_for, mean_tokens
 from bezoar.preferences.config import PreferencesConfig
 from bezoar.preferences.stage import constraints_of, load_prompts, make_pairs
-from bezoar.records import write_json
+from bezoar.records import Record, read_jsonl, write_json
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 
+TYPICAL_PROMPT = [{"role": "user", "content": "x" * 4 * 35}]
+"""A constraint prompt before any exists: verifiable.yaml's 400 came to 39 tokens each (`conversation_tokens`)."""
 PAIR_YIELD = 0.43
 """Pairs per prompt, before any is made (recipes/verifiable.yaml: 400 prompts -> 173 pairs)."""
 
@@ -65,17 +68,14 @@ class PreferencesStep(Step, PreferencesConfig):
             preview_jsonl(self.prompts, ("prompts",), context.add, context.missing)
 
     def plan(self, context: PlanContext) -> list[PlanLine]:
-        prompts = self.limit or 0
-        if self.prompts is None:
-            found = context.records("constraints")
-            prompts = min(prompts or found or 0, found or 0)
+        prompts, prompt_tokens = planned_prompts(self.prompts, self.limit, context)
         context.expected["pairs"] = prompts * PAIR_YIELD
         context.assumptions["preferences_pairs_per_prompt"] = PAIR_YIELD
         if not prompts:
             return []
-        prompt_tokens = conversation_tokens([{"role": "user", "content": "x" * 4 * 60}])
         student = context.recipe.models.student
-        return lines_for(context.name, [Calls("student", student, prompts * self.k, prompt_tokens, self.max_new_tokens)])
+        calls = Calls("student", student, prompts * self.k, prompt_tokens, self.max_new_tokens)
+        return lines_for(context.name, [calls])
 
 
 def sampling_student(context: StepContext, current: str) -> CachedModel:
@@ -89,3 +89,15 @@ def sampling_student(context: StepContext, current: str) -> CachedModel:
 
 
 STEP = PreferencesStep
+
+
+def planned_prompts(prompts: Path | None, limit: int | None, context: PlanContext) -> tuple[float, float]:
+    """(prompts, tokens of one) a sampling step plans for: from `prompts:` or the earlier step's constraints file
+    when it exists (the count and the first 50 prompts' length), else the count the earlier step plans."""
+    path = prompts or context.measured("constraints")
+    exists = path is not None and Path(path).is_file()
+    found = count_lines(path) if exists else None if prompts else context.records("constraints")
+    sample = list(islice(read_jsonl(path, Record, skip_bad=True), 50)) if exists else []
+    tokens = mean_tokens([[{"role": "user", "content": r.instruction}] for r in sample]) if sample else \
+        conversation_tokens(TYPICAL_PROMPT)
+    return min(found or 0, limit or math.inf), tokens
