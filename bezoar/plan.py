@@ -98,6 +98,14 @@ class Calls:
     without_system: float = 1.0
     """The share of these calls' conversations without a system message (`share_without_system`)."""
 
+    @classmethod
+    def asking(cls, role: str, config: ModelConfig, count: float, conversations: list[list[dict]],
+               completion_tokens: float, rows: float | None = None) -> "Calls":
+        """`count` calls like `conversations` (a sample of the real ones): their mean length, and how many lack
+        a system message."""
+        return cls(role, config, count, mean_tokens(conversations), completion_tokens, rows,
+                   share_without_system(conversations))
+
 
 @dataclass
 class Plan:

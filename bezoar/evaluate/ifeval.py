@@ -119,11 +119,15 @@ def load_prompts(path: Path, limit: int | None = None) -> list[dict]:
     return rows
 
 
+def conversations(docs: list[dict]) -> list[list[dict]]:
+    """What the model is asked: each prompt alone, as the user's one message."""
+    return [[{"role": "user", "content": doc["prompt"]}] for doc in docs]
+
+
 def answer(model: CachedModel, docs: list[dict], max_new_tokens: int,
            progress: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers in the model's chat template (as lm-eval's ifeval: no sampling, no stop strings)."""
-    conversations = [[{"role": "user", "content": doc["prompt"]}] for doc in docs]
-    replies = model.chat(conversations, Sampling(temperature=0.0, max_new_tokens=max_new_tokens), progress)
+    replies = model.chat(conversations(docs), Sampling(temperature=0.0, max_new_tokens=max_new_tokens), progress)
     failed = sum(r.failed for r in replies)
     if failed:
         log.warning("ifeval: %d of %d answers failed (scored as empty: every instruction unmet)", failed, len(replies))

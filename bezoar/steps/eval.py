@@ -9,22 +9,20 @@ Hands on `comparison`; its result lists every summary it wrote (what `bezoar com
 from __future__ import annotations
 
 import logging
-from itertools import islice
 from pathlib import Path
 from typing import Literal
 
 from bezoar.config_base import ModelConfig, RecipeView
 from bezoar.errors import ConfigError, DataError
 from bezoar.evaluate.compare import describe_decoding
+from bezoar.evaluate import ifeval
 from bezoar.evaluate.config import EvalConfig
 from bezoar.evaluate.harness_tasks import LEADERBOARD, expand_tasks
 from bezoar.evaluate.mt_bench import load_references, single_prompt
 from bezoar.evaluate.mt_bench_files import Question, load_judge_prompts, load_questions
 from bezoar.findings import preview_jsonl, preview_pairs
 from bezoar.handoff import done_results
-from bezoar.plan import (LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, is_local, lines_for, mean_tokens,
-                         share_without_system)
-from bezoar.records import read_jsonl
+from bezoar.plan import LOCAL_PREFILL_TOK_S, Calls, PlanContext, PlanLine, is_local, lines_for
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 log = logging.getLogger(__name__)
@@ -160,11 +158,11 @@ def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Cal
                                         references.get(question.question_id))[1])
     judge = config.judge or recipe.models.judge
     next_token = config.judge_mode == "next_token" or (config.judge_mode == "auto" and is_local(judge))
-    return [Calls("student", recipe.models.student, len(asks) * models, mean_tokens(asks), config.max_new_tokens,
-                  rows=len(questions), without_system=share_without_system(asks)),  # turn 2 waits for turn 1
-            Calls("mt_bench_judge" if config.judge else "judge", judge, len(grades) * models * config.judge_repeats,
-                  mean_tokens(grades), 0 if next_token else config.judge_max_new_tokens,
-                  without_system=share_without_system(grades))]
+    return [Calls.asking("student", recipe.models.student, len(asks) * models, asks, config.max_new_tokens,
+                         rows=len(questions)),  # a question's second turn waits for its first
+            Calls.asking("mt_bench_judge" if config.judge else "judge", judge,
+                         len(grades) * models * config.judge_repeats, grades,
+                         0 if next_token else config.judge_max_new_tokens)]
 
 
 def _scoring_wall_s(step: EvalStep, context: PlanContext, models: int) -> float:
@@ -186,9 +184,8 @@ def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls
     config = step.ifeval
     if not config.enabled or not Path(config.prompts).is_file():
         return []
-    asks = [[{"role": "user", "content": str(row.get("prompt", ""))}]
-            for row in islice(read_jsonl(Path(config.prompts)), config.limit or None)]  # as ifeval.answer asks
-    return [Calls("student", recipe.models.student, len(asks) * models, mean_tokens(asks), config.max_new_tokens)]
+    asks = ifeval.conversations(ifeval.load_prompts(Path(config.prompts), config.limit))
+    return [Calls.asking("student", recipe.models.student, len(asks) * models, asks, config.max_new_tokens)]
 
 
 def _check_harness(step: EvalStep, context: CheckContext) -> None:

@@ -23,7 +23,7 @@ from bezoar.filter.judge import load_prompt
 from bezoar.filter.runner import run
 from bezoar.findings import count_lines, preview_pairs
 from bezoar.generate.config import METHODS
-from bezoar.plan import Calls, PlanContext, PlanLine, is_local, lines_for, mean_tokens, share_without_system
+from bezoar.plan import Calls, PlanContext, PlanLine, is_local, lines_for
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 START_S = 10.0
@@ -105,8 +105,7 @@ class FilterStep(Step, FilterConfig):
             conversations = [template.render(instruction=r.instruction, response=r.response) for r in survivors]
         next_token = self.judge.scoring == "logprobs" or (self.judge.scoring == "auto" and is_local(judge))
         completion = 0 if next_token else self.judge.max_new_tokens  # a next-token rating generates nothing
-        return lines_for(context.name, [Calls("judge", judge, judged, mean_tokens(conversations), completion,
-                                              without_system=share_without_system(conversations)), *calls])
+        return lines_for(context.name, [Calls.asking("judge", judge, judged, conversations, completion), *calls])
 
     def _contamination_calls(self, records: float, judge: ModelConfig) -> list[Calls]:
         """The judge's "same question?" confirmations of embedding candidates (the contamination check's cost)."""

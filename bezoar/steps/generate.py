@@ -25,8 +25,7 @@ from bezoar.generate.orca import Orca
 from bezoar.generate.runner import Context, OutputFiles
 from bezoar.generate.seeds import load_seed_files, read_seeds
 from bezoar.generate.stage import check_licences, generate
-from bezoar.plan import (Calls, PlanContext, PlanLine, expected_completion, is_embedded, lines_for, mean_tokens,
-                         replay, share_without_system)
+from bezoar.plan import Calls, PlanContext, PlanLine, expected_completion, is_embedded, lines_for, replay
 from bezoar.prompts import template
 from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
@@ -213,10 +212,10 @@ def _plan_lamini(recipe: RecipeView, config, yields: dict[str, float]) -> list[C
     answer = template("lamini", "response")
     responses = [answer.render(instruction=s.instruction) for s in _sample(seeds, recipe.run.seed)]
     teacher = recipe.models.teacher
-    return [Calls("teacher", teacher, prompts, mean_tokens(lists), config.instruction_sampling.max_new_tokens,
-                  rows=config.batch_size, without_system=share_without_system(lists)),
-            Calls("teacher", teacher, answers, mean_tokens(responses), config.response_sampling.max_new_tokens,
-                  rows=config.batch_size, without_system=share_without_system(responses))]
+    return [Calls.asking("teacher", teacher, prompts, lists, config.instruction_sampling.max_new_tokens,
+                         rows=config.batch_size),
+            Calls.asking("teacher", teacher, answers, responses, config.response_sampling.max_new_tokens,
+                         rows=config.batch_size)]
 
 
 def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Calls]:
@@ -226,16 +225,14 @@ def _plan_evol(recipe: RecipeView, config, yields: dict[str, float]) -> list[Cal
     evolutions, _ = replay(config.n, config.batch_size, 0.7, kept * per_evolution)
     evolve, answer, equal = scheme.sample_prompts(PROMPT_SAMPLE)
     teacher = recipe.models.teacher
-    calls = [Calls("teacher", teacher, evolutions, mean_tokens(evolve), config.evolve_sampling.max_new_tokens,
-                   rows=config.batch_size, without_system=share_without_system(evolve)),
-             Calls("teacher", teacher, math.ceil(evolutions * kept), mean_tokens(answer),
-                   config.response_sampling.max_new_tokens, rows=config.batch_size,
-                   without_system=share_without_system(answer))]
+    calls = [Calls.asking("teacher", teacher, evolutions, evolve, config.evolve_sampling.max_new_tokens,
+                          rows=config.batch_size),
+             Calls.asking("teacher", teacher, math.ceil(evolutions * kept), answer,
+                          config.response_sampling.max_new_tokens, rows=config.batch_size)]
     if config.equality_check:
         pairs = math.ceil(evolutions * max(kept, yields["evol_evolutions_judged"]))
-        calls.append(Calls("judge", recipe.models.judge, math.ceil(pairs * min(yields["evol_equality_calls_per_pair"],
-                                                                            config.equality_attempts)),
-                           mean_tokens(equal), 24, rows=config.batch_size, without_system=share_without_system(equal)))
+        asked = math.ceil(pairs * min(yields["evol_equality_calls_per_pair"], config.equality_attempts))
+        calls.append(Calls.asking("judge", recipe.models.judge, asked, equal, 24, rows=config.batch_size))
     return calls
 
 
@@ -244,6 +241,5 @@ def _plan_orca(recipe: RecipeView, config, yields: dict[str, float]) -> list[Cal
     scheme = Orca(_context(recipe), _seeds(config), config)
     calls, _ = replay(config.n, config.batch_size, 1.0, yields["orca_records_per_answer"])
     conversations = scheme.sample_conversations(PROMPT_SAMPLE)
-    return [Calls("teacher", recipe.models.teacher, calls, mean_tokens(conversations),
-                  config.response_sampling.max_new_tokens, rows=config.batch_size,
-                  without_system=share_without_system(conversations))]
+    return [Calls.asking("teacher", recipe.models.teacher, calls, conversations,
+                         config.response_sampling.max_new_tokens, rows=config.batch_size)]

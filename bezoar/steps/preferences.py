@@ -88,9 +88,6 @@ def sampling_student(context: StepContext, current: str) -> CachedModel:
     return context.models.open_extra(f"student:{Path(current).name}", config)  # type: ignore[attr-defined]
 
 
-STEP = PreferencesStep
-
-
 def planned_prompts(prompts: Path | None, limit: int | None, context: PlanContext) -> tuple[float, float]:
     """(prompts, tokens of one) a sampling step plans for: from `prompts:` or the earlier step's constraints file
     when it exists (the count and the first 50 prompts' length), else the count the earlier step plans."""
@@ -101,3 +98,7 @@ def planned_prompts(prompts: Path | None, limit: int | None, context: PlanContex
     tokens = mean_tokens([[{"role": "user", "content": r.instruction}] for r in sample]) if sample else \
         conversation_tokens(TYPICAL_PROMPT)
     return min(found or 0, limit or math.inf), tokens
+
+
+STEP = PreferencesStep
+
