@@ -10,6 +10,11 @@ calls made; a step's wall time is its manifest `wall_s` (model calls, training a
     python benchmarks/bench_plan.py --runs DIR             # reuse finished runs under DIR
     python benchmarks/bench_plan.py --recipes tiny         # one of them
     python benchmarks/bench_plan.py --runs DIR --replan    # today's code's step plans against those runs
+    python benchmarks/bench_plan.py --recipes tiny --seeds 6   # and tiny's generate step alone, seeds 1-6
+
+`--seeds N` runs tiny.yaml's generate step again with run.seed 1..N: with 6 records a scheme and a 135M
+teacher whose lists mostly do not parse, one run's calls stray from the mean; the JSON then says by how much
+(`tiny_generate_over_seeds`: each role's plan, the calls of every run, and how many are within +-20%).
 
 `--replan` plans each step of a finished run again with the code as it is now, as the step would have at its
 start (what the earlier steps made is on disk); one difference: caches the run filled (the contamination
@@ -30,6 +35,8 @@ import time
 from contextlib import nullcontext
 from functools import lru_cache
 from pathlib import Path
+
+import yaml
 
 from common import DATA, REPO, emit, peak_rss_mb
 from servers import bezoar_server  # tests/servers.py: `bezoar serve` on a free loopback port
@@ -55,9 +62,42 @@ def run_recipe(name: str, root: Path) -> Path:
     return run_dir
 
 
-def _all_done(run_dir: Path) -> bool:
-    steps = json.loads((run_dir / "manifest.json").read_text()).get("steps", {})
-    return bool(steps) and all(s.get("status") == "done" for s in steps.values())
+def seed_runs(root: Path, seeds: int) -> list[Path]:
+    """tiny.yaml's generate step alone, once per run.seed 1..seeds, in root/tiny-seeds/seed-S."""
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
+    env = {**os.environ, "BEZOAR_DATA": str(DATA), "BEZOAR_CACHE_DIR": str(root / "tiny-cache"), "HF_HUB_OFFLINE": "1"}
+    found = []
+    for seed in range(1, seeds + 1):
+        run_dir = root / "tiny-seeds" / f"seed-{seed}"
+        if not (run_dir / "manifest.json").exists() or not _all_done(run_dir, ["generate"]):
+            recipe["run"]["seed"] = seed
+            path = run_dir.with_suffix(".yaml")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+            subprocess.run([BEZOAR, "run", str(path), "--only", "generate", "--run-dir", str(run_dir)], env=env, check=True)
+        found.append(run_dir)
+    return found
+
+
+def over_seeds(run_dirs: list[Path]) -> dict:
+    """Per role of the generate step: what each run planned and made, and how many runs are within +-20%."""
+    rows = [row for run_dir in run_dirs for row in errors(run_dir, "step") if row["role"] != "(wall)"
+            and row["step"] == "generate"]
+    figures = {}
+    for role in sorted({row["role"] for row in rows}):
+        mine = [row for row in rows if row["role"] == role]
+        made = [row["calls"][1] for row in mine]
+        figures[role] = {"planned": [row["calls"][0] for row in mine], "made": made,
+                         "plan_vs_mean": round(mine[0]["calls"][0] / (sum(made) / len(made)) - 1, 3),
+                         "calls_within_20pct": sum(abs(row["call_error"]) <= 0.2 for row in mine),
+                         "tokens_within_20pct": sum(abs(row["token_error"]) <= 0.2 for row in mine)}
+    return {"runs": len(run_dirs), **figures}
+
+
+def _all_done(run_dir: Path, steps: list[str] | None = None) -> bool:
+    entries = json.loads((run_dir / "manifest.json").read_text()).get("steps", {})
+    wanted = [entries.get(name, {}) for name in steps] if steps else list(entries.values())
+    return bool(wanted) and all(entry.get("status") == "done" for entry in wanted)
 
 
 def actuals(entry: dict) -> dict[str, dict[str, float]]:
@@ -143,6 +183,7 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["tiny", "verifiable", "rehearsal"])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_plan")
     parser.add_argument("--replan", action="store_true", help="plan the finished runs' steps with today's code")
+    parser.add_argument("--seeds", type=int, default=0, help="also run tiny's generate step with seeds 1..N")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     run_dirs = [run_recipe(name, args.runs) for name in args.recipes]
@@ -156,6 +197,8 @@ def main() -> None:
         figures |= {f"max_call_error{suffix}": worst(rows, "call_error"),
                     f"max_token_error{suffix}": worst(rows, "token_error"),
                     f"max_time_error{suffix}": worst(rows, "time_error")}
+    if args.seeds:
+        figures["tiny_generate_over_seeds"] = over_seeds(seed_runs(args.runs, args.seeds))
     emit(figures | {"peak_rss_mb_driver": round(peak_rss_mb())})
 
 

@@ -38,6 +38,9 @@ class ModelConfig(StrictModel):
     """Local: conversations per forward batch (32-64 is the sweet spot on 2 CPU cores)."""
     concurrency: int = Field(8, ge=1)
     """Remote: requests in flight at once (spread over all URLs)."""
+    stream_tok_s: float = Field(30.0, gt=0)
+    """Remote, for the plan's wall time: tokens a second one request receives while `concurrency` run at
+    once (vLLM and the APIs: ~30; a server sharing two CPU cores with the run: far less)."""
     timeout_s: float = Field(120.0, gt=0)
     """Remote: seconds to wait for one reply before it counts as a timeout (and is retried)."""
     max_retries: int = Field(6, ge=0)

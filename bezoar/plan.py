@@ -23,12 +23,14 @@ from bezoar.llm.endpoints import public_spec
 from bezoar.llm.spec_syntax import parse_spec
 from bezoar.llm.weights import models_cache_dir
 
-LOCAL_DECODE_TOK_S = 300.0
+LOCAL_GREEDY_TOK_S = 420.0
+LOCAL_SAMPLED_TOK_S = 240.0
 LOCAL_BATCH = 64
-"""Generated tokens/s of the embedded model on 2 CPU cores with LOCAL_BATCH answers decoded at once (fast
-mode, idle AVX-512 machine, recipes/verifiable.yaml: ~260 sampling 1,600 answers of up to 128 tokens, ~340
-answering IFEval's 541 prompts twice); fewer rows at once go slower (`local_decode_tok_s`). A slow AVX2 VM
-decodes fp32 at ~100. Other local models scale with size."""
+"""Generated tokens/s of the embedded model on 2 CPU cores with LOCAL_BATCH answers decoded at once, greedy
+and sampled (fast mode, idle AVX-512 machine, recipes/verifiable.yaml on 2026-12-08: IFEval's 541 prompts
+answered greedily twice, 133,685 tokens in 320 s; 1,600 answers sampled at temperature 1, 117,348 tokens in
+505 s: a sampled row draws its token from its own generator). Fewer rows at once go slower
+(`local_decode_tok_s`). A slow AVX2 VM decodes fp32 at ~100. Other local models scale with size."""
 LOCAL_PREFILL_TOK_S = 1500.0
 EMBEDDED_REPLY_TOKENS = 140.0
 """The embedded model's uncut reply length, on average (`expected_completion`)."""
@@ -50,10 +52,12 @@ def embedded_template_tokens(without_system: float) -> float:
     return EMBEDDED_TEMPLATE_TOKENS + EMBEDDED_DEFAULT_SYSTEM_TOKENS * without_system
 
 
-def local_decode_tok_s(rows: float) -> float:
-    """Generated tokens/s with `rows` answers decoded at once: LOCAL_DECODE_TOK_S at LOCAL_BATCH, as the square
-    root of the rows below it (measured ~130 at 16 rows: recipes/tiny.yaml's generate and MT-Bench)."""
-    return LOCAL_DECODE_TOK_S * math.sqrt(min(max(rows, 1.0), LOCAL_BATCH) / LOCAL_BATCH)
+def local_decode_tok_s(rows: float, greedy: bool = False) -> float:
+    """Generated tokens/s with `rows` answers decoded at once: LOCAL_GREEDY_TOK_S or LOCAL_SAMPLED_TOK_S at
+    LOCAL_BATCH, as the square root of the rows below it (measured ~130 at 16 rows: recipes/tiny.yaml's
+    generate and MT-Bench)."""
+    speed = LOCAL_GREEDY_TOK_S if greedy else LOCAL_SAMPLED_TOK_S
+    return speed * math.sqrt(min(max(rows, 1.0), LOCAL_BATCH) / LOCAL_BATCH)
 
 
 def expected_completion(budget: float) -> float:
@@ -62,8 +66,6 @@ def expected_completion(budget: float) -> float:
     (tiny.yaml's MT-Bench answers), 0.58 of 80-96 (its generate step), 0.57 of 128 (verifiable.yaml's
     sampling), 0.61 of 192 (its IFEval answers, base and DPO); the model says 0.80, 0.72, 0.66 and 0.54."""
     return EMBEDDED_REPLY_TOKENS * (1 - math.exp(-budget / EMBEDDED_REPLY_TOKENS)) if budget > 0 else 0.0
-REMOTE_STREAM_TOK_S = 30.0
-"""Assumed generation speed of one request stream on a remote server (vLLM/API); `concurrency` streams run at once."""
 
 
 @dataclass
@@ -97,14 +99,16 @@ class Calls:
     """Calls a local model decodes at once (a step's batch size); None: all of them, up to LOCAL_BATCH."""
     without_system: float = 1.0
     """The share of these calls' conversations without a system message (`share_without_system`)."""
+    greedy: bool = False
+    """Decoded at temperature 0 (a local model decodes those faster than sampled ones)."""
 
     @classmethod
     def asking(cls, role: str, config: ModelConfig, count: float, conversations: list[list[dict]],
-               completion_tokens: float, rows: float | None = None) -> "Calls":
+               completion_tokens: float, rows: float | None = None, greedy: bool = False) -> "Calls":
         """`count` calls like `conversations` (a sample of the real ones): their mean length, and how many lack
         a system message."""
         return cls(role, config, count, mean_tokens(conversations), completion_tokens, rows,
-                   share_without_system(conversations))
+                   share_without_system(conversations), greedy)
 
 
 @dataclass
@@ -247,7 +251,7 @@ def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
         line.completion_tokens += int(kind.count * completion)
         rows = kind.rows if kind.rows is not None else kind.count
         local_s[kind.role] = local_s.get(kind.role, 0.0) + kind.count * (
-            completion / local_decode_tok_s(rows) + prompt / LOCAL_PREFILL_TOK_S)
+            completion / local_decode_tok_s(rows, kind.greedy) + prompt / LOCAL_PREFILL_TOK_S)
     for line in by_role.values():
         config = configs[line.role]
         cost = role_cost(config, line.prompt_tokens, line.completion_tokens)
@@ -260,8 +264,8 @@ def lines_for(step: str, calls: list[Calls]) -> list[PlanLine]:
             line.note = "wall time at the embedded model's measured CPU speed" + (
                 "" if parse_spec(config.spec).model is None else " (this model's will differ)")
         else:
-            line.wall_s = round(line.completion_tokens / (REMOTE_STREAM_TOK_S * config.concurrency))
-            line.note = f"wall time assumes {REMOTE_STREAM_TOK_S:.0f} tok/s per request, {config.concurrency} in flight"
+            line.wall_s = round(line.completion_tokens / (config.stream_tok_s * config.concurrency))
+            line.note = f"wall time assumes {config.stream_tok_s:g} tok/s per request, {config.concurrency} in flight"
     return list(by_role.values())
 
 

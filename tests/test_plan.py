@@ -61,15 +61,20 @@ def test_plan_json_of_the_tiny_recipe(data_dir):
 
 def test_cost_and_remote_wall_time_follow_the_recipe(tmp_path, data_dir):
     from bezoar.config import load_recipe
-    from bezoar.plan import REMOTE_STREAM_TOK_S, make_plan
+    from bezoar.plan import make_plan
 
     teacher = {"spec": "openai:big@http://user:sekret-token@127.0.0.1:9/v1?api-key=sekret-key", "input_price_per_mtok": 2.0,
                "output_price_per_mtok": 6.0, "concurrency": 4}
     plan = make_plan(load_recipe(recipe_with(tmp_path, data_dir, teacher=teacher)), ["generate"])
     line = next(line for line in plan.lines if line.role == "teacher")
     assert line.cost_usd == round((line.prompt_tokens * 2.0 + line.completion_tokens * 6.0) / 1e6, 2) > 0
-    assert line.wall_s == round(line.completion_tokens / (REMOTE_STREAM_TOK_S * 4))
+    assert line.wall_s == round(line.completion_tokens / (30.0 * 4))  # stream_tok_s's default
     assert "30 tok/s per request, 4 in flight" in line.note
+    # a server slower than an API (one on the run's own CPU cores) says how fast it streams
+    slow = make_plan(load_recipe(recipe_with(tmp_path, data_dir, teacher={**teacher, "stream_tok_s": 7.5})), ["generate"])
+    slow_line = next(line for line in slow.lines if line.role == "teacher")
+    assert slow_line.wall_s == round(slow_line.completion_tokens / (7.5 * 4)) > line.wall_s
+    assert "7.5 tok/s per request" in slow_line.note
     assert line.model == "openai:big@http://127.0.0.1:9/v1" and "sekret" not in json.dumps(plan.to_json())
 
 

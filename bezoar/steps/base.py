@@ -170,6 +170,9 @@ class Step(StrictModel):
 
     CONTINUES: ClassVar[bool] = False
     """A training step: it continues from the newest checkpoint before it and hands on checkpoints."""
+    HAS_REFERENCE: ClassVar[bool] = False
+    """Its checkpoint is scored against the model it started from (DPO's implicit reward): evaluating its
+    preference accuracy takes two passes over the pairs."""
     DECODES: ClassVar[bool] = False
     """Its outputs are what its model roles decode, so they depend on the decoding mode (fast or
     deterministic, bezoar.llm.device): a deterministic run re-runs it where a fast one did it, and the reverse."""

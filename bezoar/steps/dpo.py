@@ -29,6 +29,7 @@ class DPOStep(Step, DPOStageConfig):
 
     type: Literal["dpo"] = "dpo"
     CONTINUES = True
+    HAS_REFERENCE = True
 
     def roles(self, recipe: RecipeView) -> dict[str, tuple[tuple, ModelConfig]]:
         return {"student": (("models", "student"), recipe.models.student)}

@@ -27,16 +27,19 @@ from bezoar.steps.base import CheckContext, Step, StepContext, StepResult
 
 log = logging.getLogger(__name__)
 
-EVAL_START_S = 5.0
-"""Per evaluated model and kind of evaluation: loading the checkpoint (and lm-eval's task set-up). At 10 s,
-recipes/tiny.yaml's eval step (2 models x 3 kinds) was planned at 144 s and took 88 on an idle 2-core
-AVX-512 machine."""
+EVAL_STEP_START_S = 6.0
+"""The step's process and its comparison (recipes/tiny.yaml, the rehearsal and verifiable.yaml on an idle
+2-core AVX-512 machine: 4.5-6 s before the first model answers, ~2 s after the last)."""
+EVAL_START_S = 3.0
+"""Per evaluated model and kind of evaluation: loading the checkpoint (and lm-eval's task set-up, ~3.8 s a
+model for tiny.yaml's 20 ARC items)."""
 HARNESS_ITEM_TOKENS = 320
 """Tokens scored per multiple-choice item: ~4 choices of ~80 tokens with their context."""
 HARNESS_ITEMS_UNLIMITED = 1000
 """Items assumed per harness task without a `limit` (the shipped tasks hold a few hundred to ~10k)."""
-PREFERENCE_PAIR_TOKENS = 500
-"""Tokens scored per preference pair: the chosen and the rejected transcript, ~250 tokens each."""
+PREFERENCE_PAIR_TOKENS = 350
+"""Tokens scored per preference pair: the prompt with the chosen reply and again with the rejected one (333
+tokens on average over the last 200 pairs of HH-RLHF harmless-base test, which hh_slices holds out)."""
 
 class EvalStep(Step, EvalConfig):
     """Every chosen evaluation on every checkpoint, and the comparison."""
@@ -112,7 +115,8 @@ class EvalStep(Step, EvalConfig):
         models = (len(self.checkpoints) if self.checkpoints is not None else sum(_checkpoints_of(s) for s in trained))
         models += int(self.include_base)
         calls = _mt_bench_calls(self, recipe, models) + _ifeval_calls(self, recipe, models)
-        context.other_wall_s = _scoring_wall_s(self, context, models)
+        references = sum(s.HAS_REFERENCE for s in trained if self.checkpoints is None or s.name in self.checkpoints)
+        context.other_wall_s = _scoring_wall_s(self, context, models, references)
         return lines_for(context.name, calls)
 
     def disk_mb(self, recipe: RecipeView) -> float:
@@ -162,21 +166,22 @@ def _mt_bench_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Cal
                          rows=len(questions)),  # a question's second turn waits for its first
             Calls.asking("mt_bench_judge" if config.judge else "judge", judge,
                          len(grades) * models * config.judge_repeats, grades,
-                         0 if next_token else config.judge_max_new_tokens)]
+                         0 if next_token else config.judge_max_new_tokens, greedy=config.judge_repeats == 1)]
 
 
-def _scoring_wall_s(step: EvalStep, context: PlanContext, models: int) -> float:
+def _scoring_wall_s(step: EvalStep, context: PlanContext, models: int, references: int) -> float:
     """Time beyond the model calls: loading each model for each kind of evaluation, and scoring the harness's
-    choices and the preference pairs by log-likelihood (at the prefill speed)."""
+    choices and the preference pairs by log-likelihood (at the prefill speed); the `references` checkpoints
+    trained against a reference model (DPO) are scored twice, under themselves and under it."""
     kinds = [step.mt_bench.enabled, step.ifeval.enabled, step.harness.enabled, step.preference.enabled]
     tokens = 0.0
     if step.harness.enabled:
         per_task = step.harness.limit if step.harness.limit and step.harness.limit >= 1 else HARNESS_ITEMS_UNLIMITED
-        tokens += len(step.harness.tasks) * per_task * HARNESS_ITEM_TOKENS
+        tokens += models * len(step.harness.tasks) * per_task * HARNESS_ITEM_TOKENS
     if step.preference.enabled:
         pairs = step.preference.limit or step.preference.heldout_n or context.records("hh_heldout") or 0
-        tokens += pairs * PREFERENCE_PAIR_TOKENS * 2  # the policy's and the reference's passes
-    return models * (sum(kinds) * EVAL_START_S + tokens / LOCAL_PREFILL_TOK_S)
+        tokens += (models + references) * pairs * PREFERENCE_PAIR_TOKENS
+    return EVAL_STEP_START_S + models * sum(kinds) * EVAL_START_S + tokens / LOCAL_PREFILL_TOK_S
 
 
 def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls]:
@@ -185,7 +190,8 @@ def _ifeval_calls(step: EvalStep, recipe: RecipeView, models: int) -> list[Calls
     if not config.enabled or not Path(config.prompts).is_file():
         return []
     asks = ifeval.conversations(ifeval.load_prompts(Path(config.prompts), config.limit))
-    return [Calls.asking("student", recipe.models.student, len(asks) * models, asks, config.max_new_tokens)]
+    return [Calls.asking("student", recipe.models.student, len(asks) * models, asks, config.max_new_tokens,
+                         greedy=True)]
 
 
 def _check_harness(step: EvalStep, context: CheckContext) -> None:

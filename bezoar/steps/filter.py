@@ -105,12 +105,13 @@ class FilterStep(Step, FilterConfig):
             conversations = [template.render(instruction=r.instruction, response=r.response) for r in survivors]
         next_token = self.judge.scoring == "logprobs" or (self.judge.scoring == "auto" and is_local(judge))
         completion = 0 if next_token else self.judge.max_new_tokens  # a next-token rating generates nothing
-        return lines_for(context.name, [Calls.asking("judge", judge, judged, conversations, completion), *calls])
+        rating = Calls.asking("judge", judge, judged, conversations, completion, greedy=True)
+        return lines_for(context.name, [rating, *calls])
 
     def _contamination_calls(self, records: float, judge: ModelConfig) -> list[Calls]:
         """The judge's "same question?" confirmations of embedding candidates (the contamination check's cost)."""
         calls, prompt, completion = contamination.judge_cost(int(records), self.contamination)
-        return [Calls("judge", judge, calls, prompt / calls, completion / calls)] if calls else []
+        return [Calls("judge", judge, calls, prompt / calls, completion / calls, greedy=True)] if calls else []
 
     def _survivors(self, context: PlanContext) -> list | None:
         """Once the records exist, those that reach the judge: the cheap filters run as the step runs them

@@ -52,6 +52,7 @@ class GRPOStep(Step, GRPOStageConfig):
 
     type: Literal["grpo"] = "grpo"
     CONTINUES = True
+    HAS_REFERENCE = True
 
     prompts: Path | None = None
     """JSONL of constraint prompt records; None: the `constraints` an earlier generate step handed on."""

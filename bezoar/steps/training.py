@@ -8,14 +8,18 @@ from bezoar.train.config import TrainSettings
 
 TOKENS_PER_S = {"sft": 330.0, "dpo": 240.0}
 """Training tokens per second of the embedded model on 2 CPU cores, in bf16 on an idle AVX-512 machine:
-recipes/tiny.yaml's sft_hh step trained its ~5,000 tokens in 15 s after start-up, its dpo step ~10,200 in
-41 s (DPO counts both replies and the reference pass)."""
+recipes/tiny.yaml's sft_hh step trained its ~5,000 tokens in 15 s after start-up. DPO's figure also pays for
+the reference pass and the held-out pairs' scoring: tiny.yaml's dpo step (32 pairs seen) took 51 s, the
+rehearsal's (26) 26 s, verifiable.yaml's (552) 556 s; at 240 they are planned at 37, 32 and 449 s."""
 START_S = 12.0
 """A training step's first run: the process, loading the weights, the template check, the first validation pass."""
 NEXT_RUN_S = 1.0
 """Each further run in the same step (sft's sequential sets): the weights are loaded already."""
 MEAN_TOKENS = 160
 """Tokens of a typical example after truncation, when nothing better is known."""
+MEAN_PAIR_TOKENS = 190
+"""Tokens of a typical preference pair as DPO trains it, its prompt with both replies (HH-RLHF harmless-base:
+168 and 191 a pair in the rehearsal and tiny.yaml; verifiable.yaml's sampled pairs: 202)."""
 
 
 def training_counts(runs: list[dict]) -> dict[str, float]:
@@ -49,5 +53,6 @@ def training_wall_s(settings: TrainSettings, examples: float | None, kind: str, 
     train = examples * (1 - settings.validation_fraction)
     steps = settings.max_steps or math.ceil(train / batch) * settings.num_train_epochs
     per_step = min(batch, max(train, 1.0))  # a step never takes more than the data (the epoch ends first)
-    tokens = min(settings.max_length, MEAN_TOKENS) * per_step * steps * (2 if kind == "dpo" else 1)
+    per_example = min(2 * settings.max_length, MEAN_PAIR_TOKENS) if kind == "dpo" else min(settings.max_length, MEAN_TOKENS)
+    tokens = per_example * per_step * steps
     return (START_S if first else NEXT_RUN_S) + tokens / TOKENS_PER_S.get(kind, 250.0)
