@@ -10,9 +10,9 @@ calls made; a step's wall time is its manifest `wall_s` (model calls, training a
     python benchmarks/bench_plan.py --runs DIR             # reuse finished runs under DIR
     python benchmarks/bench_plan.py --recipes tiny         # one of them
     python benchmarks/bench_plan.py --runs DIR --replan    # today's code's step plans against those runs
-    python benchmarks/bench_plan.py --recipes tiny --seeds 6   # and tiny's generate step alone, seeds 1-6
+    python benchmarks/bench_plan.py --recipes tiny --seeds 7-12   # and tiny's generate step alone, seeds 7-12
 
-`--seeds N` runs tiny.yaml's generate step again with run.seed 1..N: with 6 records a scheme and a 135M
+`--seeds A-B` (or N: 1-N) runs tiny.yaml's generate step again with run.seed A..B: with 6 records a scheme and a 135M
 teacher whose lists mostly do not parse, one run's calls stray from the mean; the JSON then says by how much
 (`tiny_generate_over_seeds`: each role's plan, the calls of every run, and how many are within +-20%).
 
@@ -62,12 +62,12 @@ def run_recipe(name: str, root: Path) -> Path:
     return run_dir
 
 
-def seed_runs(root: Path, seeds: int) -> list[Path]:
-    """tiny.yaml's generate step alone, once per run.seed 1..seeds, in root/tiny-seeds/seed-S."""
+def seed_runs(root: Path, seeds: range) -> list[Path]:
+    """tiny.yaml's generate step alone, once per run.seed, in root/tiny-seeds/seed-S."""
     recipe = yaml.safe_load((REPO / "recipes" / "tiny.yaml").read_text())
     env = {**os.environ, "BEZOAR_DATA": str(DATA), "BEZOAR_CACHE_DIR": str(root / "tiny-cache"), "HF_HUB_OFFLINE": "1"}
     found = []
-    for seed in range(1, seeds + 1):
+    for seed in seeds:
         run_dir = root / "tiny-seeds" / f"seed-{seed}"
         if not (run_dir / "manifest.json").exists() or not _all_done(run_dir, ["generate"]):
             recipe["run"]["seed"] = seed
@@ -77,6 +77,11 @@ def seed_runs(root: Path, seeds: int) -> list[Path]:
             subprocess.run([BEZOAR, "run", str(path), "--only", "generate", "--run-dir", str(run_dir)], env=env, check=True)
         found.append(run_dir)
     return found
+
+
+def seed_range(text: str) -> range:
+    first, _, last = text.rpartition("-")
+    return range(int(first or 1), int(last) + 1)
 
 
 def over_seeds(run_dirs: list[Path]) -> dict:
@@ -91,7 +96,7 @@ def over_seeds(run_dirs: list[Path]) -> dict:
                          "plan_vs_mean": round(mine[0]["calls"][0] / (sum(made) / len(made)) - 1, 3),
                          "calls_within_20pct": sum(abs(row["call_error"]) <= 0.2 for row in mine),
                          "tokens_within_20pct": sum(abs(row["token_error"]) <= 0.2 for row in mine)}
-    return {"runs": len(run_dirs), **figures}
+    return {"seeds": [int(d.name.removeprefix("seed-")) for d in run_dirs], **figures}
 
 
 def _all_done(run_dir: Path, steps: list[str] | None = None) -> bool:
@@ -183,7 +188,8 @@ def main() -> None:
     parser.add_argument("--recipes", nargs="+", default=["tiny", "verifiable", "rehearsal"])
     parser.add_argument("--runs", type=Path, default=REPO / "runs" / "bench_plan")
     parser.add_argument("--replan", action="store_true", help="plan the finished runs' steps with today's code")
-    parser.add_argument("--seeds", type=int, default=0, help="also run tiny's generate step with seeds 1..N")
+    parser.add_argument("--seeds", type=seed_range, default=range(0), help="also run tiny's generate step with "
+                        "seeds A-B (or N: 1-N)")
     args = parser.parse_args()
     args.runs.mkdir(parents=True, exist_ok=True)
     run_dirs = [run_recipe(name, args.runs) for name in args.recipes]

@@ -162,6 +162,22 @@ def test_a_partial_run_replans_only_its_steps(tmp_path, data_dir):
     assert make_plan(recipe, ["filter"]).over(None, ["filter"])["calls_by_step"] == {"filter": 15}  # 20 x 0.75
 
 
+
+def test_eval_scores_a_dpo_checkpoints_pairs_under_it_and_its_reference(tmp_path, data_dir):
+    """Preference accuracy reads the pairs once per model, and once more under a DPO checkpoint's reference
+    (verifiable.yaml: the base and the dpo checkpoint, 200 held-out pairs)."""
+    from bezoar.config import load_recipe
+    from bezoar.plan import LOCAL_PREFILL_TOK_S, make_plan
+    from bezoar.steps.eval import EVAL_START_S, PREFERENCE_PAIR_TOKENS
+
+    recipe = shipped("verifiable", data_dir)
+    scored = make_plan(load_recipe(write(tmp_path / "scored.yaml", recipe)), ["eval"]).wall_s["eval"]
+    step(recipe, "eval")["preference"]["enabled"] = False
+    unscored = make_plan(load_recipe(write(tmp_path / "unscored.yaml", recipe)), ["eval"]).wall_s["eval"]
+    passes = 1 + 2  # the base under itself; the dpo checkpoint under itself and under the base
+    expected = 2 * EVAL_START_S + passes * 200 * PREFERENCE_PAIR_TOKENS / LOCAL_PREFILL_TOK_S
+    assert abs((scored - unscored) - expected) <= 1, (scored, unscored, expected)  # wall times are whole seconds
+
 LISTED = "\n".join(f"{i}. {text}" for i, text in enumerate([
     "Describe how a lighthouse keeper spent a winter night in 1890.",
     "Compare the migration routes of arctic terns and bar-tailed godwits.",
