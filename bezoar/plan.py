@@ -24,14 +24,17 @@ from bezoar.llm.spec_syntax import parse_spec
 from bezoar.llm.weights import models_cache_dir
 
 LOCAL_GREEDY_TOK_S = 420.0
-LOCAL_SAMPLED_TOK_S = 240.0
+LOCAL_SAMPLED_TOK_S = 260.0
 LOCAL_BATCH = 64
 """Generated tokens/s of the embedded model on 2 CPU cores with LOCAL_BATCH answers decoded at once, greedy
 and sampled (fast mode, idle AVX-512 machine, recipes/verifiable.yaml on 2026-12-08: IFEval's 541 prompts
 answered greedily twice, 133,685 tokens in 320 s; 1,600 answers sampled at temperature 1, 117,348 tokens in
-505 s: a sampled row draws its token from its own generator). Fewer rows at once go slower
+505 s and, hours later, in ~410 s: a sampled row draws its token from its own generator). Fewer rows at once go slower
 (`local_decode_tok_s`). A slow AVX2 VM decodes fp32 at ~100. Other local models scale with size."""
 LOCAL_PREFILL_TOK_S = 1500.0
+WEIGHTS_CONVERSION_S = 16.0
+"""Converting the embedded GGUF to safetensors, once per model cache: the first step that loads it pays it
+(tiny.yaml's generate step spent 23-25 s beside its calls from nothing, 6.5-8.2 s with the weights converted)."""
 EMBEDDED_REPLY_TOKENS = 140.0
 """The embedded model's uncut reply length, on average (`expected_completion`)."""
 
@@ -277,12 +280,16 @@ def make_plan(recipe: RecipeView, names: list[str] | None = None, run_dir: Path 
     last = max(recipe.names().index(name) for name in chosen)
     plan = Plan(tokens_counted_with="the embedded SmolLM2 tokenizer" if _tokenizer() else "chars/4")
     expected: dict[str, float] = {}
+    unconverted = not any(models_cache_dir().glob("SmolLM2-135M-Instruct*/model.safetensors"))
     for index, step in enumerate(recipe.steps[:last + 1]):  # later steps cannot change these
         context = PlanContext(recipe, index, Path(run_dir or recipe.run.directory), expected,
                               wanted=step.name in chosen)
         lines = step.plan(context)
+        converts = unconverted and any(is_embedded(config) for _, config in step.roles(recipe).values())
+        unconverted = unconverted and not converts
         if step.name in chosen:
             plan.lines += lines
-            plan.wall_s[step.name] = round(sum(line.wall_s or 0 for line in lines) + context.other_wall_s)
+            plan.wall_s[step.name] = round(sum(line.wall_s or 0 for line in lines) + context.other_wall_s
+                                           + WEIGHTS_CONVERSION_S * converts)
             plan.assumptions.update(context.assumptions)
     return plan

@@ -178,6 +178,24 @@ def test_eval_scores_a_dpo_checkpoints_pairs_under_it_and_its_reference(tmp_path
     expected = 2 * EVAL_START_S + passes * 200 * PREFERENCE_PAIR_TOKENS / LOCAL_PREFILL_TOK_S
     assert abs((scored - unscored) - expected) <= 1, (scored, unscored, expected)  # wall times are whole seconds
 
+
+def test_a_fresh_model_cache_plans_the_weights_conversion_once(tmp_path, data_dir, monkeypatch):
+    """The first step that loads the embedded model converts its GGUF (once per model cache): tiny's generate."""
+    import bezoar.plan as plan_module
+    from bezoar.config import load_recipe
+
+    recipe = load_recipe(recipe_with(tmp_path, data_dir))
+    plan_module._tokenizer()  # counted alike in both plans (the tokenizer found once per process)
+    converted = tmp_path / "converted" / "models" / "SmolLM2-135M-Instruct.Q4_1-0123456789ab"
+    converted.mkdir(parents=True)
+    (converted / "model.safetensors").write_bytes(b"")  # the plan only looks for it
+    monkeypatch.setenv("BEZOAR_CACHE_DIR", str(converted.parents[1]))
+    warm = plan_module.make_plan(recipe).wall_s
+    monkeypatch.setenv("BEZOAR_CACHE_DIR", str(tmp_path / "fresh"))
+    fresh = plan_module.make_plan(recipe).wall_s
+    assert abs(fresh.pop("generate") - warm.pop("generate") - plan_module.WEIGHTS_CONVERSION_S) <= 1
+    assert fresh == warm
+
 LISTED = "\n".join(f"{i}. {text}" for i, text in enumerate([
     "Describe how a lighthouse keeper spent a winter night in 1890.",
     "Compare the migration routes of arctic terns and bar-tailed godwits.",

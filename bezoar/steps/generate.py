@@ -36,9 +36,9 @@ PROMPT_SAMPLE = 16
 START_S = 3.0
 """The step's process, reading the seeds and opening the roles (the rehearsal's generate, against a loopback
 server: 2.5-2.8 s beside its calls)."""
-LOCAL_START_S = 20.0
-"""Loading a local teacher or judge: torch, the weights, choosing the dtype by measurement, pre-packing
-(tiny.yaml's generate from nothing: 23-25 s beside its calls, in three runs)."""
+LOCAL_START_S = 4.0
+"""Loading a local teacher or judge: torch, the weights, pre-packing (tiny.yaml's generate step with the weights
+converted: 6.5-8.2 s beside its calls, in six runs; converting them is `plan.WEIGHTS_CONVERSION_S`)."""
 CAPABLE_YIELDS = {
     "lamini_candidates_per_prompt": 0.5,  # share of the asked-for instructions that parse and pass the checks
     "lamini_records_per_answer": 0.9,
