@@ -60,7 +60,7 @@ EMBEDDED_YIELDS = {
 }
 """The embedded SmolLM2-135M as teacher and judge: recipes/tiny.yaml's generate step run 9 times (seeds 1-6, and
 seed 0 three times: in fp32, and in bf16 before and after a change to the decoder's arithmetic) made 41-71
-teacher calls (mean 54) and 21-34 judge calls (mean 26); these yields plan 55 and 26. With 6 records a scheme,
+teacher calls (mean 54) and 21-34 judge calls (mean 26); these yields plan 54 and 26. With 6 records a scheme,
 one run lands within +-20% of that mean in 6 (teacher) and 7 (judge) of the 9 (`bench_plan.py --seeds`)."""
 
 
