@@ -178,16 +178,28 @@ class PlanContext:
 
 # --- token counting ------------------------------------------------------------------------------
 
+def _converted_embedded(name: str) -> Path | None:
+    """A file of the embedded model as its one conversion wrote it into the model cache, None before it."""
+    found = sorted(models_cache_dir().glob(f"SmolLM2-135M-Instruct*/{name}"))
+    return found[0] if found else None
+
+
+def _loads_embedded_gguf(roles: dict[str, tuple[tuple, ModelConfig]]) -> bool:
+    """One of a step's roles is the embedded model, which the first load converts from its GGUF."""
+    specs = [parse_spec(config.spec) for _, config in roles.values()]
+    return any(spec.kind == "local" and spec.model is None for spec in specs)
+
+
 @lru_cache(maxsize=1)
 def _tokenizer():
     """The embedded SmolLM2 tokenizer when it was converted already (a 50 ms load), else None (chars/4)."""
-    found = sorted(models_cache_dir().glob("SmolLM2-135M-Instruct*/tokenizer.json"))
-    if not found:
+    found = _converted_embedded("tokenizer.json")
+    if found is None:
         return None
     try:
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_file(str(found[0]))
+        return Tokenizer.from_file(str(found))
     except Exception:  # noqa: BLE001 - counting falls back to chars/4; the plan says which it used
         return None
 
@@ -280,12 +292,12 @@ def make_plan(recipe: RecipeView, names: list[str] | None = None, run_dir: Path 
     last = max(recipe.names().index(name) for name in chosen)
     plan = Plan(tokens_counted_with="the embedded SmolLM2 tokenizer" if _tokenizer() else "chars/4")
     expected: dict[str, float] = {}
-    unconverted = not any(models_cache_dir().glob("SmolLM2-135M-Instruct*/model.safetensors"))
+    unconverted = _converted_embedded("model.safetensors") is None
     for index, step in enumerate(recipe.steps[:last + 1]):  # later steps cannot change these
         context = PlanContext(recipe, index, Path(run_dir or recipe.run.directory), expected,
                               wanted=step.name in chosen)
         lines = step.plan(context)
-        converts = unconverted and any(is_embedded(config) for _, config in step.roles(recipe).values())
+        converts = unconverted and _loads_embedded_gguf(step.roles(recipe))
         unconverted = unconverted and not converts
         if step.name in chosen:
             plan.lines += lines

@@ -101,4 +101,3 @@ def planned_prompts(prompts: Path | None, limit: int | None, context: PlanContex
 
 
 STEP = PreferencesStep
-
